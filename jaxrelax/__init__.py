@@ -1,0 +1,30 @@
+"""jaxrelax: differentiable relaxations of discrete choices in JAX."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._hard import hardmax as hardmax
+from ._soft import smooth_max as smooth_max
+from ._soft import soft_argmax as soft_argmax
+from ._soft import softmax as softmax
+from ._soft import spatial_soft_argmax as spatial_soft_argmax
+from ._straight_through import st_argmax as st_argmax
+from ._straight_through import st_hardmax as st_hardmax
+from ._straight_through import st_max as st_max
+from ._straight_through import straight_through as straight_through
+
+try:
+    __version__ = version("jaxrelax")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "hardmax",
+    "smooth_max",
+    "soft_argmax",
+    "softmax",
+    "spatial_soft_argmax",
+    "st_argmax",
+    "st_hardmax",
+    "st_max",
+    "straight_through",
+]

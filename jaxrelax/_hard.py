@@ -1,0 +1,115 @@
+"""Hard (exact, zero-gradient) choices: the one-hot of the maximum, its index, its value."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.typing import ArrayLike
+
+from . import _utils
+
+TIES = ("first", "uniform")
+
+
+def hardmax(
+    x: ArrayLike,
+    axis: int | tuple[int, ...] = -1,
+    *,
+    where: ArrayLike | None = None,
+    ties: str = "first",
+) -> jax.Array:
+    r"""The exact one-hot of the maximum along ``axis``.
+
+    .. math::
+        \mathrm{hardmax}(x)_i = [\, i = \arg\max_j x_j \,]
+
+    ``hardmax`` is piecewise constant, so its gradient is zero everywhere; for a useful
+    gradient use :func:`jaxrelax.st_hardmax` (same forward value) or :func:`jaxrelax.softmax`
+    (its smooth relaxation: ``softmax(x, temperature=t)`` tends to ``hardmax(x, ties="uniform")``
+    as ``t -> 0``).
+
+    It costs two passes over ``x`` plus the write of the result: a max-reduce, then a
+    min-reduce over positions of the maxima. It is several times faster than
+    ``jax.nn.one_hot(jnp.argmax(x), n)`` on CPU, where ``argmax`` is slow.
+
+    Args:
+      x: the scores, any real dtype; integers and booleans are promoted to the default float.
+      axis: the axis, or a tuple of axes, along which to choose (one choice per slice).
+      where: optional boolean mask broadcastable to ``x``; only entries where it is True compete.
+      ties: ``"first"`` picks the first maximum (the lowest index, like ``jnp.argmax``; with a
+        tuple ``axis``, the first in row-major order of those axes); ``"uniform"`` gives
+        ``1/m`` to each of the ``m`` tied maxima.
+
+    Returns:
+      An array of ``x``'s shape and float dtype (float32 for integer input) whose slices along
+      ``axis`` are one-hot, or uniform over the tied maxima.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jaxrelax
+      >>> jaxrelax.hardmax(jnp.array([1.0, 3.0, 3.0]))
+      Array([0., 1., 0.], dtype=float32)
+      >>> jaxrelax.hardmax(jnp.array([1.0, 3.0, 3.0]), ties="uniform")
+      Array([0. , 0.5, 0.5], dtype=float32)
+
+    Note:
+      Masked entries are never chosen and are 0; a slice with no unmasked entry, or whose
+      entries are all ``-inf``, is all zeros. ``+inf`` is a maximum like any other (two
+      ``+inf`` entries tie). A NaN in an unmasked entry makes its whole slice NaN. XLA's CPU
+      backend flushes subnormal numbers to zero, so there subnormals tie with zero.
+    """
+    ties = _utils.check_choice(ties, "ties", TIES)
+    a = _utils.prepare(x, axis, where=where)
+    return hardmax_rule(a.x, None, a.where, axes=a.axes, ties=ties).astype(a.dtype)
+
+
+def hardmax_rule(x, temperature, where, *, axes, ties):
+    """hardmax on prepared arguments; ``temperature`` is accepted and ignored, so that the
+    hard and soft rules share one signature for :func:`jaxrelax.straight_through`."""
+    del temperature
+    x = _utils.fill_masked(lax.stop_gradient(x), where)
+    m = _utils.slice_max(x, axes)
+    if ties == "uniform":
+        at_max = 1 - _utils.is_below_max(x, m)
+        return at_max / jnp.maximum(jnp.sum(at_max, axes, keepdims=True), 1)
+    positions, first = _first_max_position(x, m, axes)
+    if jnp.issubdtype(positions.dtype, jnp.integer):
+        return jnp.where(jnp.isnan(m), jnp.nan, (positions == first).astype(x.dtype))
+    # positions and first are whole numbers, so this is exactly 1 at first and 0 elsewhere.
+    return jnp.maximum(1 - jnp.abs(positions - first), 0)
+
+
+def argmax_rule(x, temperature, where, *, axes):
+    """The index of the first maximum along the single axis in ``axes``, as a float of ``x``'s
+    dtype: 0 for a fully masked slice, NaN for a slice holding NaN."""
+    del temperature
+    x = _utils.fill_masked(lax.stop_gradient(x), where)
+    m = _utils.slice_max(x, axes)
+    _, first = _first_max_position(x, m, axes)
+    n = x.shape[axes[0]]
+    index = jnp.where(first < n, first, 0).astype(x.dtype)
+    return jnp.squeeze(jnp.where(jnp.isnan(m), jnp.nan, index), axes)
+
+
+def max_rule(x, temperature, where, *, axes):
+    """The exact maximum over ``axes`` (kept as size-1 dims): -inf for a fully masked slice."""
+    del temperature
+    return jnp.max(_utils.fill_masked(lax.stop_gradient(x), where), axes, keepdims=True)
+
+
+def _first_max_position(x, m, axes):
+    """(positions, first): each element's row-major position in its slice, and the position
+    of the slice's first maximum (the slice size if it has none; NaN if it holds NaN).
+
+    Positions are floats while ``2 * size`` is exactly representable, so the search is one
+    fused arithmetic min-reduce; past that (more than 2**23 elements in float32) it falls back
+    to int32 positions and a select.
+    """
+    size = _utils.slice_size(x.shape, axes)
+    below = _utils.is_below_max(x, m)
+    if 2 * size <= 2 ** (jnp.finfo(x.dtype).nmant + 1):
+        positions = _utils.slice_positions(x.shape, axes, x.dtype)
+        return positions, jnp.min(positions + size * below, axes, keepdims=True)
+    positions = _utils.slice_positions(x.shape, axes, jnp.int32)
+    return positions, jnp.min(jnp.where(below == 0, positions, size), axes, keepdims=True)

@@ -1,0 +1,320 @@
+"""Soft relaxations with a temperature: softmax (soft argmax as a one-hot), the smooth
+maximum, the expected index and the spatial soft-argmax.
+
+All of them rest on one ``custom_vjp`` softmax whose backward pass reads only its output
+``p``: the gradient with respect to the temperature uses ``log p``, which equals the shifted
+logits ``(x - c) / t`` up to a per-slice constant that the softmax Jacobian annihilates.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from . import _utils
+
+METHODS = ("logsumexp", "softmax")
+
+
+def softmax(
+    x: ArrayLike,
+    axis: int | tuple[int, ...] = -1,
+    *,
+    temperature: ArrayLike = 1.0,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    r"""Softmax with a temperature: the soft one-hot of the maximum.
+
+    .. math::
+        \mathrm{softmax}(x)_i = \frac{\exp(x_i / t)}{\sum_j \exp(x_j / t)}
+
+    As ``t -> 0`` it tends to ``hardmax(x, ties="uniform")``; as ``t -> inf``, to uniform.
+    The gradient is the exact vector-Jacobian product of this function, with respect to ``x``
+    and to ``temperature``. Only the output is saved for the backward pass.
+
+    Args:
+      x: the scores, any real dtype; integers are promoted to the default float, bfloat16 and
+        float16 are computed in float32.
+      axis: the axis, or tuple of axes, to normalise over.
+      temperature: a positive scalar, or an array broadcastable to ``x`` with size 1 along
+        ``axis`` (one temperature per slice). It may be traced, and receives a gradient.
+      where: optional boolean mask broadcastable to ``x``; masked entries take no part.
+
+    Returns:
+      An array of ``x``'s shape and float dtype whose slices along ``axis`` sum to 1.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jaxrelax
+      >>> x = jnp.array([1.0, 2.0, 3.0])
+      >>> print(jaxrelax.softmax(x, temperature=0.5).round(4))
+      [0.0159 0.1173 0.8668]
+      >>> print(jaxrelax.softmax(x, where=jnp.array([True, True, False])).round(4))
+      [0.2689 0.7311 0.    ]
+
+    Note:
+      Masked entries and ``-inf`` entries are 0 with zero gradient, even when they hold huge
+      values, NaN or infinities; a slice with no unmasked finite entry is all zeros (not NaN).
+      ``+inf`` entries share the mass equally (the limit of large finite values). A NaN in an
+      unmasked entry makes its slice NaN. A concrete ``temperature <= 0`` raises ValueError;
+      a traced one is not checked and gives meaningless values if it is not positive.
+    """
+    a = _utils.prepare(x, axis, temperature, where)
+    return softmax_rule(a.x, a.temperature, a.where, axes=a.axes).astype(a.dtype)
+
+
+def smooth_max(
+    x: ArrayLike,
+    axis: int | tuple[int, ...] = -1,
+    *,
+    temperature: ArrayLike = 1.0,
+    where: ArrayLike | None = None,
+    method: str = "logsumexp",
+    keepdims: bool = False,
+) -> jax.Array:
+    r"""A smooth maximum with a temperature.
+
+    ``method="logsumexp"`` gives :math:`t \log \sum_i \exp(x_i / t)`, which lies in
+    ``[max(x), max(x) + t log(n)]`` and whose gradient is ``softmax(x / t)``.
+    ``method="softmax"`` gives :math:`\sum_i \mathrm{softmax}(x / t)_i \, x_i`, the
+    softmax-weighted mean (Goodfellow et al.'s :math:`\mathrm{softmax}(z)^\top z`), which lies
+    in ``[mean(x), max(x)]``. Both tend to ``max(x)`` as ``t -> 0``. The gradient is exact,
+    with respect to ``x`` and ``temperature``; only the softmax is saved for the backward pass.
+
+    Args:
+      x: the scores, any real dtype (see :func:`softmax`).
+      axis: the axis, or tuple of axes, to reduce.
+      temperature: as in :func:`softmax`.
+      where: optional boolean mask broadcastable to ``x``; masked entries take no part.
+      method: ``"logsumexp"`` or ``"softmax"``.
+      keepdims: keep the reduced axes with size 1.
+
+    Returns:
+      ``x`` reduced over ``axis``, in ``x``'s float dtype.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jaxrelax
+      >>> x = jnp.array([1.0, 2.0, 3.0])
+      >>> print(jaxrelax.smooth_max(x, temperature=0.1).round(4))
+      3.0
+      >>> print(jaxrelax.smooth_max(x, temperature=1.0, method="softmax").round(4))
+      2.5752
+
+    References:
+      Goodfellow et al., Deep Learning, 2016, section 6.2.2.3.
+
+    Note:
+      A slice with no unmasked entry gives ``-inf`` with zero gradient; ``+inf`` entries give
+      ``+inf``; NaN propagates. Masked and ``-inf`` entries get zero gradient.
+    """
+    method = _utils.check_choice(method, "method", METHODS)
+    a = _utils.prepare(x, axis, temperature, where)
+    value = smooth_max_rule(a.x, a.temperature, a.where, axes=a.axes, method=method)
+    return (value if keepdims else jnp.squeeze(value, a.axes)).astype(a.dtype)
+
+
+def soft_argmax(
+    x: ArrayLike,
+    axis: int = -1,
+    *,
+    temperature: ArrayLike = 1.0,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    r"""The expected index under the softmax: :math:`\sum_i i \, \mathrm{softmax}(x / t)_i`.
+
+    A float in ``[0, n - 1]`` that tends to the index of the maximum as ``t -> 0`` (to the
+    mean of the tied indices when the maximum is tied). The gradient is exact.
+
+    Args:
+      x: the scores, any real dtype (see :func:`softmax`).
+      axis: the single axis of the index.
+      temperature: as in :func:`softmax`.
+      where: optional boolean mask broadcastable to ``x``; masked entries take no part.
+
+    Returns:
+      ``x`` reduced over ``axis``, in ``x``'s float dtype. (bfloat16 represents whole numbers
+      exactly only up to 256: pass float32 scores for longer axes.)
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jaxrelax
+      >>> print(jaxrelax.soft_argmax(jnp.array([0.0, 0.0, 10.0, 0.0]), temperature=0.1))
+      2.0
+      >>> print(jaxrelax.soft_argmax(jnp.array([1.0, 1.0])))
+      0.5
+
+    Note:
+      A fully masked slice gives 0 with zero gradient; masks, infinities and NaN behave as in
+      :func:`softmax`.
+    """
+    a = _utils.prepare(x, axis, temperature, where, single_axis=True)
+    return soft_argmax_rule(a.x, a.temperature, a.where, axes=a.axes).astype(a.dtype)
+
+
+def spatial_soft_argmax(
+    heatmaps: ArrayLike,
+    *,
+    temperature: ArrayLike = 1.0,
+    normalized: bool = True,
+) -> jax.Array:
+    r"""Expected (row, column) coordinates of the softmax over each heatmap's last two axes.
+
+    .. math::
+        p = \mathrm{softmax}(h / t) \text{ over } (H, W), \qquad
+        (r, c) = \Big(\sum_{ij} p_{ij}\, u_i,\; \sum_{ij} p_{ij}\, v_j\Big)
+
+    With ``normalized=True`` the coordinate of index ``i`` on an axis of length ``n`` is
+    ``-1 + 2 i / (n - 1)`` (``linspace(-1, 1, n)``, kornia's convention; ``-1`` when ``n = 1``);
+    with ``normalized=False`` it is ``i`` itself. The gradient is exact. Unlike kornia's
+    ``spatial_soft_argmax2d``, which returns (x, y), the result is in (row, column) order.
+
+    Args:
+      heatmaps: scores of shape ``(..., H, W)``, any real dtype (see :func:`softmax`).
+      temperature: a positive scalar, or an array broadcastable to ``heatmaps`` with size 1 in
+        its last two axes (one temperature per heatmap). It receives a gradient.
+      normalized: coordinates in ``[-1, 1]`` (True) or in pixels (False).
+
+    Returns:
+      An array of shape ``(..., 2)`` holding (row, column), in ``heatmaps``' float dtype.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jaxrelax
+      >>> h = jnp.zeros((3, 5)).at[2, 1].set(20.0)
+      >>> print(jaxrelax.spatial_soft_argmax(h, normalized=False).round(3))
+      [2. 1.]
+      >>> print(jaxrelax.spatial_soft_argmax(h).round(3))
+      [ 1.  -0.5]
+
+    References:
+      Levine et al., End-to-End Training of Deep Visuomotor Policies, 2016,
+      https://arxiv.org/abs/1504.00702
+
+    Note:
+      ``-inf`` entries get no mass; a heatmap of only ``-inf`` gives (0, 0) in pixels; NaN
+      propagates to its heatmap's coordinates.
+    """
+    a = _utils.prepare(heatmaps, (-2, -1), temperature, min_ndim=2)
+    p = softmax_rule(a.x, a.temperature, None, axes=a.axes)
+    rows, cols = (_coordinates(n, normalized, p.dtype) for n in p.shape[-2:])
+    row = jnp.einsum("...hw,h->...", p, rows)
+    col = jnp.einsum("...hw,w->...", p, cols)
+    return jnp.stack([row, col], axis=-1).astype(a.dtype)
+
+
+def _coordinates(n: int, normalized: bool, dtype) -> jax.Array:
+    return jnp.linspace(-1.0, 1.0, n, dtype=dtype) if normalized else jnp.arange(n, dtype=dtype)
+
+
+# --- the rules, on prepared arguments (compute dtype, canonical axes, checked mask) ---
+
+
+@jax.custom_jvp
+def _nonpositive(shifted):
+    """``min(shifted, 0)`` with the identity as derivative.
+
+    Shifted logits ``x - max`` are already <= 0; the clamp only maps ``+inf - max`` to 0. The
+    identity derivative keeps second derivatives right at the maximum, where ``jnp.minimum``
+    would halve the tangent.
+    """
+    return jnp.minimum(shifted, 0)
+
+
+_nonpositive.defjvp(lambda primals, tangents: (_nonpositive(primals[0]), tangents[0]))
+
+
+def _softmax_parts(x, temperature, where, axes):
+    """(m, total, p): the slice maximum (from ``slice_max``), the sum of the shifted
+    exponentials and the softmax. Arithmetic only, so XLA fuses it into two passes."""
+    x = _utils.fill_masked(x, where)
+    m = _utils.slice_max(x, axes)
+    e = jnp.exp(_nonpositive(x - _utils.finite(m)) / temperature)
+    total = jnp.sum(e, axes, keepdims=True)
+    return m, total, e / jnp.maximum(total, jnp.finfo(x.dtype).tiny)
+
+
+def _safe_log(p):
+    """log p with log 0 replaced by a finite value (always multiplied by p = 0)."""
+    return jnp.log(jnp.maximum(p, jnp.finfo(p.dtype).tiny))
+
+
+def _softmax_vjp(p, temperature, cotangent, axes):
+    """The VJP of softmax(x / t) from its output alone."""
+    gz = p * (cotangent - jnp.sum(cotangent * p, axes, keepdims=True))
+    dt = -jnp.sum(gz * _safe_log(p), axes, keepdims=True) / temperature
+    return gz / temperature, _utils.sum_to_shape(dt, temperature.shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _softmax(x, temperature, where, axes):
+    return _softmax_parts(x, temperature, where, axes)[2]
+
+
+def _softmax_fwd(x, temperature, where, axes):
+    p = _softmax_parts(x, temperature, where, axes)[2]
+    return p, (p, temperature)
+
+
+def _softmax_bwd(axes, residuals, cotangent):
+    p, temperature = residuals
+    return (*_softmax_vjp(p, temperature, cotangent, axes), None)
+
+
+_softmax.defvjp(_softmax_fwd, _softmax_bwd)
+
+
+def softmax_rule(x, temperature, where, *, axes):
+    return _softmax(x, temperature, where, axes)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _smooth_max(x, temperature, where, axes, method):
+    return _smooth_max_fwd(x, temperature, where, axes, method)[0]
+
+
+def _smooth_max_fwd(x, temperature, where, axes, method):
+    m, total, p = _softmax_parts(x, temperature, where, axes)
+    if method == "logsumexp":
+        # m is finite or +inf, and log(total) is -inf exactly when the slice is empty.
+        value = m + temperature * jnp.log(total)
+    else:
+        weighted = jnp.where(p > 0, p * x, 0)  # masked entries may hold inf or NaN
+        value = jnp.where(total == 0, -jnp.inf, jnp.sum(weighted, axes, keepdims=True))
+    return value, (p, temperature)
+
+
+def _smooth_max_bwd(axes, method, residuals, cotangent):
+    # With z = (x - c) / t = log p + const: d lse / dx = p, d lse / dt = H(p); for the
+    # softmax-weighted mean m = <p, x>: dm/dx = p (1 + log p + H(p)), dm/dt = -Var_p(log p).
+    p, temperature = residuals
+    log_p = _safe_log(p)
+    p_log_p = p * log_p
+    neg_entropy = jnp.sum(p_log_p, axes, keepdims=True)
+    if method == "logsumexp":
+        dx = cotangent * p
+        dt = -cotangent * neg_entropy
+    else:
+        dx = cotangent * (p + p_log_p - p * neg_entropy)
+        variance = jnp.sum(p_log_p * log_p, axes, keepdims=True) - neg_entropy**2
+        dt = -cotangent * variance
+    return dx, _utils.sum_to_shape(dt, temperature.shape), None
+
+
+_smooth_max.defvjp(_smooth_max_fwd, _smooth_max_bwd)
+
+
+def smooth_max_rule(x, temperature, where, *, axes, method):
+    """smooth_max on prepared arguments, keeping the reduced axes."""
+    return _smooth_max(x, temperature, where, axes, method)
+
+
+def soft_argmax_rule(x, temperature, where, *, axes):
+    """The expected index along the single axis in ``axes``, with that axis removed."""
+    p = _softmax(x, temperature, where, axes)
+    (axis,) = axes
+    # A contraction with a length-n vector: its backward pass keeps nothing of x's size.
+    return jnp.tensordot(p, jnp.arange(x.shape[axis], dtype=p.dtype), axes=[[axis], [0]])

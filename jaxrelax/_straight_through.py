@@ -1,0 +1,262 @@
+"""Straight-through estimators: the forward value of a hard choice, the gradient of a soft one.
+
+Unlike the common ``soft + stop_gradient(hard - soft)`` trick, whose forward value is only
+``hard`` up to rounding, these return the hard value exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from . import _hard, _soft, _utils
+
+BACKWARDS = ("softmax", "identity")
+
+
+def straight_through(hard_fn: Callable, soft_fn: Callable) -> Callable:
+    r"""Builds a straight-through estimator from a hard function and its soft surrogate.
+
+    The returned function ``f`` has the forward value ``f(*args) == hard_fn(*args)`` exactly,
+    and its backward pass is the vector-Jacobian product of ``soft_fn(*args)``:
+
+    .. math::
+        f(a) = h(a), \qquad \bar a = \bar f \, \partial s(a).
+
+    Both functions take the same positional arguments (pytrees of arrays; bind static options
+    with ``functools.partial``) and must return the same structure of arrays with the same
+    shapes and dtypes. Only what the VJP of ``soft_fn`` needs is saved for the backward pass.
+    Higher-order derivatives differentiate that VJP.
+
+    Args:
+      hard_fn: the forward function (typically piecewise constant).
+      soft_fn: the surrogate whose gradient is used.
+
+    Returns:
+      The straight-through function of ``*args``.
+
+    Examples:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import jaxrelax
+      >>> st_round = jaxrelax.straight_through(jnp.round, lambda x: x)
+      >>> print(st_round(jnp.array(1.7)), jax.grad(st_round)(1.7))
+      2.0 1.0
+
+    References:
+      Bengio et al., Estimating or Propagating Gradients Through Stochastic Neurons for
+      Conditional Computation, 2013, https://arxiv.org/abs/1308.3432
+
+    Note:
+      ``hard_fn`` and ``soft_fn`` are traced once more, abstractly, to check their outputs;
+      a mismatch raises ValueError naming both.
+    """
+
+    @functools.wraps(hard_fn)
+    def estimator(*args):
+        hard = jax.eval_shape(hard_fn, *args)
+        soft = jax.eval_shape(soft_fn, *args)
+        if jax.tree.structure(hard) != jax.tree.structure(soft) or any(
+            (h.shape, h.dtype) != (s.shape, s.dtype)
+            for h, s in zip(jax.tree.leaves(hard), jax.tree.leaves(soft))
+        ):
+            raise ValueError(
+                "hard_fn and soft_fn must return the same structure of arrays with the same "
+                f"shapes and dtypes; hard_fn gives {hard}, soft_fn gives {soft}"
+            )
+        return _straight_through(hard_fn, soft_fn, *args)
+
+    return estimator
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _straight_through(hard_fn, soft_fn, *args):
+    return hard_fn(*args)
+
+
+def _straight_through_fwd(hard_fn, soft_fn, *args):
+    _, soft_vjp = jax.vjp(soft_fn, *args)
+    return hard_fn(*args), soft_vjp
+
+
+def _straight_through_bwd(hard_fn, soft_fn, soft_vjp, cotangent):
+    del hard_fn, soft_fn
+    return soft_vjp(cotangent)
+
+
+_straight_through.defvjp(_straight_through_fwd, _straight_through_bwd)
+
+
+def st_hardmax(
+    x: ArrayLike,
+    axis: int | tuple[int, ...] = -1,
+    *,
+    temperature: ArrayLike = 1.0,
+    where: ArrayLike | None = None,
+    ties: str = "first",
+    backward: str = "softmax",
+) -> jax.Array:
+    r"""Straight-through hardmax: the exact one-hot forward, a softmax gradient backward.
+
+    The forward pass is ``hardmax(x, axis, where=where, ties=ties)`` exactly; the backward pass
+    is the vector-Jacobian product of ``softmax(x, axis, temperature=temperature,
+    where=where)`` (``backward="softmax"``), or passes the cotangent through unchanged
+    (``backward="identity"``, zero at masked entries). The max is shared between the two, and
+    only the softmax is saved for the backward pass (nothing with ``backward="identity"``).
+
+    Args:
+      x: the scores, any real dtype (see :func:`jaxrelax.softmax`).
+      axis: the axis, or tuple of axes, of the choice.
+      temperature: the softmax temperature of the backward pass; it receives a gradient.
+      where: optional boolean mask broadcastable to ``x``.
+      ties: the forward tie policy, as in :func:`jaxrelax.hardmax`.
+      backward: ``"softmax"`` or ``"identity"``.
+
+    Returns:
+      The one-hot of ``x``'s shape and float dtype.
+
+    Examples:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import jaxrelax
+      >>> x = jnp.array([1.0, 2.0, 3.0])
+      >>> print(jaxrelax.st_hardmax(x))
+      [0. 0. 1.]
+      >>> print(jax.grad(lambda x: jaxrelax.st_hardmax(x)[2])(x).round(4))
+      [-0.0599 -0.1628  0.2227]
+
+    References:
+      Bengio et al., Estimating or Propagating Gradients Through Stochastic Neurons for
+      Conditional Computation, 2013, https://arxiv.org/abs/1308.3432
+
+    Note:
+      Masks, infinities, NaN and ties behave in the forward pass as in
+      :func:`jaxrelax.hardmax` and in the backward pass as in :func:`jaxrelax.softmax`: tied
+      maxima get equal gradients whatever ``ties`` says.
+    """
+    ties = _utils.check_choice(ties, "ties", _hard.TIES)
+    backward = _utils.check_choice(backward, "backward", BACKWARDS)
+    a = _utils.prepare(x, axis, temperature, where)
+    hard = functools.partial(_hard.hardmax_rule, axes=a.axes, ties=ties)
+    soft = functools.partial(_soft.softmax_rule, axes=a.axes)
+    if backward == "identity":
+        soft = _masked_identity
+    return _straight_through(hard, soft, a.x, a.temperature, a.where).astype(a.dtype)
+
+
+def st_argmax(
+    x: ArrayLike,
+    axis: int = -1,
+    *,
+    temperature: ArrayLike = 1.0,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    r"""Straight-through argmax: the exact index forward, the expected index's gradient backward.
+
+    The forward pass is the index of the first maximum along ``axis``, as a float (like
+    ``jnp.argmax``, but masked and NaN-aware); the backward pass is the vector-Jacobian product
+    of :func:`jaxrelax.soft_argmax` with the same temperature and mask.
+
+    Args:
+      x: the scores, any real dtype (see :func:`jaxrelax.softmax`).
+      axis: the single axis of the index.
+      temperature: the temperature of the backward pass; it receives a gradient.
+      where: optional boolean mask broadcastable to ``x``.
+
+    Returns:
+      The index, ``x`` reduced over ``axis``, in ``x``'s float dtype. (bfloat16 represents
+      whole numbers exactly only up to 256: pass float32 scores for longer axes.)
+
+    Examples:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import jaxrelax
+      >>> x = jnp.array([1.0, 3.0, 2.0])
+      >>> print(jaxrelax.st_argmax(x))
+      1.0
+      >>> print(jax.grad(jaxrelax.st_argmax)(x).round(4))
+      [-0.1040 -0.1029  0.2069]
+
+    Note:
+      A fully masked slice gives 0; a NaN in an unmasked entry gives NaN; ties give the first
+      maximum forward and equal gradients backward.
+    """
+    a = _utils.prepare(x, axis, temperature, where, single_axis=True)
+    hard = functools.partial(_hard.argmax_rule, axes=a.axes)
+    soft = functools.partial(_soft.soft_argmax_rule, axes=a.axes)
+    return _straight_through(hard, soft, a.x, a.temperature, a.where).astype(a.dtype)
+
+
+def st_max(
+    x: ArrayLike,
+    axis: int | tuple[int, ...] = -1,
+    *,
+    temperature: ArrayLike = 1.0,
+    where: ArrayLike | None = None,
+    method: str = "logsumexp",
+    keepdims: bool = False,
+) -> jax.Array:
+    r"""Straight-through max: the exact maximum forward, a smooth maximum's gradient backward.
+
+    The forward pass is ``max(x)`` over ``axis`` (over unmasked entries); the backward pass is
+    the vector-Jacobian product of :func:`jaxrelax.smooth_max` with the same temperature,
+    mask and ``method``. With ``method="logsumexp"`` that gradient is ``softmax(x / t)``,
+    which spreads the gradient of a max-pool over near-maxima.
+
+    Args:
+      x: the scores, any real dtype (see :func:`jaxrelax.softmax`).
+      axis: the axis, or tuple of axes, to reduce.
+      temperature: the temperature of the backward pass; it receives a gradient.
+      where: optional boolean mask broadcastable to ``x``.
+      method: ``"logsumexp"`` or ``"softmax"``, as in :func:`jaxrelax.smooth_max`.
+      keepdims: keep the reduced axes with size 1.
+
+    Returns:
+      ``x`` reduced over ``axis``, in ``x``'s float dtype.
+
+    Examples:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import jaxrelax
+      >>> x = jnp.array([1.0, 3.0, 2.0])
+      >>> print(jaxrelax.st_max(x))
+      3.0
+      >>> print(jax.grad(jaxrelax.st_max)(x).round(4))
+      [0.09   0.6652 0.2447]
+
+    Note:
+      A fully masked slice gives ``-inf`` with zero gradient; NaN propagates.
+    """
+    method = _utils.check_choice(method, "method", _soft.METHODS)
+    a = _utils.prepare(x, axis, temperature, where)
+    hard = functools.partial(_hard.max_rule, axes=a.axes)
+    soft = functools.partial(_soft.smooth_max_rule, axes=a.axes, method=method)
+    value = _straight_through(hard, soft, a.x, a.temperature, a.where)
+    return (value if keepdims else jnp.squeeze(value, a.axes)).astype(a.dtype)
+
+
+@jax.custom_vjp
+def _masked_identity(x, temperature, where):
+    """The identity surrogate: passes the cotangent through, zero at masked entries.
+
+    Its backward pass keeps only the mask as given (never a broadcast copy of it).
+    """
+    del temperature, where
+    return x
+
+
+def _masked_identity_fwd(x, temperature, where):
+    return x, (where, jnp.zeros_like(temperature))
+
+
+def _masked_identity_bwd(residuals, cotangent):
+    where, zero_temperature = residuals
+    masked = cotangent if where is None else jnp.where(where, cotangent, 0)
+    return masked, zero_temperature, None
+
+
+_masked_identity.defvjp(_masked_identity_fwd, _masked_identity_bwd)

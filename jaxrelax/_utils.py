@@ -1,0 +1,211 @@
+"""Shared plumbing: argument checks, the dtype policy, masks and the safe slice maximum.
+
+Every public function goes through :func:`prepare`; the numerical helpers below are the
+only places that know how masks, infinities and NaN are handled.
+
+A note on the arithmetic. On XLA's CPU backend, fused elementwise kernels accept only
+arithmetic (add, multiply, min, max, exp, ceil, ...), not compares or selects: one select
+in a hot loop splits a fusion and costs a full extra pass over memory. The helpers
+therefore express "is this the maximum" and "first maximum" with ``min``/``ceil``
+arithmetic, which is exact (see :func:`is_below_max`), and reserve ``jnp.where`` for
+masks and slice-sized arrays.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.typing import ArrayLike
+
+_HALF_FLOATS = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+class Prepared(NamedTuple):
+    """A public function's validated arguments, ready for its private rule."""
+
+    x: jax.Array  # in the compute dtype (float32 for half-precision inputs)
+    axes: tuple[int, ...]  # sorted, non-negative
+    temperature: jax.Array | None  # in the compute dtype, broadcastable to x
+    where: jax.Array | None  # boolean, broadcastable to x
+    dtype: np.dtype  # the dtype of the result (the input's float dtype)
+
+
+def prepare(
+    x: ArrayLike,
+    axis,
+    temperature=None,
+    where=None,
+    *,
+    single_axis: bool = False,
+    min_ndim: int = 1,
+) -> Prepared:
+    """Validates and canonicalises the arguments shared by the public functions."""
+    x, dtype = _as_float(x)
+    if x.ndim < min_ndim:
+        raise ValueError(f"x must have at least {min_ndim} dimension(s), got shape {x.shape}")
+    axes = canonicalize_axes(axis, x.ndim, single_axis=single_axis)
+    t = None if temperature is None else check_temperature(temperature, x, axes)
+    mask = None if where is None else check_mask(where, x.shape)
+    return Prepared(x, axes, t, mask, dtype)
+
+
+def _as_float(x: ArrayLike) -> tuple[jax.Array, np.dtype]:
+    """Promotes integers and booleans to the default float dtype, as ``jax.nn.softmax`` does."""
+    try:
+        x = jnp.asarray(x)
+    except TypeError:
+        raise TypeError(f"x must be an array of real numbers, got {type(x).__name__}") from None
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        raise TypeError(f"x must be real, got dtype {x.dtype}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        if not (jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_):
+            raise TypeError(f"x must be an array of real numbers, got dtype {x.dtype}")
+        x = x.astype(jnp.result_type(float))
+    dtype = x.dtype
+    return x.astype(compute_dtype(dtype)), dtype
+
+
+def compute_dtype(dtype) -> np.dtype:
+    """float32 for bfloat16 and float16 (computed in float32), the dtype itself otherwise."""
+    dtype = jnp.dtype(dtype)
+    return jnp.dtype(jnp.float32) if dtype in _HALF_FLOATS else dtype
+
+
+def canonicalize_axes(axis, ndim: int, *, single_axis: bool = False) -> tuple[int, ...]:
+    """Returns ``axis`` as a sorted tuple of non-negative ints, or raises naming ``axis``."""
+    if single_axis and isinstance(axis, (tuple, list)):
+        raise TypeError(f"axis must be a single int for this function, got {axis!r}")
+    axes = axis if isinstance(axis, (tuple, list)) else (axis,)
+    if not axes:
+        raise ValueError("axis must name at least one axis, got an empty tuple")
+    result = []
+    for a in axes:
+        if isinstance(a, (bool, np.bool_)):
+            raise TypeError(f"axis must be an int or a tuple of ints, got {axis!r}")
+        try:
+            a = operator.index(a)
+        except TypeError:
+            raise TypeError(f"axis must be an int or a tuple of ints, got {axis!r}") from None
+        if not -ndim <= a < ndim:
+            raise ValueError(f"axis {a} is out of range for x with {ndim} dimension(s)")
+        result.append(a % ndim)
+    if len(set(result)) != len(result):
+        raise ValueError(f"axis must not repeat an axis, got {axis!r}")
+    return tuple(sorted(result))
+
+
+def check_choice(value, name: str, options: tuple[str, ...]) -> str:
+    """Raises a ValueError naming the argument unless ``value`` is one of ``options``."""
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{name} must be one of {options}, got {value!r}")
+    return value
+
+
+def check_temperature(temperature, x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """Checks a temperature and returns it as an array in ``x``'s dtype.
+
+    A temperature is a scalar or an array broadcastable to ``x`` with size 1 along every
+    reduced axis (one temperature per slice). A concrete one must be positive, finite and at
+    least the smallest normal number of the compute dtype (XLA flushes subnormals to zero); a
+    traced one cannot be checked.
+    """
+    if isinstance(temperature, jax.core.Tracer):
+        t = temperature
+    else:
+        t = np.asarray(temperature)
+        if not (np.issubdtype(t.dtype, np.floating) or np.issubdtype(t.dtype, np.integer)):
+            raise TypeError(f"temperature must be a real number, got dtype {t.dtype}")
+        tiny = float(jnp.finfo(x.dtype).tiny)
+        bad = ~np.isfinite(t) | (t < tiny)
+        if bad.any():
+            raise ValueError(
+                f"temperature must be positive and finite (at least {tiny:g}), "
+                f"got {t[bad].ravel()[0] if t.ndim else t.item()}"
+            )
+    t = jnp.asarray(t)
+    if not (jnp.issubdtype(t.dtype, jnp.floating) or jnp.issubdtype(t.dtype, jnp.integer)):
+        raise TypeError(f"temperature must be a real number, got dtype {t.dtype}")
+    padded = (1,) * (x.ndim - t.ndim) + t.shape
+    fits = t.ndim <= x.ndim and all(p in (1, n) for p, n in zip(padded, x.shape))
+    if not fits or any(padded[a] != 1 for a in axes):
+        raise ValueError(
+            f"temperature of shape {t.shape} must broadcast to x of shape {x.shape} "
+            f"with size 1 along the reduced axes {axes}"
+        )
+    return t.astype(x.dtype)
+
+
+def check_mask(where, shape: tuple[int, ...]) -> jax.Array:
+    """Checks that ``where`` is a boolean mask broadcastable to ``shape``."""
+    mask = jnp.asarray(where)
+    if mask.dtype != jnp.bool_:
+        raise TypeError(f"where must be a boolean mask, got dtype {mask.dtype}")
+    try:
+        fits = jnp.broadcast_shapes(mask.shape, shape) == tuple(shape)
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"where of shape {mask.shape} does not broadcast to x of shape {shape}")
+    return mask
+
+
+def sum_to_shape(value: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Sums a broadcast result back to ``shape`` (the transpose of broadcasting)."""
+    lead = value.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, n in enumerate(shape) if n == 1 and value.shape[lead + i] != 1
+    )
+    return jnp.sum(value, axes).reshape(shape) if axes else value.reshape(shape)
+
+
+def fill_masked(x: jax.Array, where: jax.Array | None) -> jax.Array:
+    """Sets masked entries to -inf; a masked entry, even NaN, then takes no part."""
+    return x if where is None else jnp.where(where, x, -jnp.inf)
+
+
+def slice_max(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """The maximum over ``axes`` (kept as size-1 dims), at least the lowest finite value.
+
+    An empty or all -inf slice gives the lowest finite value rather than -inf, so that
+    ``x - max`` never computes ``-inf - (-inf)``; NaN propagates. No gradient flows through.
+    """
+    lowest = jnp.array(jnp.finfo(x.dtype).min, x.dtype)
+    m = lax.reduce(lax.stop_gradient(x), lowest, lax.max, axes)
+    return jnp.expand_dims(m, axes)
+
+
+def finite(m: jax.Array) -> jax.Array:
+    """Clamps a slice maximum to the largest finite value, so +inf entries shift to 0 or +inf."""
+    return jnp.minimum(m, jnp.finfo(m.dtype).max)
+
+
+def is_below_max(x: jax.Array, m: jax.Array) -> jax.Array:
+    """1 where ``x`` is below its slice maximum ``m`` (from :func:`slice_max`), 0 at a maximum.
+
+    ``ceil`` maps any positive gap, however small, to at least 1; a +inf entry (gap -inf) counts
+    as a maximum; NaN propagates.
+    """
+    gap = finite(m) - x
+    return jnp.minimum(jnp.ceil(jnp.maximum(gap, 0)), 1)
+
+
+def slice_positions(shape: tuple[int, ...], axes: tuple[int, ...], dtype) -> jax.Array:
+    """Row-major position of each element within its slice over ``axes``, broadcastable to
+    ``shape``."""
+    position = jnp.zeros((1,) * len(shape), dtype)
+    stride = 1
+    for a in reversed(axes):
+        view = [1] * len(shape)
+        view[a] = shape[a]
+        position = position + stride * jnp.arange(shape[a], dtype=dtype).reshape(view)
+        stride *= shape[a]
+    return position
+
+
+def slice_size(shape: tuple[int, ...], axes: tuple[int, ...]) -> int:
+    return int(np.prod([shape[a] for a in axes], dtype=np.int64))
