@@ -126,7 +126,7 @@ def st_hardmax(
       >>> x = jnp.array([1.0, 2.0, 3.0])
       >>> print(jaxrelax.st_hardmax(x))
       [0. 0. 1.]
-      >>> print(jax.grad(lambda x: jaxrelax.st_hardmax(x)[2])(x).round(4))
+      >>> print(jax.grad(lambda x: jaxrelax.st_hardmax(x)[2])(x))
       [-0.0599 -0.1628  0.2227]
 
     References:
@@ -178,8 +178,8 @@ def st_argmax(
       >>> x = jnp.array([1.0, 3.0, 2.0])
       >>> print(jaxrelax.st_argmax(x))
       1.0
-      >>> print(jax.grad(jaxrelax.st_argmax)(x).round(4))
-      [-0.1040 -0.1029  0.2069]
+      >>> print(jax.grad(jaxrelax.st_argmax)(x))
+      [-0.1040 -0.1029  0.2069...]
 
     Note:
       A fully masked slice gives 0; a NaN in an unmasked entry gives NaN; ties give the first
@@ -225,7 +225,7 @@ def st_max(
       >>> x = jnp.array([1.0, 3.0, 2.0])
       >>> print(jaxrelax.st_max(x))
       3.0
-      >>> print(jax.grad(jaxrelax.st_max)(x).round(4))
+      >>> print(jax.grad(jaxrelax.st_max)(x))
       [0.09   0.6652 0.2447]
 
     Note:
