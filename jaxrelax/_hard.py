@@ -73,11 +73,11 @@ def hardmax_rule(x, temperature, where, *, axes, ties):
     if ties == "uniform":
         at_max = 1 - _utils.is_below_max(x, m)
         return at_max / jnp.maximum(jnp.sum(at_max, axes, keepdims=True), 1)
-    positions, first = _first_max_position(x, m, axes)
+    positions, first, poison = _first_max_position(x, m, axes)
     if jnp.issubdtype(positions.dtype, jnp.integer):
-        return jnp.where(jnp.isnan(m), jnp.nan, (positions == first).astype(x.dtype))
+        return (positions == first).astype(x.dtype) + poison
     # positions and first are whole numbers, so this is exactly 1 at first and 0 elsewhere.
-    return jnp.maximum(1 - jnp.abs(positions - first), 0)
+    return jnp.maximum(1 - jnp.abs(positions - first), 0) + poison
 
 
 def argmax_rule(x, temperature, where, *, axes):
@@ -86,21 +86,22 @@ def argmax_rule(x, temperature, where, *, axes):
     del temperature
     x = _utils.fill_masked(lax.stop_gradient(x), where)
     m = _utils.slice_max(x, axes)
-    _, first = _first_max_position(x, m, axes)
-    n = x.shape[axes[0]]
-    index = jnp.where(first < n, first, 0).astype(x.dtype)
-    return jnp.squeeze(jnp.where(jnp.isnan(m), jnp.nan, index), axes)
+    _, first, poison = _first_max_position(x, m, axes)
+    index = jnp.where(first < x.shape[axes[0]], first, 0).astype(x.dtype) + poison
+    return jnp.squeeze(index, axes)
 
 
 def max_rule(x, temperature, where, *, axes):
     """The exact maximum over ``axes`` (kept as size-1 dims): -inf for a fully masked slice."""
     del temperature
-    return jnp.max(_utils.fill_masked(lax.stop_gradient(x), where), axes, keepdims=True)
+    x = _utils.fill_masked(lax.stop_gradient(x), where)
+    return jnp.max(x, axes, keepdims=True) + _utils.nan_poison(x, axes)
 
 
 def _first_max_position(x, m, axes):
-    """(positions, first): each element's row-major position in its slice, and the position
-    of the slice's first maximum (the slice size if it has none; NaN if it holds NaN).
+    """(positions, first, poison): each element's row-major position in its slice, the
+    position of the slice's first maximum (the slice size if it has none), and the slice's
+    ``nan_poison``, to add to whatever is built from them.
 
     Positions are floats while ``2 * size`` is exactly representable, so the search is one
     fused arithmetic min-reduce; past that (more than 2**23 elements in float32) it falls back
@@ -108,8 +109,10 @@ def _first_max_position(x, m, axes):
     """
     size = _utils.slice_size(x.shape, axes)
     below = _utils.is_below_max(x, m)
+    poison = _utils.nan_poison(x, axes)
     if 2 * size <= 2 ** (jnp.finfo(x.dtype).nmant + 1):
         positions = _utils.slice_positions(x.shape, axes, x.dtype)
-        return positions, jnp.min(positions + size * below, axes, keepdims=True)
+        return positions, jnp.min(positions + size * below, axes, keepdims=True), poison
     positions = _utils.slice_positions(x.shape, axes, jnp.int32)
-    return positions, jnp.min(jnp.where(below == 0, positions, size), axes, keepdims=True)
+    first = jnp.min(jnp.where(below == 0, positions, size), axes, keepdims=True)
+    return positions, first, poison

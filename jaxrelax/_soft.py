@@ -282,7 +282,7 @@ def _smooth_max_fwd(x, temperature, where, axes, method):
         # m is finite or +inf, and log(total) is -inf exactly when the slice is empty.
         value = m + temperature * jnp.log(total)
     else:
-        weighted = jnp.where(p > 0, p * x, 0)  # masked entries may hold inf or NaN
+        weighted = jnp.where(p > 0, p * x, p)  # p = 0 where x may be masked, inf or NaN
         value = jnp.where(total == 0, -jnp.inf, jnp.sum(weighted, axes, keepdims=True))
     return value, (p, temperature)
 

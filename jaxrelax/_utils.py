@@ -172,7 +172,8 @@ def slice_max(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
     """The maximum over ``axes`` (kept as size-1 dims), at least the lowest finite value.
 
     An empty or all -inf slice gives the lowest finite value rather than -inf, so that
-    ``x - max`` never computes ``-inf - (-inf)``; NaN propagates. No gradient flows through.
+    ``x - max`` never computes ``-inf - (-inf)``. NaN may or may not propagate (see
+    :func:`nan_poison`). No gradient flows through.
     """
     lowest = jnp.array(jnp.finfo(x.dtype).min, x.dtype)
     m = lax.reduce(lax.stop_gradient(x), lowest, lax.max, axes)
@@ -192,6 +193,16 @@ def is_below_max(x: jax.Array, m: jax.Array) -> jax.Array:
     """
     gap = finite(m) - x
     return jnp.minimum(jnp.ceil(jnp.maximum(gap, 0)), 1)
+
+
+def nan_poison(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """0 per slice of ``x``, or NaN where the slice holds NaN (infinities give 0).
+
+    Adding it to the result of a min- or max-reduction makes NaN propagate: sums propagate NaN
+    on every backend, while XLA's CPU min/max reductions drop it on long slices. (``sign``
+    keeps this a separate, arithmetic-only pass that shares nothing XLA would materialise.)
+    """
+    return 0 * jnp.sum(jnp.sign(x), axes, keepdims=True)
 
 
 def slice_positions(shape: tuple[int, ...], axes: tuple[int, ...], dtype) -> jax.Array:
