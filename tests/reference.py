@@ -134,8 +134,10 @@ def jax_softmax(x, t, axis=-1, where=None):
 
 def jax_smooth_max(x, t, axis=-1, method="logsumexp"):
     if method == "logsumexp":
-        return t * jax.scipy.special.logsumexp(x / t, axis=axis)
-    return jnp.sum(jax.nn.softmax(x / t, axis=axis) * x, axis=axis)
+        value = t * jax.scipy.special.logsumexp(x / t, axis=axis, keepdims=True)
+    else:
+        value = jnp.sum(jax.nn.softmax(x / t, axis=axis) * x, axis=axis, keepdims=True)
+    return jnp.squeeze(value, axis)
 
 
 def jax_soft_argmax(x, t, axis=-1):
