@@ -1,7 +1,7 @@
 """Straight-through estimators: the forward value of a hard choice, the gradient of a soft one.
 
-Unlike the common ``soft + stop_gradient(hard - soft)`` trick, whose forward value is only
-``hard`` up to rounding, these return the hard value exactly.
+Unlike the common ``soft + stop_gradient(hard - soft)`` trick, whose forward value can differ
+from ``hard`` by rounding (for a max, say), these return the hard value exactly.
 """
 
 from __future__ import annotations
