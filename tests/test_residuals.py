@@ -1,0 +1,68 @@
+"""What the backward pass keeps: arrays of the input's size held by the function jax.vjp
+returns (the same count jax.ad_checkpoint.print_saved_residuals reports)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxrelax
+
+SHAPE = (8, 16)
+BROADCAST_MASK = jnp.arange(16)[None, :] % 5 != 0  # (1, 16): a copy at (8, 16) would count
+FULL_MASK = jnp.broadcast_to(BROADCAST_MASK, SHAPE)
+
+
+def _input_sized(fn, x):
+    _, vjp = jax.vjp(fn, x)
+    return sum(int(np.size(leaf) >= x.size) for leaf in jax.tree_util.tree_leaves(vjp))
+
+
+@pytest.mark.parametrize(
+    "fn, expected",
+    [
+        (lambda x: jaxrelax.softmax(x, temperature=0.5), 1),
+        (lambda x: jaxrelax.softmax(x, temperature=0.5, where=BROADCAST_MASK), 1),
+        (lambda x: jaxrelax.st_hardmax(x, temperature=0.5), 1),
+        (lambda x: jaxrelax.st_hardmax(x, temperature=0.5, where=BROADCAST_MASK), 1),
+        (lambda x: jaxrelax.st_hardmax(x, backward="identity"), 0),
+        (lambda x: jaxrelax.st_hardmax(x, backward="identity", where=BROADCAST_MASK), 0),
+        (lambda x: jaxrelax.smooth_max(x, temperature=0.5), 1),
+        (lambda x: jaxrelax.smooth_max(x, temperature=0.5, method="softmax"), 1),
+        (lambda x: jaxrelax.soft_argmax(x, temperature=0.5), 1),
+        (lambda x: jaxrelax.st_argmax(x, temperature=0.5), 1),
+        (lambda x: jaxrelax.st_max(x, temperature=0.5), 1),
+        (lambda x: jaxrelax.hardmax(x), 0),
+    ],
+)
+def test_saved_residuals(fn, expected):
+    x = jnp.ones(SHAPE)
+    assert _input_sized(fn, x) == expected
+
+
+@pytest.mark.parametrize(
+    "fn, expected",
+    [
+        (lambda x: jaxrelax.softmax(x, temperature=0.5, where=BROADCAST_MASK), 1),
+        (lambda x: jaxrelax.st_hardmax(x, temperature=0.5, where=BROADCAST_MASK), 1),
+        (lambda x: jaxrelax.st_hardmax(x, backward="identity"), 0),
+    ],
+)
+def test_print_saved_residuals_agrees(fn, expected, capsys):
+    jax.ad_checkpoint.print_saved_residuals(fn, jnp.ones(SHAPE))
+    lines = capsys.readouterr().out.splitlines()
+    assert sum("[8,16]" in line for line in lines) == expected, lines
+
+
+def test_full_size_mask_is_kept_only_by_identity():
+    x = jnp.ones(SHAPE)
+    assert _input_sized(lambda x: jaxrelax.softmax(x, where=FULL_MASK), x) == 1
+    # the identity surrogate must zero masked cotangents: the mask itself, as given
+    assert _input_sized(lambda x: jaxrelax.st_hardmax(x, where=FULL_MASK, backward="identity"), x) == 1
+
+
+def test_traced_temperature_adds_no_input_sized_residual():
+    x = jnp.ones(SHAPE)
+    _, vjp = jax.vjp(lambda x, t: jaxrelax.st_hardmax(x, temperature=t), x, jnp.float32(0.5))
+    sizes = sorted(np.size(leaf) for leaf in jax.tree_util.tree_leaves(vjp))
+    assert sizes[-1] == x.size and sizes[-2] < x.size
