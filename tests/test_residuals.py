@@ -2,6 +2,7 @@
 returns (the same count jax.ad_checkpoint.print_saved_residuals reports)."""
 
 import jax
+import jax.ad_checkpoint
 import jax.numpy as jnp
 import numpy as np
 import pytest
