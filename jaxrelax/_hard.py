@@ -64,20 +64,25 @@ def hardmax(
     return hardmax_rule(a.x, None, a.where, axes=a.axes, ties=ties).astype(a.dtype)
 
 
-def hardmax_rule(x, temperature, where, *, axes, ties):
+def hardmax_rule(x, temperature, where, *, axes, ties, poison=None):
     """hardmax on prepared arguments; ``temperature`` is accepted and ignored, so that the
-    hard and soft rules share one signature for :func:`jaxrelax.straight_through`."""
+    hard and soft rules share one signature for :func:`jaxrelax.straight_through`.
+
+    ``poison`` is a per-slice array that is 0, or NaN for slices holding NaN; a caller that
+    already has one (a softmax's normaliser) saves the pass that ``nan_poison`` costs.
+    """
     del temperature
     x = _utils.fill_masked(lax.stop_gradient(x), where)
-    m = _utils.slice_max(x, axes)
+    m = _utils.finite_slice_max(x, axes)
     if ties == "uniform":
         at_max = 1 - _utils.is_below_max(x, m)
         return at_max / jnp.maximum(jnp.sum(at_max, axes, keepdims=True), 1)
-    positions, first, poison = _first_max_position(x, m, axes)
+    positions, first = _first_max_position(x, m, axes)
+    poison = _utils.nan_poison(x, axes) if poison is None else poison
     if jnp.issubdtype(positions.dtype, jnp.integer):
         return (positions == first).astype(x.dtype) + poison
     # positions and first are whole numbers, so this is exactly 1 at first and 0 elsewhere.
-    return jnp.maximum(1 - jnp.abs(positions - first), 0) + poison
+    return 1 - jnp.minimum(jnp.abs(positions - first), 1) + poison
 
 
 def argmax_rule(x, temperature, where, *, axes):
@@ -85,9 +90,9 @@ def argmax_rule(x, temperature, where, *, axes):
     dtype: 0 for a fully masked slice, NaN for a slice holding NaN."""
     del temperature
     x = _utils.fill_masked(lax.stop_gradient(x), where)
-    m = _utils.slice_max(x, axes)
-    _, first, poison = _first_max_position(x, m, axes)
-    index = jnp.where(first < x.shape[axes[0]], first, 0).astype(x.dtype) + poison
+    _, first = _first_max_position(x, _utils.finite_slice_max(x, axes), axes)
+    index = jnp.where(first < x.shape[axes[0]], first, 0).astype(x.dtype)
+    index = index + _utils.nan_poison(x, axes)
     return jnp.squeeze(index, axes)
 
 
@@ -99,9 +104,9 @@ def max_rule(x, temperature, where, *, axes):
 
 
 def _first_max_position(x, m, axes):
-    """(positions, first, poison): each element's row-major position in its slice, the
-    position of the slice's first maximum (the slice size if it has none), and the slice's
-    ``nan_poison``, to add to whatever is built from them.
+    """(positions, first): each element's row-major position in its slice, and the position
+    of the slice's first maximum (the slice size if it has none). NaN may be dropped: add a
+    ``nan_poison`` to what is built from them.
 
     Positions are floats while ``2 * size`` is exactly representable, so the search is one
     fused arithmetic min-reduce; past that (more than 2**23 elements in float32) it falls back
@@ -109,10 +114,8 @@ def _first_max_position(x, m, axes):
     """
     size = _utils.slice_size(x.shape, axes)
     below = _utils.is_below_max(x, m)
-    poison = _utils.nan_poison(x, axes)
     if 2 * size <= 2 ** (jnp.finfo(x.dtype).nmant + 1):
         positions = _utils.slice_positions(x.shape, axes, x.dtype)
-        return positions, jnp.min(positions + size * below, axes, keepdims=True), poison
+        return positions, jnp.min(positions + size * below, axes, keepdims=True)
     positions = _utils.slice_positions(x.shape, axes, jnp.int32)
-    first = jnp.min(jnp.where(below == 0, positions, size), axes, keepdims=True)
-    return positions, first, poison
+    return positions, jnp.min(jnp.where(below == 0, positions, size), axes, keepdims=True)

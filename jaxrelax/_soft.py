@@ -227,14 +227,31 @@ def _nonpositive(shifted):
 _nonpositive.defjvp(lambda primals, tangents: (_nonpositive(primals[0]), tangents[0]))
 
 
-def _softmax_parts(x, temperature, where, axes):
-    """(m, total, p): the slice maximum (from ``slice_max``), the sum of the shifted
-    exponentials and the softmax. Arithmetic only, so XLA fuses it into two passes."""
+def softmax_parts(x, temperature, where, axes):
+    """(m, e, total): the slice maximum (from ``slice_max``), the shifted exponentials
+    ``exp((x - m) / t)`` (0 where masked) and their sum; softmax is ``e / total``.
+
+    Arithmetic only, so XLA fuses it into two passes over ``x``; ``total`` is NaN exactly for
+    slices holding NaN, since sums propagate NaN.
+    """
     x = _utils.fill_masked(x, where)
     m = _utils.slice_max(x, axes)
     e = jnp.exp(_nonpositive(x - _utils.finite(m)) / temperature)
-    total = jnp.sum(e, axes, keepdims=True)
-    return m, total, e / jnp.maximum(total, jnp.finfo(x.dtype).tiny)
+    return m, e, jnp.sum(e, axes, keepdims=True)
+
+
+def _nonzero(total):
+    """An empty slice has total 0 and zeros to normalise: divide them by a finite number."""
+    return jnp.maximum(total, jnp.finfo(total.dtype).tiny)
+
+
+def inverse_total(total):
+    return 1 / _nonzero(total)
+
+
+def _softmax_value(x, temperature, where, axes):
+    _, e, total = softmax_parts(x, temperature, where, axes)
+    return e / _nonzero(total)
 
 
 def _safe_log(p):
@@ -242,26 +259,32 @@ def _safe_log(p):
     return jnp.log(jnp.maximum(p, jnp.finfo(p.dtype).tiny))
 
 
-def _softmax_vjp(p, temperature, cotangent, axes):
-    """The VJP of softmax(x / t) from its output alone."""
-    gz = p * (cotangent - jnp.sum(cotangent * p, axes, keepdims=True))
-    dt = -jnp.sum(gz * _safe_log(p), axes, keepdims=True) / temperature
-    return gz / temperature, _utils.sum_to_shape(dt, temperature.shape)
+def softmax_vjp(e, scale, temperature, cotangent, axes):
+    """The VJP of ``p = softmax(x / t)`` from its factors ``p = e * scale``.
+
+    ``scale`` is per slice (1 when ``e`` is ``p`` itself), which keeps the division by the
+    temperature slice-sized. The temperature's cotangent uses ``log p``, equal to the shifted
+    logits up to a per-slice constant that the softmax Jacobian annihilates.
+    """
+    centred = cotangent - jnp.sum(cotangent * e, axes, keepdims=True) * scale
+    dx = e * (scale / temperature) * centred  # = p (g - <g, p>) / t
+    dt = -jnp.sum(dx * _safe_log(e * scale), axes, keepdims=True)
+    return dx, _utils.sum_to_shape(dt, temperature.shape)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _softmax(x, temperature, where, axes):
-    return _softmax_parts(x, temperature, where, axes)[2]
+    return _softmax_value(x, temperature, where, axes)
 
 
 def _softmax_fwd(x, temperature, where, axes):
-    p = _softmax_parts(x, temperature, where, axes)[2]
+    p = _softmax_value(x, temperature, where, axes)
     return p, (p, temperature)
 
 
 def _softmax_bwd(axes, residuals, cotangent):
     p, temperature = residuals
-    return (*_softmax_vjp(p, temperature, cotangent, axes), None)
+    return (*softmax_vjp(p, 1, temperature, cotangent, axes), None)
 
 
 _softmax.defvjp(_softmax_fwd, _softmax_bwd)
@@ -277,7 +300,8 @@ def _smooth_max(x, temperature, where, axes, method):
 
 
 def _smooth_max_fwd(x, temperature, where, axes, method):
-    m, total, p = _softmax_parts(x, temperature, where, axes)
+    m, e, total = softmax_parts(x, temperature, where, axes)
+    p = e / _nonzero(total)
     if method == "logsumexp":
         # m is finite or +inf, and log(total) is -inf exactly when the slice is empty.
         value = m + temperature * jnp.log(total)

@@ -105,8 +105,10 @@ def st_hardmax(
     The forward pass is ``hardmax(x, axis, where=where, ties=ties)`` exactly; the backward pass
     is the vector-Jacobian product of ``softmax(x, axis, temperature=temperature,
     where=where)`` (``backward="softmax"``), or passes the cotangent through unchanged
-    (``backward="identity"``, zero at masked entries). The max is shared between the two, and
-    only the softmax is saved for the backward pass (nothing with ``backward="identity"``).
+    (``backward="identity"``, zero at masked entries). The two forward passes are fused: the
+    softmax's normaliser doubles as the hardmax's NaN check, and only the softmax (as its
+    unnormalised exponentials) is saved for the backward pass; nothing with
+    ``backward="identity"``.
 
     Args:
       x: the scores, any real dtype (see :func:`jaxrelax.softmax`).
@@ -141,11 +143,12 @@ def st_hardmax(
     ties = _utils.check_choice(ties, "ties", _hard.TIES)
     backward = _utils.check_choice(backward, "backward", BACKWARDS)
     a = _utils.prepare(x, axis, temperature, where)
-    hard = functools.partial(_hard.hardmax_rule, axes=a.axes, ties=ties)
-    soft = functools.partial(_soft.softmax_rule, axes=a.axes)
-    if backward == "identity":
-        soft = _masked_identity
-    return _straight_through(hard, soft, a.x, a.temperature, a.where).astype(a.dtype)
+    if backward == "softmax":
+        value = _st_hardmax(a.x, a.temperature, a.where, a.axes, ties)
+    else:
+        hard = functools.partial(_hard.hardmax_rule, axes=a.axes, ties=ties)
+        value = _straight_through(hard, _masked_identity, a.x, a.temperature, a.where)
+    return value.astype(a.dtype)
 
 
 def st_argmax(
@@ -237,6 +240,33 @@ def st_max(
     soft = functools.partial(_soft.smooth_max_rule, axes=a.axes, method=method)
     value = _straight_through(hard, soft, a.x, a.temperature, a.where)
     return (value if keepdims else jnp.squeeze(value, a.axes)).astype(a.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _st_hardmax(x, temperature, where, axes, ties):
+    """``straight_through(hardmax_rule, softmax_rule)`` with the two forward passes fused.
+
+    The softmax's normaliser doubles as the hardmax's NaN check, and the backward pass keeps
+    the unnormalised exponentials and a per-slice scale. The hard part takes its own max of
+    the finite values: on XLA's CPU backend that costs one more read of ``x``, while sharing
+    the softmax's max made XLA store a full-size broadcast of it.
+    """
+    return _st_hardmax_fwd(x, temperature, where, axes, ties)[0]
+
+
+def _st_hardmax_fwd(x, temperature, where, axes, ties):
+    _, e, total = _soft.softmax_parts(x, temperature, where, axes)
+    hard = _hard.hardmax_rule(x, None, where, axes=axes, ties=ties, poison=0 * total)
+    return hard, (e, _soft.inverse_total(total), temperature)
+
+
+def _st_hardmax_bwd(axes, ties, residuals, cotangent):
+    del ties
+    e, scale, temperature = residuals
+    return (*_soft.softmax_vjp(e, scale, temperature, cotangent, axes), None)
+
+
+_st_hardmax.defvjp(_st_hardmax_fwd, _st_hardmax_bwd)
 
 
 @jax.custom_vjp

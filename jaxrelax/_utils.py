@@ -172,27 +172,31 @@ def slice_max(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
     """The maximum over ``axes`` (kept as size-1 dims), at least the lowest finite value.
 
     An empty or all -inf slice gives the lowest finite value rather than -inf, so that
-    ``x - max`` never computes ``-inf - (-inf)``. NaN may or may not propagate (see
-    :func:`nan_poison`). No gradient flows through.
+    ``x - max`` never computes ``-inf - (-inf)``; +inf stays +inf. NaN may or may not
+    propagate (see :func:`nan_poison`). No gradient flows through.
     """
     lowest = jnp.array(jnp.finfo(x.dtype).min, x.dtype)
-    m = lax.reduce(lax.stop_gradient(x), lowest, lax.max, axes)
-    return jnp.expand_dims(m, axes)
+    return jnp.expand_dims(lax.reduce(lax.stop_gradient(x), lowest, lax.max, axes), axes)
 
 
-def finite(m: jax.Array) -> jax.Array:
-    """Clamps a slice maximum to the largest finite value, so +inf entries shift to 0 or +inf."""
-    return jnp.minimum(m, jnp.finfo(m.dtype).max)
+def finite(x: jax.Array) -> jax.Array:
+    """Maps +inf to the largest finite value."""
+    return jnp.minimum(x, jnp.finfo(x.dtype).max)
+
+
+def finite_slice_max(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """``slice_max`` of ``finite(x)``: a slice maximum that is always finite (or NaN)."""
+    return slice_max(finite(x), axes)
 
 
 def is_below_max(x: jax.Array, m: jax.Array) -> jax.Array:
-    """1 where ``x`` is below its slice maximum ``m`` (from :func:`slice_max`), 0 at a maximum.
+    """1 where ``x`` is below its slice maximum ``m`` (from :func:`finite_slice_max`), 0 at a
+    maximum.
 
-    ``ceil`` maps any positive gap, however small, to at least 1; a +inf entry (gap -inf) counts
-    as a maximum; NaN propagates.
+    The gap ``m - finite(x)`` is >= 0, and ``ceil`` maps any positive gap, however small, to
+    at least 1; +inf entries tie with the largest finite value; NaN propagates.
     """
-    gap = finite(m) - x
-    return jnp.minimum(jnp.ceil(jnp.maximum(gap, 0)), 1)
+    return jnp.minimum(jnp.ceil(m - finite(x)), 1)
 
 
 def nan_poison(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:

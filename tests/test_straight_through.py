@@ -28,8 +28,8 @@ def test_st_hardmax_forward_is_hardmax_and_backward_is_softmax(axis, ties, rng):
     cot = rng.normal(size=x.shape).astype(np.float32)
     mine = _vjp(lambda x, t: jaxrelax.st_hardmax(x, axis, temperature=t, where=where, ties=ties), x, 0.7, cotangent=cot)
     surrogate = _vjp(lambda x, t: jaxrelax.softmax(x, axis, temperature=t, where=where), x, 0.7, cotangent=cot)
-    for a, b in zip(mine, surrogate):
-        np.testing.assert_array_equal(a, b)
+    for a, b in zip(mine, surrogate):  # the fused rule rounds p = e / total differently
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
 def test_st_hardmax_identity_backward(rng):
