@@ -1,0 +1,118 @@
+"""Timing and table plumbing shared by the benchmark scripts.
+
+Each row times an operation and its baseline in the same process, alternating calls so that
+drift in the machine's speed hits both alike, and reports medians and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import jax
+import numpy as np
+
+
+@dataclass
+class Row:
+    op: str
+    shape: tuple[int, ...]
+    dtype: str
+    mode: str  # "fwd" or "fwd+bwd"
+    ms: float
+    baseline: str
+    baseline_ms: float
+    residuals: str
+    target: str = ""
+
+    @property
+    def speedup(self) -> float:
+        """Baseline time over ours: above 1 means we are faster."""
+        return self.baseline_ms / self.ms
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="tiny shapes and few repeats (a smoke run)")
+    parser.add_argument("--repeats", type=int, default=30, help="timed calls of each function per row")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    args = parser.parse_args()
+    if args.quick:
+        args.repeats = 3
+    return args
+
+
+def alternate(fn: Callable, baseline: Callable, args: tuple, repeats: int) -> tuple[float, float]:
+    """Median milliseconds of ``fn(*args)`` and ``baseline(*args)``, called alternately."""
+    for f in (fn, baseline):  # compile and warm up
+        for _ in range(3):
+            jax.block_until_ready(f(*args))
+    ours, theirs = [], []
+    for _ in range(repeats):
+        for f, times in ((fn, ours), (baseline, theirs)):
+            start = time.perf_counter()
+            jax.block_until_ready(f(*args))
+            times.append(1e3 * (time.perf_counter() - start))
+    return statistics.median(ours), statistics.median(theirs)
+
+
+def forward(fn: Callable) -> Callable:
+    return jax.jit(fn)
+
+
+def forward_backward(fn: Callable) -> Callable:
+    """Value and input cotangent for a given output cotangent, in one compiled call."""
+
+    def run(x, cotangent):
+        value, vjp = jax.vjp(fn, x)
+        return value, vjp(cotangent)[0]
+
+    return jax.jit(run)
+
+
+def input_sized_residuals(fn: Callable, x) -> int:
+    """Arrays of ``x``'s size that the backward pass of ``fn`` keeps."""
+    _, vjp = jax.vjp(fn, x)
+    return sum(int(np.size(leaf) >= np.size(x)) for leaf in jax.tree_util.tree_leaves(vjp))
+
+
+def header() -> str:
+    device = jax.devices()[0]
+    return (
+        f"jax {jax.__version__}, backend {jax.default_backend()} ({device.device_kind}), "
+        f"{os.cpu_count()} CPU cores, Python {platform.python_version()}"
+    )
+
+
+def print_table(rows: list[Row], markdown: bool) -> None:
+    columns = ["op", "shape", "dtype", "mode", "ms", "baseline", "baseline ms", "speedup", "target", "residuals"]
+    cells = [
+        [
+            r.op,
+            "x".join(map(str, r.shape)),
+            r.dtype,
+            r.mode,
+            f"{r.ms:.2f}",
+            r.baseline,
+            f"{r.baseline_ms:.2f}",
+            f"{r.speedup:.2f}x",
+            r.target,
+            r.residuals,
+        ]
+        for r in rows
+    ]
+    if markdown:
+        print("| " + " | ".join(columns) + " |")
+        print("|" + "---|" * len(columns))
+        for c in cells:
+            print("| " + " | ".join(c) + " |")
+        return
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(columns)]
+    print("  ".join(h.ljust(w) for h, w in zip(columns, widths)))
+    for c in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(c, widths)))

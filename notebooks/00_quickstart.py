@@ -1,0 +1,135 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # jaxrelax quickstart
+#
+# A tour of the deterministic relaxations of argmax and max, then a tiny training loop in
+# which a jit-compiled Optax step anneals the temperature of a straight-through estimator.
+#
+# Run it as a script (`python notebooks/00_quickstart.py`) or open it in Jupyter with
+# jupytext. `JAXRELAX_SMOKE=1` runs it at a small size (the tests do).
+
+# %%
+import os
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import jaxrelax
+
+SMOKE = os.environ.get("JAXRELAX_SMOKE") == "1"
+jnp.set_printoptions(precision=3, suppress=True)
+print(f"jaxrelax {jaxrelax.__version__} on jax {jax.__version__} ({jax.default_backend()})")
+
+# %% [markdown]
+# ## Hard choices and their soft relaxations
+#
+# `hardmax` is the exact one-hot of the maximum: it has no useful gradient. `softmax` with a
+# temperature is its smooth relaxation, tending to the hard one-hot as the temperature falls.
+
+# %%
+scores = jnp.array([1.0, 2.5, 2.5, 0.0])
+print("hardmax (first)  ", jaxrelax.hardmax(scores))
+print("hardmax (uniform)", jaxrelax.hardmax(scores, ties="uniform"))
+for t in [4.0, 1.0, 0.25, 0.01]:
+    print(f"softmax  t={t:<5}", jaxrelax.softmax(scores, temperature=t))
+
+# %% [markdown]
+# The maximum itself relaxes the same way: `smooth_max` is `t * logsumexp(x / t)` (an upper
+# bound within `t log n`) or the softmax-weighted mean `softmax(x / t) . x` (a lower bound).
+# `soft_argmax` is the expected index, and `spatial_soft_argmax` the expected (row, column)
+# of a heatmap, as used for keypoints.
+
+# %%
+for t in [4.0, 1.0, 0.25, 0.01]:
+    lse = jaxrelax.smooth_max(scores, temperature=t)
+    weighted = jaxrelax.smooth_max(scores, temperature=t, method="softmax")
+    index = jaxrelax.soft_argmax(scores, temperature=t)
+    print(f"t={t:<5} logsumexp {lse:7.3f}   softmax-weighted {weighted:6.3f}   expected index {index:5.3f}")
+
+heatmap = jnp.zeros((5, 7)).at[1, 5].set(8.0).at[3, 1].set(7.0)
+print("spatial soft-argmax (pixels):", jaxrelax.spatial_soft_argmax(heatmap, normalized=False))
+print("spatial soft-argmax at t=0.1:", jaxrelax.spatial_soft_argmax(heatmap, temperature=0.1, normalized=False))
+
+# %% [markdown]
+# ## Straight-through: exact forward, soft backward
+#
+# `st_hardmax` returns the exact one-hot, and back-propagates through the softmax. Its
+# gradient is exactly the softmax's; `st_argmax` and `st_max` do the same for the index and
+# the value, and `straight_through` builds your own from any hard/soft pair.
+
+# %%
+weights = jnp.array([0.0, 1.0, 0.0, 0.0])  # a downstream loss that rewards choosing index 1
+for name, fn in [("st_hardmax", jaxrelax.st_hardmax), ("softmax", jaxrelax.softmax)]:
+    value = fn(scores, temperature=0.5)
+    grad = jax.grad(lambda s: jnp.vdot(fn(s, temperature=0.5), weights))(scores)
+    print(f"{name:10}  forward {value}  gradient {grad}")
+
+st_round = jaxrelax.straight_through(jnp.round, lambda x: x)
+print("straight-through round:", st_round(jnp.array(1.7)), "gradient", jax.grad(st_round)(1.7))
+
+# %% [markdown]
+# ## A jit-compiled training step that anneals the temperature
+#
+# Decision-focused learning in miniature: each problem offers some routes, each described by a
+# few features; a route's cost is an unknown linear function of its features plus noise. A
+# linear scorer, shared by all problems, picks one route per problem with `st_hardmax`, and
+# the loss is the exact cost of the routes taken. The backward pass's softmax temperature
+# follows an Optax schedule, evaluated inside the compiled step from the step counter: warm
+# early (every route gets a gradient), cold late (the gradient concentrates on the routes in
+# contention). Held-out problems measure the regret: the cost above the best route.
+
+# %%
+num_problems, num_routes, num_features, num_steps = (256, 8, 6, 60) if SMOKE else (4096, 16, 6, 400)
+key_features, key_weights, key_noise = jax.random.split(jax.random.key(0), 3)
+features = jax.random.normal(key_features, (2 * num_problems, num_routes, num_features))
+true_weights = jax.random.normal(key_weights, (num_features,))
+costs = features @ true_weights + 0.5 * jax.random.normal(key_noise, (2 * num_problems, num_routes))
+train, test = slice(0, num_problems), slice(num_problems, None)
+
+temperature_schedule = optax.exponential_decay(
+    init_value=2.0, transition_steps=num_steps, decay_rate=0.01, end_value=0.02
+)
+optimizer = optax.adam(learning_rate=0.05)
+
+
+def mean_cost(weights, temperature, features, costs):
+    choice = jaxrelax.st_hardmax(-(features @ weights), temperature=temperature)
+    return jnp.mean(jnp.sum(choice * costs, axis=-1))
+
+
+@jax.jit
+def train_step(weights, opt_state, step):
+    temperature = temperature_schedule(step)
+    loss, grads = jax.value_and_grad(mean_cost)(weights, temperature, features[train], costs[train])
+    updates, opt_state = optimizer.update(grads, opt_state, weights)
+    return optax.apply_updates(weights, updates), opt_state, loss, temperature
+
+
+def test_regret(weights):
+    return mean_cost(weights, 1.0, features[test], costs[test]) - costs[test].min(-1).mean()
+
+
+weights = jnp.zeros(num_features)
+opt_state = optimizer.init(weights)
+print(f"held-out regret of a random choice: {costs[test].mean() - costs[test].min(-1).mean():.3f}")
+print(f"{'step':>5} {'temperature':>11} {'train cost':>10} {'test regret':>11}")
+for step in range(num_steps + 1):
+    weights, opt_state, loss, temperature = train_step(weights, opt_state, step)
+    if step % (num_steps // 8) == 0:
+        print(f"{step:5d} {temperature:11.4f} {loss:10.3f} {test_regret(weights):11.3f}")
+
+cosine = jnp.dot(weights, true_weights) / (jnp.linalg.norm(weights) * jnp.linalg.norm(true_weights))
+print(f"cosine between learned and true cost weights: {cosine:.3f}")

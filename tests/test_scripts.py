@@ -1,0 +1,38 @@
+"""The notebooks and benchmark scripts run, at a small size, and print what they claim."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args, env=None):
+    result = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=900,
+        env=dict(os.environ, JAX_PLATFORMS="cpu", **(env or {})),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_quickstart_notebook_learns():
+    out = _run("notebooks/00_quickstart.py", env={"JAXRELAX_SMOKE": "1"})
+    random_regret = float(re.search(r"regret of a random choice: ([\d.]+)", out).group(1))
+    final_regret = float(out.strip().splitlines()[-2].split()[-1])
+    assert final_regret < 0.2 * random_regret, out
+    cosine = float(re.search(r"true cost weights: ([-\d.]+)", out).group(1))
+    assert cosine > 0.9, out
+
+
+@pytest.mark.slow
+def test_core_benchmark_prints_its_table():
+    out = _run("benchmarks/core.py", "--quick")
+    for op in ["hardmax", "softmax", "smooth_max", "st_hardmax", "soft_argmax", "st_argmax", "st_max"]:
+        assert re.search(rf"^{op}\s", out, re.M), op
+    assert re.search(r"^st_hardmax\s+64x128\s+float32\s+fwd\+bwd\s.*\s1 vs 1\s*$", out, re.M), out
