@@ -11,11 +11,23 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import jax
 import numpy as np
+
+
+@dataclass
+class Case:
+    """An operation and its baseline; ``targets`` maps each mode to time ("fwd", "fwd+bwd")
+    to the speedup to reach ("" for none)."""
+
+    op: str
+    ours: Callable
+    baseline_name: str
+    baseline: Callable
+    targets: dict[str, str]
 
 
 @dataclass
@@ -36,10 +48,59 @@ class Row:
         return self.baseline_ms / self.ms
 
 
+def run(description: str, cases: Callable, shapes: list, quick_shapes: list) -> None:
+    """Times every case at every float32 shape and prints the table.
+
+    ``cases(n, mask)`` gives the cases for slices of length ``n``, with a random mask of the
+    input's shape for the masked rows.
+    """
+    args = parse_args(description)
+    print(header())
+    rows = []
+    for shape in quick_shapes if args.quick else shapes:
+        key_x, key_g, key_m = jax.random.split(jax.random.key(0), 3)
+        x = jax.random.normal(key_x, shape, jax.numpy.float32)
+        mask = jax.random.bernoulli(key_m, 0.9, shape)
+        for case in cases(shape[-1], mask):
+            residuals = (
+                f"{input_sized_residuals(case.ours, x)} vs "
+                f"{input_sized_residuals(case.baseline, x)}"
+            )
+            for mode, target in case.targets.items():
+                if mode == "fwd":
+                    pair, inputs = (forward(case.ours), forward(case.baseline)), (x,)
+                else:
+                    out = jax.eval_shape(case.ours, x)
+                    cotangent = jax.random.normal(key_g, out.shape, out.dtype)
+                    pair = (forward_backward(case.ours), forward_backward(case.baseline))
+                    inputs = (x, cotangent)
+                ms, baseline_ms = alternate(*pair, inputs, args.repeats)
+                rows.append(
+                    Row(
+                        case.op,
+                        shape,
+                        "float32",
+                        mode,
+                        ms,
+                        case.baseline_name,
+                        baseline_ms,
+                        residuals,
+                        target,
+                    )
+                )
+                print(f"  measured {case.op} {mode} {shape}", flush=True)
+    print()
+    print_table(rows, args.markdown)
+
+
 def parse_args(description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--quick", action="store_true", help="tiny shapes and few repeats (a smoke run)")
-    parser.add_argument("--repeats", type=int, default=30, help="timed calls of each function per row")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny shapes and few repeats (a smoke run)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=30, help="timed calls of each function per row"
+    )
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = parser.parse_args()
     if args.quick:
@@ -90,7 +151,18 @@ def header() -> str:
 
 
 def print_table(rows: list[Row], markdown: bool) -> None:
-    columns = ["op", "shape", "dtype", "mode", "ms", "baseline", "baseline ms", "speedup", "target", "residuals"]
+    columns = [
+        "op",
+        "shape",
+        "dtype",
+        "mode",
+        "ms",
+        "baseline",
+        "baseline ms",
+        "speedup",
+        "target",
+        "residuals",
+    ]
     cells = [
         [
             r.op,
@@ -113,6 +185,6 @@ def print_table(rows: list[Row], markdown: bool) -> None:
             print("| " + " | ".join(c) + " |")
         return
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(columns)]
-    print("  ".join(h.ljust(w) for h, w in zip(columns, widths)))
+    print("  ".join(h.ljust(w) for h, w in zip(columns, widths, strict=True)))
     for c in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(c, widths)))
+        print("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)))

@@ -7,7 +7,7 @@ from ``hard`` by rounding (for a max, say), these return the hard value exactly.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -62,7 +62,7 @@ def straight_through(hard_fn: Callable, soft_fn: Callable) -> Callable:
         soft = jax.eval_shape(soft_fn, *args)
         if jax.tree.structure(hard) != jax.tree.structure(soft) or any(
             (h.shape, h.dtype) != (s.shape, s.dtype)
-            for h, s in zip(jax.tree.leaves(hard), jax.tree.leaves(soft))
+            for h, s in zip(jax.tree.leaves(hard), jax.tree.leaves(soft), strict=True)
         ):
             raise ValueError(
                 "hard_fn and soft_fn must return the same structure of arrays with the same "

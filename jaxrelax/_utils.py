@@ -131,7 +131,7 @@ def check_temperature(temperature, x: jax.Array, axes: tuple[int, ...]) -> jax.A
     if not (jnp.issubdtype(t.dtype, jnp.floating) or jnp.issubdtype(t.dtype, jnp.integer)):
         raise TypeError(f"temperature must be a real number, got dtype {t.dtype}")
     padded = (1,) * (x.ndim - t.ndim) + t.shape
-    fits = t.ndim <= x.ndim and all(p in (1, n) for p, n in zip(padded, x.shape))
+    fits = t.ndim <= x.ndim and all(p in (1, n) for p, n in zip(padded, x.shape, strict=True))
     if not fits or any(padded[a] != 1 for a in axes):
         raise ValueError(
             f"temperature of shape {t.shape} must broadcast to x of shape {x.shape} "

@@ -57,11 +57,14 @@ for t in [4.0, 1.0, 0.25, 0.01]:
     lse = jaxrelax.smooth_max(scores, temperature=t)
     weighted = jaxrelax.smooth_max(scores, temperature=t, method="softmax")
     index = jaxrelax.soft_argmax(scores, temperature=t)
-    print(f"t={t:<5} logsumexp {lse:7.3f}   softmax-weighted {weighted:6.3f}   expected index {index:5.3f}")
+    print(f"t={t:<5} logsumexp {lse:7.3f}  softmax-weighted {weighted:6.3f}  index {index:5.3f}")
 
 heatmap = jnp.zeros((5, 7)).at[1, 5].set(8.0).at[3, 1].set(7.0)
 print("spatial soft-argmax (pixels):", jaxrelax.spatial_soft_argmax(heatmap, normalized=False))
-print("spatial soft-argmax at t=0.1:", jaxrelax.spatial_soft_argmax(heatmap, temperature=0.1, normalized=False))
+print(
+    "spatial soft-argmax at t=0.1:",
+    jaxrelax.spatial_soft_argmax(heatmap, temperature=0.1, normalized=False),
+)
 
 # %% [markdown]
 # ## Straight-through: exact forward, soft backward
@@ -70,12 +73,16 @@ print("spatial soft-argmax at t=0.1:", jaxrelax.spatial_soft_argmax(heatmap, tem
 # gradient is exactly the softmax's; `st_argmax` and `st_max` do the same for the index and
 # the value, and `straight_through` builds your own from any hard/soft pair.
 
+
 # %%
-weights = jnp.array([0.0, 1.0, 0.0, 0.0])  # a downstream loss that rewards choosing index 1
+def reward(choice):  # a downstream loss that rewards choosing index 1
+    return choice[1]
+
+
 for name, fn in [("st_hardmax", jaxrelax.st_hardmax), ("softmax", jaxrelax.softmax)]:
-    value = fn(scores, temperature=0.5)
-    grad = jax.grad(lambda s: jnp.vdot(fn(s, temperature=0.5), weights))(scores)
-    print(f"{name:10}  forward {value}  gradient {grad}")
+    choice = fn(scores, temperature=0.5)
+    grad = jax.grad(lambda s, fn=fn: reward(fn(s, temperature=0.5)))(scores)
+    print(f"{name:10}  forward {choice}  gradient {grad}")
 
 st_round = jaxrelax.straight_through(jnp.round, lambda x: x)
 print("straight-through round:", st_round(jnp.array(1.7)), "gradient", jax.grad(st_round)(1.7))

@@ -52,7 +52,7 @@ def _row_weights(row, valid, temperature, ties):
 
 def _per_row(x, axis, where, fn):
     x, axes, order, batch, flat, flat_mask = _rows(x, axis, where)
-    out = np.stack([fn(r, m, i) for i, (r, m) in enumerate(zip(flat, flat_mask))])
+    out = np.stack([fn(r, m, i) for i, (r, m) in enumerate(zip(flat, flat_mask, strict=True))])
     return x, axes, order, batch, out
 
 
@@ -150,7 +150,6 @@ def jax_soft_argmax(x, t, axis=-1):
 def jax_spatial_soft_argmax(h, t, normalized=True):
     p = jax.nn.softmax(h / t, axis=(-2, -1))
     rows, cols = (
-        jnp.linspace(-1, 1, n) if normalized else jnp.arange(n, dtype=h.dtype)
-        for n in h.shape[-2:]
+        jnp.linspace(-1, 1, n) if normalized else jnp.arange(n, dtype=h.dtype) for n in h.shape[-2:]
     )
     return jnp.stack([(p * rows[:, None]).sum((-2, -1)), (p * cols).sum((-2, -1))], -1)

@@ -5,7 +5,9 @@ the unsharded result, forward and backward."""
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -18,13 +20,21 @@ FUNCTIONS = {
     "hardmax": lambda x, w: jaxrelax.hardmax(x, where=w),
     "softmax": lambda x, w: jaxrelax.softmax(x, temperature=0.7, where=w),
     "smooth_max": lambda x, w: jaxrelax.smooth_max(x, temperature=0.7, where=w),
-    "smooth_max_softmax": lambda x, w: jaxrelax.smooth_max(x, temperature=0.7, where=w, method="softmax"),
+    "smooth_max_softmax": lambda x, w: jaxrelax.smooth_max(
+        x, temperature=0.7, where=w, method="softmax"
+    ),
     "soft_argmax": lambda x, w: jaxrelax.soft_argmax(x, temperature=0.7, where=w),
     "st_hardmax": lambda x, w: jaxrelax.st_hardmax(x, temperature=0.7, where=w),
     "st_argmax": lambda x, w: jaxrelax.st_argmax(x, temperature=0.7, where=w),
     "st_max": lambda x, w: jaxrelax.st_max(x, temperature=0.7, where=w),
-    "spatial_soft_argmax": lambda x, w: jaxrelax.spatial_soft_argmax(x.reshape(16, 8, 8), temperature=0.7),
+    "spatial_soft_argmax": lambda x, w: jaxrelax.spatial_soft_argmax(
+        x.reshape(16, 8, 8), temperature=0.7
+    ),
 }
+
+
+def _value_and_grad(fn):
+    return jax.jit(lambda x, w: (fn(x, w), jax.grad(lambda x: jnp.sum(fn(x, w) ** 2))(x)))
 
 
 def main() -> int:
@@ -38,10 +48,10 @@ def main() -> int:
         sharding = NamedSharding(mesh, spec)
         xs, ws = jax.device_put(x, sharding), jax.device_put(w, sharding)
         for name, fn in FUNCTIONS.items():
-            value_and_grad = jax.jit(lambda x, w: (fn(x, w), jax.grad(lambda x: jnp.sum(fn(x, w) ** 2))(x)))
+            value_and_grad = _value_and_grad(fn)
             expected = value_and_grad(x, w)
             got = value_and_grad(xs, ws)
-            for e, g in zip(expected, got):
+            for e, g in zip(expected, got, strict=True):
                 e, g = np.asarray(e), np.asarray(g)
                 # Sharded reductions add in another order: compare relative to the scale.
                 if not np.allclose(e, g, rtol=1e-5, atol=1e-6 * max(1.0, np.abs(e).max())):

@@ -18,7 +18,9 @@ TEMPERED = {
 MASKED = {"hardmax": jaxrelax.hardmax, **TEMPERED}
 
 
-@pytest.mark.parametrize("temperature", [0.0, -1.0, np.nan, np.inf, 1e-45, np.array([[1.0], [0.0]])])
+@pytest.mark.parametrize(
+    "temperature", [0.0, -1.0, np.nan, np.inf, 1e-45, np.array([[1.0], [0.0]])]
+)
 @pytest.mark.parametrize("name", TEMPERED)
 def test_bad_temperature(name, temperature):
     with pytest.raises(ValueError, match="temperature"):

@@ -59,7 +59,9 @@ def test_full_size_mask_is_kept_only_by_identity():
     x = jnp.ones(SHAPE)
     assert _input_sized(lambda x: jaxrelax.softmax(x, where=FULL_MASK), x) == 1
     # the identity surrogate must zero masked cotangents: the mask itself, as given
-    assert _input_sized(lambda x: jaxrelax.st_hardmax(x, where=FULL_MASK, backward="identity"), x) == 1
+    assert (
+        _input_sized(lambda x: jaxrelax.st_hardmax(x, where=FULL_MASK, backward="identity"), x) == 1
+    )
 
 
 def test_traced_temperature_adds_no_input_sized_residual():

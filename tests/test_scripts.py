@@ -13,7 +13,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _run(*args, env=None):
     result = subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=900,
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=900,
         env=dict(os.environ, JAX_PLATFORMS="cpu", **(env or {})),
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -33,6 +37,14 @@ def test_quickstart_notebook_learns():
 @pytest.mark.slow
 def test_core_benchmark_prints_its_table():
     out = _run("benchmarks/core.py", "--quick")
-    for op in ["hardmax", "softmax", "smooth_max", "st_hardmax", "soft_argmax", "st_argmax", "st_max"]:
+    for op in [
+        "hardmax",
+        "softmax",
+        "smooth_max",
+        "st_hardmax",
+        "soft_argmax",
+        "st_argmax",
+        "st_max",
+    ]:
         assert re.search(rf"^{op}\s", out, re.M), op
     assert re.search(r"^st_hardmax\s+64x128\s+float32\s+fwd\+bwd\s.*\s1 vs 1\s*$", out, re.M), out

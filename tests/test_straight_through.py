@@ -18,17 +18,29 @@ def _vjp(fn, *args, cotangent):
 @pytest.mark.parametrize("ties", ["first", "uniform"])
 @pytest.mark.parametrize("axis", [-1, 0, (0, 1)])
 def test_st_hardmax_forward_is_hardmax_and_backward_is_softmax(axis, ties, rng):
-    x = rng.integers(0, 4, size=(5, 6)).astype(np.float32) + rng.normal(scale=0.1, size=(5, 6)).astype(np.float32)
+    x = rng.integers(0, 4, size=(5, 6)).astype(np.float32) + rng.normal(
+        scale=0.1, size=(5, 6)
+    ).astype(np.float32)
     x[1, :3] = x[1].max() + 1  # an exact tie
     where = rng.random((5, 6)) < 0.8
     kwargs = dict(temperature=0.7, where=where)
     np.testing.assert_array_equal(
-        jaxrelax.st_hardmax(x, axis, ties=ties, **kwargs), jaxrelax.hardmax(x, axis, ties=ties, where=where)
+        jaxrelax.st_hardmax(x, axis, ties=ties, **kwargs),
+        jaxrelax.hardmax(x, axis, ties=ties, where=where),
     )
     cot = rng.normal(size=x.shape).astype(np.float32)
-    mine = _vjp(lambda x, t: jaxrelax.st_hardmax(x, axis, temperature=t, where=where, ties=ties), x, 0.7, cotangent=cot)
-    surrogate = _vjp(lambda x, t: jaxrelax.softmax(x, axis, temperature=t, where=where), x, 0.7, cotangent=cot)
-    for a, b in zip(mine, surrogate):  # the fused rule rounds p = e / total differently
+    mine = _vjp(
+        lambda x, t: jaxrelax.st_hardmax(x, axis, temperature=t, where=where, ties=ties),
+        x,
+        0.7,
+        cotangent=cot,
+    )
+    surrogate = _vjp(
+        lambda x, t: jaxrelax.softmax(x, axis, temperature=t, where=where), x, 0.7, cotangent=cot
+    )
+    for a, b in zip(
+        mine, surrogate, strict=True
+    ):  # the fused rule rounds p = e / total differently
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
@@ -36,18 +48,26 @@ def test_st_hardmax_identity_backward(rng):
     x = rng.normal(size=(3, 5)).astype(np.float32)
     where = np.array([[True, True, False, True, True]])
     cot = rng.normal(size=x.shape).astype(np.float32)
-    dx, dt = _vjp(lambda x, t: jaxrelax.st_hardmax(x, temperature=t, backward="identity"), x, 0.5, cotangent=cot)
+    dx, dt = _vjp(
+        lambda x, t: jaxrelax.st_hardmax(x, temperature=t, backward="identity"),
+        x,
+        0.5,
+        cotangent=cot,
+    )
     np.testing.assert_array_equal(dx, cot)
     assert dt == 0
-    dx = _vjp(lambda x: jaxrelax.st_hardmax(x, where=where, backward="identity"), x, cotangent=cot)[0]
+    dx = _vjp(lambda x: jaxrelax.st_hardmax(x, where=where, backward="identity"), x, cotangent=cot)[
+        0
+    ]
     np.testing.assert_array_equal(dx, np.where(where, cot, 0))
 
 
-def test_st_hardmax_ties_backward_are_symmetric():
+@pytest.mark.parametrize("ties", ["first", "uniform"])
+def test_st_hardmax_ties_backward_are_symmetric(ties):
     x = jnp.array([1.0, 4.0, 4.0, 0.0])
-    for ties in ["first", "uniform"]:
-        g = jax.grad(lambda x: jnp.vdot(jaxrelax.st_hardmax(x, ties=ties), jnp.array([0.0, 1.0, 1.0, 0.0])))(x)
-        assert g[1] == g[2]
+    weights = jnp.array([0.0, 1.0, 1.0, 0.0])
+    g = jax.grad(lambda x: jnp.vdot(jaxrelax.st_hardmax(x, ties=ties), weights))(x)
+    assert g[1] == g[2]
 
 
 def test_st_argmax(rng):
@@ -59,12 +79,15 @@ def test_st_argmax(rng):
     cot = rng.normal(size=4).astype(np.float32)
     mine = _vjp(lambda x, t: jaxrelax.st_argmax(x, temperature=t), x, 0.3, cotangent=cot)
     surrogate = _vjp(lambda x, t: jaxrelax.soft_argmax(x, temperature=t), x, 0.3, cotangent=cot)
-    for a, b in zip(mine, surrogate):
+    for a, b in zip(mine, surrogate, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
 def test_st_argmax_edges():
-    x = np.array([[1.0, 1e30, 2.0, INF], [3.0, 2.0, 1.0, 0.0], [0.0, NAN, 1.0, 2.0], [-INF, 5.0, INF, INF]], np.float32)
+    x = np.array(
+        [[1.0, 1e30, 2.0, INF], [3.0, 2.0, 1.0, 0.0], [0.0, NAN, 1.0, 2.0], [-INF, 5.0, INF, INF]],
+        np.float32,
+    )
     where = np.array([[True, False, True, False], [False] * 4, [True] * 4, [True] * 4])
     out = jaxrelax.st_argmax(x, where=where)
     np.testing.assert_array_equal(out, np_argmax(x, where=where))
@@ -85,11 +108,19 @@ def test_st_max(axis, method, rng):
     kept = jaxrelax.st_max(x, axis, where=where, method=method, keepdims=True)
     np.testing.assert_array_equal(kept, np.max(np.where(where, x, -INF), axis, keepdims=True))
     cot = rng.normal(size=out.shape).astype(np.float32)
-    mine = _vjp(lambda x, t: jaxrelax.st_max(x, axis, temperature=t, where=where, method=method), x, 0.4, cotangent=cot)
-    surrogate = _vjp(
-        lambda x, t: jaxrelax.smooth_max(x, axis, temperature=t, where=where, method=method), x, 0.4, cotangent=cot
+    mine = _vjp(
+        lambda x, t: jaxrelax.st_max(x, axis, temperature=t, where=where, method=method),
+        x,
+        0.4,
+        cotangent=cot,
     )
-    for a, b in zip(mine, surrogate):
+    surrogate = _vjp(
+        lambda x, t: jaxrelax.smooth_max(x, axis, temperature=t, where=where, method=method),
+        x,
+        0.4,
+        cotangent=cot,
+    )
+    for a, b in zip(mine, surrogate, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -98,7 +129,9 @@ def test_st_max_edges():
     where = np.array([[True, False], [False, False], [True, True]])
     out = jaxrelax.st_max(x, where=where)
     np.testing.assert_array_equal(out, [1.0, -INF, INF])
-    grad = jax.grad(lambda x: jnp.sum(jnp.where(jnp.isfinite(out), jaxrelax.st_max(x, where=where), 0)))(x)
+    grad = jax.grad(
+        lambda x: jnp.sum(jnp.where(jnp.isfinite(out), jaxrelax.st_max(x, where=where), 0))
+    )(x)
     np.testing.assert_array_equal(grad, [[1, 0], [0, 0], [0, 0]])
 
 
@@ -125,7 +158,7 @@ def test_straight_through_several_arguments_and_pytrees(rng):
     mine = jax.grad(loss(st), argnums=(0, 1))(x, 2.0)
     cot = {"value": 2 * out["value"], "sign": jnp.ones(5)}
     expected = jax.vjp(soft, x, 2.0)[1](cot)
-    for a, b in zip(mine, expected):
+    for a, b in zip(mine, expected, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
@@ -155,7 +188,8 @@ def test_forward_is_exact_unlike_the_stop_gradient_trick(rng):
 
 def test_functools_partial_static_options():
     st = jaxrelax.straight_through(
-        functools.partial(jaxrelax.hardmax, axis=0), functools.partial(jaxrelax.softmax, axis=0, temperature=0.5)
+        functools.partial(jaxrelax.hardmax, axis=0),
+        functools.partial(jaxrelax.softmax, axis=0, temperature=0.5),
     )
     x = jnp.array([[1.0, 5.0], [3.0, 2.0]])
     np.testing.assert_array_equal(st(x), jaxrelax.hardmax(x, axis=0))

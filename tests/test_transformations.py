@@ -8,27 +8,28 @@ import pytest
 
 import jaxrelax
 
+
+def _tempered(fn, **options):
+    return lambda x, axis, t: fn(x, axis, temperature=t, **options)
+
+
 # name -> (function of (x, axis, temperature), whether it takes a tuple axis, whether smooth)
 FUNCTIONS = {
     "hardmax": (lambda x, axis, t: jaxrelax.hardmax(x, axis), True, False),
     "hardmax_uniform": (lambda x, axis, t: jaxrelax.hardmax(x, axis, ties="uniform"), True, False),
-    "softmax": (lambda x, axis, t: jaxrelax.softmax(x, axis, temperature=t), True, True),
-    "smooth_max": (lambda x, axis, t: jaxrelax.smooth_max(x, axis, temperature=t), True, True),
-    "smooth_max_softmax": (
-        lambda x, axis, t: jaxrelax.smooth_max(x, axis, temperature=t, method="softmax"),
-        True,
+    "softmax": (_tempered(jaxrelax.softmax), True, True),
+    "smooth_max": (_tempered(jaxrelax.smooth_max), True, True),
+    "smooth_max_softmax": (_tempered(jaxrelax.smooth_max, method="softmax"), True, True),
+    "soft_argmax": (_tempered(jaxrelax.soft_argmax), False, True),
+    "st_hardmax": (_tempered(jaxrelax.st_hardmax), True, False),
+    "st_hardmax_identity": (_tempered(jaxrelax.st_hardmax, backward="identity"), True, False),
+    "st_argmax": (_tempered(jaxrelax.st_argmax), False, False),
+    "st_max": (_tempered(jaxrelax.st_max), True, False),
+    "spatial_soft_argmax": (
+        lambda x, axis, t: jaxrelax.spatial_soft_argmax(x, temperature=t),
+        None,
         True,
     ),
-    "soft_argmax": (lambda x, axis, t: jaxrelax.soft_argmax(x, axis, temperature=t), False, True),
-    "st_hardmax": (lambda x, axis, t: jaxrelax.st_hardmax(x, axis, temperature=t), True, False),
-    "st_hardmax_identity": (
-        lambda x, axis, t: jaxrelax.st_hardmax(x, axis, temperature=t, backward="identity"),
-        True,
-        False,
-    ),
-    "st_argmax": (lambda x, axis, t: jaxrelax.st_argmax(x, axis, temperature=t), False, False),
-    "st_max": (lambda x, axis, t: jaxrelax.st_max(x, axis, temperature=t), True, False),
-    "spatial_soft_argmax": (lambda x, axis, t: jaxrelax.spatial_soft_argmax(x, temperature=t), None, True),
 }
 AXES = [-1, 0, (0, 2)]
 
@@ -51,14 +52,18 @@ def test_jit_vmap_grad(name, axis, rng):
     x = jnp.asarray(rng.normal(size=(3, 4, 5)), jnp.float32)
     t = jnp.float32(0.8)
     eager = fn(x, axis, t)
-    np.testing.assert_allclose(jax.jit(fn, static_argnums=1)(x, axis, t), eager, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        jax.jit(fn, static_argnums=1)(x, axis, t), eager, rtol=1e-6, atol=1e-6
+    )
     # vmap over a new leading axis, of x and of a traced temperature
     batch = jnp.stack([x, 2 * x])
     temps = jnp.array([0.8, 1.7], jnp.float32)
     batched_axis = tuple(a % 3 for a in axis) if isinstance(axis, tuple) else axis
     mapped = jax.vmap(lambda x, t: fn(x, batched_axis, t))(batch, temps)
     for i in range(2):
-        np.testing.assert_allclose(mapped[i], fn(batch[i], batched_axis, temps[i]), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(
+            mapped[i], fn(batch[i], batched_axis, temps[i]), rtol=1e-6, atol=1e-6
+        )
     # grad with respect to x and temperature, jitted and not
     weights = jnp.asarray(rng.normal(size=eager.shape), jnp.float32)
     loss = _scalar(fn, axis, weights)
@@ -85,7 +90,9 @@ def test_dtypes(name, dtype, rng):
         g = jax.grad(lambda x: fn(x, -1, 0.5).astype(jnp.float32).sum())(x)
         assert g.dtype == dtype and jnp.isfinite(g.astype(jnp.float32)).all()
         ref = fn(x.astype(jnp.float32), -1, 0.5)  # bf16 is computed in float32 and rounded once
-        np.testing.assert_allclose(out.astype(jnp.float32), ref.astype(dtype).astype(jnp.float32), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(
+            out.astype(jnp.float32), ref.astype(dtype).astype(jnp.float32), rtol=1e-6, atol=1e-7
+        )
 
 
 @pytest.mark.parametrize("shape", [(7,), (2, 7), (2, 3, 1, 7)])
@@ -96,7 +103,9 @@ def test_batch_shapes(shape, rng):
         if name == "spatial_soft_argmax":
             continue
         np.testing.assert_allclose(
-            fn(x, -1, 0.5).reshape(flat.shape[0], -1), fn(flat, -1, 0.5).reshape(flat.shape[0], -1), rtol=1e-6
+            fn(x, -1, 0.5).reshape(flat.shape[0], -1),
+            fn(flat, -1, 0.5).reshape(flat.shape[0], -1),
+            rtol=1e-6,
         )
 
 
@@ -117,5 +126,7 @@ def test_hessian_of_smooth_functions(name, x64, rng):
 
 
 def test_traced_temperature_is_not_checked_under_jit():
-    out = jax.jit(lambda t: jaxrelax.softmax(jnp.array([1.0, 2.0]), temperature=t))(jnp.float32(-1.0))
+    out = jax.jit(lambda t: jaxrelax.softmax(jnp.array([1.0, 2.0]), temperature=t))(
+        jnp.float32(-1.0)
+    )
     assert out.shape == (2,)  # no error: a traced temperature cannot be checked
