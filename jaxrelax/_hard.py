@@ -100,7 +100,7 @@ def max_rule(x, temperature, where, *, axes):
     """The exact maximum over ``axes`` (kept as size-1 dims): -inf for a fully masked slice."""
     del temperature
     x = _utils.fill_masked(lax.stop_gradient(x), where)
-    return jnp.max(x, axes, keepdims=True) + _utils.nan_poison(x, axes)
+    return jnp.max(x, axes, keepdims=True, initial=-jnp.inf) + _utils.nan_poison(x, axes)
 
 
 def _first_max_position(x, m, axes):
@@ -116,6 +116,9 @@ def _first_max_position(x, m, axes):
     below = _utils.is_below_max(x, m)
     if 2 * size <= 2 ** (jnp.finfo(x.dtype).nmant + 1):
         positions = _utils.slice_positions(x.shape, axes, x.dtype)
-        return positions, jnp.min(positions + size * below, axes, keepdims=True)
-    positions = _utils.slice_positions(x.shape, axes, jnp.int32)
-    return positions, jnp.min(jnp.where(below == 0, positions, size), axes, keepdims=True)
+        keys = positions + size * below
+    else:
+        positions = _utils.slice_positions(x.shape, axes, jnp.int32)
+        keys = jnp.where(below == 0, positions, size)
+    first = lax.reduce(keys, jnp.array(size, keys.dtype), lax.min, axes)  # size if empty
+    return positions, jnp.expand_dims(first, axes)

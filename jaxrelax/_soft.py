@@ -241,8 +241,12 @@ def softmax_parts(x, temperature, where, axes):
 
 
 def _nonzero(total):
-    """An empty slice has total 0 and zeros to normalise: divide them by a finite number."""
-    return jnp.maximum(total, jnp.finfo(total.dtype).tiny)
+    """The normaliser, with an empty slice's 0 replaced by 1 (its zeros stay zeros).
+
+    A non-empty slice has ``total >= 1`` (its maximum contributes ``exp(0)``), so this changes
+    nothing else, and ``1 / total`` stays at most 1 however small the temperature.
+    """
+    return jnp.maximum(total, 1)
 
 
 def inverse_total(total):

@@ -126,7 +126,22 @@ def test_hessian_of_smooth_functions(name, x64, rng):
 
 
 def test_traced_temperature_is_not_checked_under_jit():
-    out = jax.jit(lambda t: jaxrelax.softmax(jnp.array([1.0, 2.0]), temperature=t))(
-        jnp.float32(-1.0)
-    )
-    assert out.shape == (2,)  # no error: a traced temperature cannot be checked
+    # A traced temperature cannot be checked: -1 silently computes softmax(-x).
+    x = jnp.array([1.0, 2.0, 0.5])
+    out = jax.jit(lambda t: jaxrelax.softmax(x, temperature=t))(jnp.float32(-1.0))
+    np.testing.assert_allclose(out, jax.nn.softmax(-x), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", [n for n in FUNCTIONS if n != "spatial_soft_argmax"])
+def test_empty_slices(name):
+    fn, _, _ = FUNCTIONS[name]
+    x = jnp.zeros((3, 0))
+    out = fn(x, -1, 0.5)
+    reduced = out.shape == (3,)
+    if reduced:  # an empty maximum is -inf, an empty expected index 0
+        expected = 0.0 if "argmax" in name else -np.inf
+        np.testing.assert_array_equal(out, np.full(3, expected))
+    else:
+        assert out.shape == (3, 0)
+    # and the backward pass runs (an empty min-reduction used to raise)
+    jax.grad(lambda x: jnp.sum(jnp.where(jnp.isfinite(fn(x, -1, 0.5)), 0.0, 1.0)))(x)
