@@ -29,9 +29,9 @@ def hardmax(
     (its smooth relaxation: ``softmax(x, temperature=t)`` tends to ``hardmax(x, ties="uniform")``
     as ``t -> 0``).
 
-    It costs two passes over ``x`` plus the write of the result: a max-reduce, then a
-    min-reduce over positions of the maxima. It is several times faster than
-    ``jax.nn.one_hot(jnp.argmax(x), n)`` on CPU, where ``argmax`` is slow.
+    It reads ``x`` three times (a max, a NaN check, and a min over the positions of the
+    maxima, all fused arithmetic) and writes the result once: several times faster than
+    ``jax.nn.one_hot(jnp.argmax(x), n)`` on CPU, where ``argmax`` does not vectorise.
 
     Args:
       x: the scores, any real dtype; integers and booleans are promoted to the default float.

@@ -240,7 +240,7 @@ def softmax_parts(x, temperature, where, axes):
     return m, e, jnp.sum(e, axes, keepdims=True)
 
 
-def _nonzero(total):
+def _normaliser(total):
     """The normaliser, with an empty slice's 0 replaced by 1 (its zeros stay zeros).
 
     A non-empty slice has ``total >= 1`` (its maximum contributes ``exp(0)``), so this changes
@@ -250,12 +250,12 @@ def _nonzero(total):
 
 
 def inverse_total(total):
-    return 1 / _nonzero(total)
+    return 1 / _normaliser(total)
 
 
 def _softmax_value(x, temperature, where, axes):
     _, e, total = softmax_parts(x, temperature, where, axes)
-    return e / _nonzero(total)
+    return e / _normaliser(total)
 
 
 def _safe_log(p):
@@ -305,7 +305,7 @@ def _smooth_max(x, temperature, where, axes, method):
 
 def _smooth_max_fwd(x, temperature, where, axes, method):
     m, e, total = softmax_parts(x, temperature, where, axes)
-    p = e / _nonzero(total)
+    p = e / _normaliser(total)
     if method == "logsumexp":
         # m is finite or +inf, and log(total) is -inf exactly when the slice is empty.
         value = m + temperature * jnp.log(total)

@@ -8,7 +8,10 @@ arithmetic (add, multiply, min, max, exp, ceil, ...), not compares or selects: o
 in a hot loop splits a fusion and costs a full extra pass over memory. The helpers
 therefore express "is this the maximum" and "first maximum" with ``min``/``ceil``
 arithmetic, which is exact (see :func:`is_below_max`), and reserve ``jnp.where`` for
-masks and slice-sized arrays.
+masks and slice-sized arrays. A second rule: a full-size intermediate that two fusions
+share, even a broadcast of a slice maximum or of a constant, is written to memory and read
+back; the soft and hard halves of ``st_hardmax`` therefore share no elementwise expression
+(see ``_st_hardmax``). Both rules are checked by the benchmarks, not by the tests.
 """
 
 from __future__ import annotations
