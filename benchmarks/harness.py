@@ -39,13 +39,9 @@ class Row:
     ms: float
     baseline: str
     baseline_ms: float
+    speedup: float  # baseline time over ours, the median over alternating pairs
     residuals: str
     target: str = ""
-
-    @property
-    def speedup(self) -> float:
-        """Baseline time over ours: above 1 means we are faster."""
-        return self.baseline_ms / self.ms
 
 
 def run(description: str, cases: Callable, shapes: list, quick_shapes: list) -> None:
@@ -74,7 +70,7 @@ def run(description: str, cases: Callable, shapes: list, quick_shapes: list) -> 
                     cotangent = jax.random.normal(key_g, out.shape, out.dtype)
                     pair = (forward_backward(case.ours), forward_backward(case.baseline))
                     inputs = (x, cotangent)
-                ms, baseline_ms = alternate(*pair, inputs, args.repeats)
+                ms, baseline_ms, speedup = alternate(*pair, inputs, args.repeats)
                 rows.append(
                     Row(
                         case.op,
@@ -84,6 +80,7 @@ def run(description: str, cases: Callable, shapes: list, quick_shapes: list) -> 
                         ms,
                         case.baseline_name,
                         baseline_ms,
+                        speedup,
                         residuals,
                         target,
                     )
@@ -99,7 +96,7 @@ def parse_args(description: str) -> argparse.Namespace:
         "--quick", action="store_true", help="tiny shapes and few repeats (a smoke run)"
     )
     parser.add_argument(
-        "--repeats", type=int, default=30, help="timed calls of each function per row"
+        "--repeats", type=int, default=50, help="timed calls of each function per row"
     )
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = parser.parse_args()
@@ -108,8 +105,12 @@ def parse_args(description: str) -> argparse.Namespace:
     return args
 
 
-def alternate(fn: Callable, baseline: Callable, args: tuple, repeats: int) -> tuple[float, float]:
-    """Median milliseconds of ``fn(*args)`` and ``baseline(*args)``, called alternately."""
+def alternate(fn: Callable, baseline: Callable, args: tuple, repeats: int):
+    """(our median ms, baseline median ms, median of the per-pair speedups).
+
+    The two are called in alternating pairs, and each pair gives a speedup: its median is
+    less sensitive than a ratio of medians to the machine's speed drifting during the run.
+    """
     for f in (fn, baseline):  # compile and warm up
         for _ in range(3):
             jax.block_until_ready(f(*args))
@@ -119,7 +120,8 @@ def alternate(fn: Callable, baseline: Callable, args: tuple, repeats: int) -> tu
             start = time.perf_counter()
             jax.block_until_ready(f(*args))
             times.append(1e3 * (time.perf_counter() - start))
-    return statistics.median(ours), statistics.median(theirs)
+    speedups = [b / a for a, b in zip(ours, theirs, strict=True)]
+    return statistics.median(ours), statistics.median(theirs), statistics.median(speedups)
 
 
 def forward(fn: Callable) -> Callable:
