@@ -125,6 +125,37 @@ def np_spatial_soft_argmax(h, temperature=1.0, normalized=True):
     return np.stack([(p * rows[:, None]).sum((-2, -1)), (p * cols).sum((-2, -1))], -1)
 
 
+# --- adversarial slices shared by the families' tests ---
+
+INF, NAN = np.inf, np.nan
+# One slice per row, with the mask each row is tested under.
+EDGE_X = np.array(
+    [
+        [0.5, 1e30, -2.0, INF],  # huge and infinite values, masked
+        [-INF, -INF, -INF, -INF],  # nothing finite: empty
+        [1.0, 2.0, 3.0, 4.0],  # fully masked: empty
+        [NAN, 1.0, 2.0, -INF],  # masked NaN, unmasked -inf
+        [INF, 1.0, INF, 3.0],  # +inf entries are the maxima and share the mass
+        [0.0, NAN, 2.0, 0.0],  # unmasked NaN: poisons the slice
+        [-INF, -3.0, -INF, -5.0],  # a finite maximum among -inf
+    ],
+    np.float32,
+)
+EDGE_WHERE = np.array(
+    [
+        [True, False, True, False],
+        [True] * 4,
+        [False] * 4,
+        [False, True, True, True],
+        [True] * 4,
+        [True] * 4,
+        [True] * 4,
+    ]
+)
+EDGE_NAN_ROW = 5
+EDGE_EMPTY_ROWS = [1, 2]
+
+
 # --- textbook JAX formulas (finite inputs), for reference gradients ---
 
 

@@ -2,7 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from reference import np_hardmax
+from reference import EDGE_EMPTY_ROWS, EDGE_NAN_ROW, EDGE_WHERE, EDGE_X, np_hardmax
 
 import jaxrelax
 
@@ -57,33 +57,12 @@ def test_uniform_ties_spread_evenly():
 
 @pytest.mark.parametrize("ties", ["first", "uniform"])
 def test_masks_infinities_and_nan(ties):
-    x = np.array(
-        [
-            [1.0, 1e30, 2.0, INF],  # huge and infinite values, masked
-            [-INF, -INF, -INF, -INF],  # all -inf: empty
-            [1.0, 2.0, 3.0, 4.0],  # fully masked
-            [NAN, 1.0, 2.0, 0.0],  # NaN masked: ignored
-            [0.0, NAN, 2.0, 0.0],  # NaN unmasked: poisons the slice
-            [INF, 1.0, INF, 3.0],  # +inf entries are the maxima
-            [-INF, -3.0, -INF, -5.0],
-        ],
-        np.float32,
-    )
-    where = np.array(
-        [
-            [True, False, True, False],
-            [True] * 4,
-            [False] * 4,
-            [False, True, True, True],
-            [True] * 4,
-            [True] * 4,
-            [True] * 4,
-        ]
-    )
-    out = np.asarray(jaxrelax.hardmax(x, where=where, ties=ties))
-    np.testing.assert_array_equal(out, np_hardmax(x, where=where, ties=ties).astype(np.float32))
-    assert np.isnan(out[4]).all() and not np.isnan(np.delete(out, 4, 0)).any()
-    np.testing.assert_array_equal(out[2], 0)
+    out = np.asarray(jaxrelax.hardmax(EDGE_X, where=EDGE_WHERE, ties=ties))
+    expected = np_hardmax(EDGE_X, where=EDGE_WHERE, ties=ties).astype(np.float32)
+    np.testing.assert_array_equal(out, expected)
+    assert np.isnan(out[EDGE_NAN_ROW]).all()
+    assert not np.isnan(np.delete(out, EDGE_NAN_ROW, 0)).any()
+    np.testing.assert_array_equal(out[EDGE_EMPTY_ROWS], 0)
 
 
 def test_large_finite_values_tie_only_when_equal():

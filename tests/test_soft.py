@@ -4,6 +4,10 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 from reference import (
+    EDGE_EMPTY_ROWS,
+    EDGE_NAN_ROW,
+    EDGE_WHERE,
+    EDGE_X,
     jax_smooth_max,
     jax_soft_argmax,
     jax_softmax,
@@ -203,27 +207,6 @@ def test_masked_gradients_match_reference(x64, rng):
 
 # --- edges: masks, infinities, NaN, dtypes ---
 
-EDGE_X = np.array(
-    [
-        [0.5, 1e30, -2.0, INF],  # huge and infinite masked values
-        [-INF, -INF, -INF, -INF],  # nothing finite
-        [1.0, 2.0, 3.0, 4.0],  # fully masked
-        [NAN, 1.0, 2.0, -INF],  # masked NaN, unmasked -inf
-        [INF, 1.0, INF, 3.0],  # +inf shares the mass
-        [0.0, NAN, 2.0, 0.0],  # unmasked NaN
-    ],
-    np.float32,
-)
-EDGE_WHERE = np.array(
-    [
-        [True, False, True, False],
-        [True] * 4,
-        [False] * 4,
-        [False, True, True, True],
-        [True] * 4,
-        [True] * 4,
-    ]
-)
 EDGE_FUNCTIONS = {
     "softmax": lambda x, **k: jaxrelax.softmax(x, **k),
     "smooth_max": lambda x, **k: jaxrelax.smooth_max(x, **k),
@@ -244,22 +227,27 @@ def test_masks_and_infinities(name):
     out = np.asarray(fn(EDGE_X, temperature=0.5, where=EDGE_WHERE))
     np.testing.assert_allclose(out, EDGE_REFERENCES[name](EDGE_X, where=EDGE_WHERE), rtol=1e-6)
     nan_rows = np.isnan(out).reshape(len(EDGE_X), -1).any(1)
-    np.testing.assert_array_equal(nan_rows, [False] * 5 + [True])
+    np.testing.assert_array_equal(nan_rows, np.arange(len(EDGE_X)) == EDGE_NAN_ROW)
     # gradients: finite everywhere but the NaN row, zero on masked and -inf entries
-    cot = jnp.ones_like(out) if out.ndim == 2 else jnp.ones(out.shape)
     grad = np.asarray(
-        jax.vjp(lambda x: fn(x, temperature=0.5, where=EDGE_WHERE), EDGE_X)[1](cot)[0]
+        jax.vjp(lambda x: fn(x, temperature=0.5, where=EDGE_WHERE), EDGE_X)[1](jnp.ones(out.shape))[
+            0
+        ]
     )
-    assert np.isfinite(grad[:5]).all() and np.isnan(grad[5]).all()
-    assert (grad[:5][~EDGE_WHERE[:5] | np.isneginf(EDGE_X[:5])] == 0).all()
-    np.testing.assert_array_equal(grad[1:3], 0)
+    assert np.isnan(grad[EDGE_NAN_ROW]).all()
+    others = np.arange(len(EDGE_X)) != EDGE_NAN_ROW
+    assert np.isfinite(grad[others]).all()
+    ignored = ~EDGE_WHERE | np.isneginf(EDGE_X)
+    assert (grad[others][ignored[others]] == 0).all()
+    np.testing.assert_array_equal(grad[EDGE_EMPTY_ROWS], 0)
 
 
 def test_fully_masked_values():
-    assert (jaxrelax.softmax(EDGE_X, where=EDGE_WHERE)[2] == 0).all()
-    assert jaxrelax.smooth_max(EDGE_X, where=EDGE_WHERE)[2] == -INF
-    assert jaxrelax.smooth_max(EDGE_X, where=EDGE_WHERE, method="softmax")[2] == -INF
-    assert jaxrelax.soft_argmax(EDGE_X, where=EDGE_WHERE)[2] == 0
+    for row in EDGE_EMPTY_ROWS:
+        assert (jaxrelax.softmax(EDGE_X, where=EDGE_WHERE)[row] == 0).all()
+        assert jaxrelax.smooth_max(EDGE_X, where=EDGE_WHERE)[row] == -INF
+        assert jaxrelax.smooth_max(EDGE_X, where=EDGE_WHERE, method="softmax")[row] == -INF
+        assert jaxrelax.soft_argmax(EDGE_X, where=EDGE_WHERE)[row] == 0
     assert jaxrelax.smooth_max(EDGE_X)[4] == INF
 
 
