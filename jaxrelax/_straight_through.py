@@ -251,7 +251,8 @@ def _st_hardmax(x, temperature, where, axes, ties):
     the finite values: on XLA's CPU backend that costs one more read of ``x``, while sharing
     the softmax's max made XLA store a full-size broadcast of it.
     """
-    return _st_hardmax_fwd(x, temperature, where, axes, ties)[0]
+    del temperature  # undifferentiated, it is hardmax itself
+    return _hard.hardmax_rule(x, None, where, axes=axes, ties=ties)
 
 
 def _st_hardmax_fwd(x, temperature, where, axes, ties):
@@ -280,13 +281,13 @@ def _masked_identity(x, temperature, where):
 
 
 def _masked_identity_fwd(x, temperature, where):
-    return x, (where, jnp.zeros_like(temperature))
+    del temperature
+    return x, where
 
 
-def _masked_identity_bwd(residuals, cotangent):
-    where, zero_temperature = residuals
+def _masked_identity_bwd(where, cotangent):
     masked = cotangent if where is None else jnp.where(where, cotangent, 0)
-    return masked, zero_temperature, None
+    return masked, None, None  # None: no cotangent for the temperature
 
 
 _masked_identity.defvjp(_masked_identity_fwd, _masked_identity_bwd)
