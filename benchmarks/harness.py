@@ -21,13 +21,20 @@ import numpy as np
 @dataclass
 class Case:
     """An operation and its baseline; ``targets`` maps each mode to time ("fwd", "fwd+bwd")
-    to the speedup to reach ("" for none)."""
+    to the speedup to reach ("" for none).
+
+    With ``key=True`` both functions take ``(x, key)``, the key a traced argument. A ``peer``
+    baseline is not JAX: ``baseline(mode, x, cotangent)``, given NumPy arrays, returns a
+    callable that runs that mode once.
+    """
 
     op: str
     ours: Callable
     baseline_name: str
     baseline: Callable
     targets: dict[str, str]
+    key: bool = False
+    peer: bool = False
 
 
 @dataclass
@@ -54,23 +61,23 @@ def run(description: str, cases: Callable, shapes: list, quick_shapes: list) -> 
     print(header())
     rows = []
     for shape in quick_shapes if args.quick else shapes:
-        key_x, key_g, key_m = jax.random.split(jax.random.key(0), 3)
+        key_x, key_g, key_m, key = jax.random.split(jax.random.key(0), 4)
         x = jax.random.normal(key_x, shape, jax.numpy.float32)
         mask = jax.random.bernoulli(key_m, 0.9, shape)
         for case in cases(shape[-1], mask):
-            residuals = (
-                f"{input_sized_residuals(case.ours, x)} vs "
-                f"{input_sized_residuals(case.baseline, x)}"
-            )
+            extra = (key,) if case.key else ()
+            out = jax.eval_shape(case.ours, x, *extra)
+            cotangent = jax.random.normal(key_g, out.shape, out.dtype)
             for mode, target in case.targets.items():
-                if mode == "fwd":
-                    pair, inputs = (forward(case.ours), forward(case.baseline)), (x,)
+                ours = _timed(case.ours, mode, x, cotangent, extra)
+                if case.peer:
+                    baseline = case.baseline(mode, np.asarray(x), np.asarray(cotangent))
                 else:
-                    out = jax.eval_shape(case.ours, x)
-                    cotangent = jax.random.normal(key_g, out.shape, out.dtype)
-                    pair = (forward_backward(case.ours), forward_backward(case.baseline))
-                    inputs = (x, cotangent)
-                ms, baseline_ms, speedup = alternate(*pair, inputs, args.repeats)
+                    baseline = _timed(case.baseline, mode, x, cotangent, extra)
+                ms, baseline_ms, speedup = alternate(ours, baseline, (), args.repeats)
+                ours_kept = input_sized_residuals(case.ours, x, extra)
+                theirs_kept = "-" if case.peer else input_sized_residuals(case.baseline, x, extra)
+                residuals = f"{ours_kept} vs {theirs_kept}"
                 rows.append(
                     Row(
                         case.op,
@@ -88,6 +95,15 @@ def run(description: str, cases: Callable, shapes: list, quick_shapes: list) -> 
                 print(f"  measured {case.op} {mode} {shape}", flush=True)
     print()
     print_table(rows, args.markdown)
+
+
+def _timed(fn: Callable, mode: str, x, cotangent, extra: tuple) -> Callable:
+    """A zero-argument callable running ``mode`` of ``fn`` once, compiled."""
+    if mode == "fwd":
+        compiled = forward(fn)
+        return lambda: compiled(x, *extra)
+    compiled = forward_backward(fn)
+    return lambda: compiled(x, cotangent, *extra)
 
 
 def parse_args(description: str) -> argparse.Namespace:
@@ -129,18 +145,19 @@ def forward(fn: Callable) -> Callable:
 
 
 def forward_backward(fn: Callable) -> Callable:
-    """Value and input cotangent for a given output cotangent, in one compiled call."""
+    """Value and input cotangent for a given output cotangent, in one compiled call; further
+    arguments (a key) are passed through undifferentiated."""
 
-    def run(x, cotangent):
-        value, vjp = jax.vjp(fn, x)
+    def run(x, cotangent, *extra):
+        value, vjp = jax.vjp(lambda x: fn(x, *extra), x)
         return value, vjp(cotangent)[0]
 
     return jax.jit(run)
 
 
-def input_sized_residuals(fn: Callable, x) -> int:
-    """Arrays of ``x``'s size that the backward pass of ``fn`` keeps."""
-    _, vjp = jax.vjp(fn, x)
+def input_sized_residuals(fn: Callable, x, extra: tuple = ()) -> int:
+    """Arrays of ``x``'s size that the backward pass of ``fn(x, *extra)`` keeps."""
+    _, vjp = jax.vjp(lambda x: fn(x, *extra), x)
     return sum(int(np.size(leaf) >= np.size(x)) for leaf in jax.tree_util.tree_leaves(vjp))
 
 

@@ -2,6 +2,11 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from . import diagnostics as diagnostics
+from . import schedules as schedules
+from ._gumbel import binary_concrete as binary_concrete
+from ._gumbel import gumbel_rao as gumbel_rao
+from ._gumbel import gumbel_softmax as gumbel_softmax
 from ._hard import hardmax as hardmax
 from ._soft import smooth_max as smooth_max
 from ._soft import soft_argmax as soft_argmax
@@ -18,7 +23,12 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "binary_concrete",
+    "diagnostics",
+    "gumbel_rao",
+    "gumbel_softmax",
     "hardmax",
+    "schedules",
     "smooth_max",
     "soft_argmax",
     "softmax",

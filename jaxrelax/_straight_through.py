@@ -68,13 +68,13 @@ def straight_through(hard_fn: Callable, soft_fn: Callable) -> Callable:
                 "hard_fn and soft_fn must return the same structure of arrays with the same "
                 f"shapes and dtypes; hard_fn gives {hard}, soft_fn gives {soft}"
             )
-        return _straight_through(hard_fn, soft_fn, *args)
+        return straight_through_rule(hard_fn, soft_fn, *args)
 
     return estimator
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _straight_through(hard_fn, soft_fn, *args):
+def straight_through_rule(hard_fn, soft_fn, *args):
     return hard_fn(*args)
 
 
@@ -88,7 +88,7 @@ def _straight_through_bwd(hard_fn, soft_fn, soft_vjp, cotangent):
     return soft_vjp(cotangent)
 
 
-_straight_through.defvjp(_straight_through_fwd, _straight_through_bwd)
+straight_through_rule.defvjp(_straight_through_fwd, _straight_through_bwd)
 
 
 def st_hardmax(
@@ -144,10 +144,10 @@ def st_hardmax(
     backward = _utils.check_choice(backward, "backward", BACKWARDS)
     a = _utils.prepare(x, axis, temperature, where)
     if backward == "softmax":
-        value = _st_hardmax(a.x, a.temperature, a.where, a.axes, ties)
+        value = st_hardmax_rule(a.x, a.temperature, a.where, a.axes, ties)
     else:
         hard = functools.partial(_hard.hardmax_rule, axes=a.axes, ties=ties)
-        value = _straight_through(hard, _masked_identity, a.x, a.temperature, a.where)
+        value = straight_through_rule(hard, _masked_identity, a.x, a.temperature, a.where)
     return value.astype(a.dtype)
 
 
@@ -191,7 +191,7 @@ def st_argmax(
     a = _utils.prepare(x, axis, temperature, where, single_axis=True)
     hard = functools.partial(_hard.argmax_rule, axes=a.axes)
     soft = functools.partial(_soft.soft_argmax_rule, axes=a.axes)
-    return _straight_through(hard, soft, a.x, a.temperature, a.where).astype(a.dtype)
+    return straight_through_rule(hard, soft, a.x, a.temperature, a.where).astype(a.dtype)
 
 
 def st_max(
@@ -238,12 +238,12 @@ def st_max(
     a = _utils.prepare(x, axis, temperature, where)
     hard = functools.partial(_hard.max_rule, axes=a.axes)
     soft = functools.partial(_soft.smooth_max_rule, axes=a.axes, method=method)
-    value = _straight_through(hard, soft, a.x, a.temperature, a.where)
+    value = straight_through_rule(hard, soft, a.x, a.temperature, a.where)
     return (value if keepdims else jnp.squeeze(value, a.axes)).astype(a.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _st_hardmax(x, temperature, where, axes, ties):
+def st_hardmax_rule(x, temperature, where, axes, ties):
     """``straight_through(hardmax_rule, softmax_rule)`` with the two forward passes fused.
 
     The softmax's normaliser doubles as the hardmax's NaN check, and the backward pass keeps
@@ -255,7 +255,7 @@ def _st_hardmax(x, temperature, where, axes, ties):
     return _hard.hardmax_rule(x, None, where, axes=axes, ties=ties)
 
 
-def _st_hardmax_fwd(x, temperature, where, axes, ties):
+def st_hardmax_fwd(x, temperature, where, axes, ties):
     _, e, total = _soft.softmax_parts(x, temperature, where, axes)
     hard = _hard.hardmax_rule(x, None, where, axes=axes, ties=ties, poison=0 * total)
     return hard, (e, _soft.inverse_total(total), temperature)
@@ -267,7 +267,7 @@ def _st_hardmax_bwd(axes, ties, residuals, cotangent):
     return (*_soft.softmax_vjp(e, scale, temperature, cotangent, axes), None)
 
 
-_st_hardmax.defvjp(_st_hardmax_fwd, _st_hardmax_bwd)
+st_hardmax_rule.defvjp(st_hardmax_fwd, _st_hardmax_bwd)
 
 
 @jax.custom_vjp

@@ -44,33 +44,75 @@ def prepare(
     temperature=None,
     where=None,
     *,
+    name: str = "x",
+    integers: bool = True,
     single_axis: bool = False,
     min_ndim: int = 1,
 ) -> Prepared:
-    """Validates and canonicalises the arguments shared by the public functions."""
-    x, dtype = _as_float(x)
+    """Validates and canonicalises the arguments shared by the public functions.
+
+    ``name`` is the scores' argument name in error messages; ``integers=False`` rejects
+    integer scores instead of promoting them (the samplers take float logits only);
+    ``axis=None`` is for elementwise functions, whose temperature may vary per element.
+    """
+    x, dtype = _as_float(x, name, integers)
     if x.ndim < min_ndim:
-        raise ValueError(f"x must have at least {min_ndim} dimension(s), got shape {x.shape}")
-    axes = canonicalize_axes(axis, x.ndim, single_axis=single_axis)
+        raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape {x.shape}")
+    axes = () if axis is None else canonicalize_axes(axis, x.ndim, single_axis=single_axis)
     t = None if temperature is None else check_temperature(temperature, x, axes)
     mask = None if where is None else check_mask(where, x.shape)
     return Prepared(x, axes, t, mask, dtype)
 
 
-def _as_float(x: ArrayLike) -> tuple[jax.Array, np.dtype]:
+def _as_float(x: ArrayLike, name: str, integers: bool) -> tuple[jax.Array, np.dtype]:
     """Promotes integers and booleans to the default float dtype, as ``jax.nn.softmax`` does."""
     try:
         x = jnp.asarray(x)
     except TypeError:
-        raise TypeError(f"x must be an array of real numbers, got {type(x).__name__}") from None
+        raise TypeError(
+            f"{name} must be an array of real numbers, got {type(x).__name__}"
+        ) from None
     if jnp.issubdtype(x.dtype, jnp.complexfloating):
-        raise TypeError(f"x must be real, got dtype {x.dtype}")
+        raise TypeError(f"{name} must be real, got dtype {x.dtype}")
     if not jnp.issubdtype(x.dtype, jnp.floating):
+        if not integers:
+            raise TypeError(f"{name} must be a floating-point array, got dtype {x.dtype}")
         if not (jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_):
-            raise TypeError(f"x must be an array of real numbers, got dtype {x.dtype}")
+            raise TypeError(f"{name} must be an array of real numbers, got dtype {x.dtype}")
         x = x.astype(jnp.result_type(float))
     dtype = x.dtype
     return x.astype(compute_dtype(dtype)), dtype
+
+
+def check_key(key) -> jax.Array:
+    """Returns a single PRNG key as a typed key array, or raises a TypeError naming ``key``.
+
+    New-style keys (``jax.random.key``) of any implementation are taken as they are; legacy
+    ``uint32`` keys (``jax.random.PRNGKey``) are read with the default implementation.
+    """
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise TypeError(f"key must be a single PRNG key, got a key array of shape {key.shape}")
+        return key
+    raw = key if isinstance(key, (jax.Array, np.ndarray)) else None
+    if raw is None or raw.dtype != jnp.uint32 or raw.ndim != 1:
+        kind = getattr(key, "dtype", type(key).__name__)
+        raise TypeError(
+            f"key must be a PRNG key from jax.random.key or jax.random.PRNGKey, got {kind}"
+        )
+    try:
+        return jax.random.wrap_key_data(raw)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"key is not a valid legacy PRNG key: {error}") from None
+
+
+def check_count(value, name: str) -> int:
+    """Checks that a static count is an int of at least 1."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+    return int(value)
 
 
 def compute_dtype(dtype) -> np.dtype:

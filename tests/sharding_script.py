@@ -16,6 +16,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 
 import jaxrelax  # noqa: E402
 
+KEY = jax.random.key(0)  # random bits do not depend on the sharding (partitionable threefry)
+KEY = jax.random.key(0)  # random bits do not depend on the sharding (partitionable threefry)
 FUNCTIONS = {
     "hardmax": lambda x, w: jaxrelax.hardmax(x, where=w),
     "softmax": lambda x, w: jaxrelax.softmax(x, temperature=0.7, where=w),
@@ -30,6 +32,12 @@ FUNCTIONS = {
     "spatial_soft_argmax": lambda x, w: jaxrelax.spatial_soft_argmax(
         x.reshape(16, 8, 8), temperature=0.7
     ),
+    "gumbel_softmax": lambda x, w: jaxrelax.gumbel_softmax(KEY, x, temperature=0.7, where=w),
+    "gumbel_softmax_hard": lambda x, w: jaxrelax.gumbel_softmax(
+        KEY, x, temperature=0.7, hard=True, where=w
+    ),
+    "gumbel_rao": lambda x, w: jaxrelax.gumbel_rao(KEY, x, temperature=0.7, where=w),
+    "binary_concrete_hard": lambda x, w: jaxrelax.binary_concrete(KEY, x, hard=True),
 }
 
 

@@ -34,6 +34,9 @@ def _input_sized(fn, x):
         (lambda x: jaxrelax.st_argmax(x, temperature=0.5), 1),
         (lambda x: jaxrelax.st_max(x, temperature=0.5), 1),
         (lambda x: jaxrelax.hardmax(x), 0),
+        (lambda x: jaxrelax.gumbel_softmax(jax.random.key(0), x, hard=True), 1),
+        (lambda x: jaxrelax.gumbel_softmax(jax.random.key(0), x), 1),
+        (lambda x: jaxrelax.binary_concrete(jax.random.key(0), x, hard=True), 1),
     ],
 )
 def test_saved_residuals(fn, expected):

@@ -1,0 +1,300 @@
+"""Stochastic relaxations: Gumbel-softmax, straight-through Gumbel-softmax, Gumbel-Rao and the
+binary Concrete (relaxed Bernoulli).
+
+The samplers add noise to the logits and hand the perturbed logits to the deterministic
+rules, whose gradients then flow to the logits unchanged: Gumbel-softmax is ``softmax`` of
+``logits + g``, its straight-through variant ``st_hardmax`` of it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.typing import ArrayLike
+
+from . import _soft, _straight_through, _utils
+
+
+def gumbel_softmax(
+    key: ArrayLike,
+    logits: ArrayLike,
+    axis: int | tuple[int, ...] = -1,
+    *,
+    temperature: ArrayLike = 1.0,
+    hard: bool = False,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    r"""A Gumbel-softmax (Concrete) sample, or with ``hard=True`` a straight-through one.
+
+    .. math::
+        y = \mathrm{softmax}\big((\ell + g) / t\big), \qquad g_i \sim \mathrm{Gumbel}(0, 1)
+
+    With ``hard=True`` the forward value is the one-hot of ``argmax(logits + g)``, an exact
+    sample of the categorical distribution ``softmax(logits)``, and the backward pass is the
+    vector-Jacobian product of the soft sample ``y`` with the same noise (straight-through
+    Gumbel-softmax); only the soft sample is saved for it. The gradient reaches ``logits``
+    and ``temperature``; the noise is ``jax.random.gumbel(key, logits.shape)``, so the same key
+    gives the same noise for ``hard=True`` and ``hard=False`` (and as that plain recipe).
+
+    Args:
+      key: a PRNG key (``jax.random.key`` or a legacy ``jax.random.PRNGKey``).
+      logits: unnormalised log-probabilities, a float array; bfloat16 and float16 are
+        computed in float32.
+      axis: the axis, or tuple of axes, of the categories (one sample per slice).
+      temperature: the softmax temperature, as in :func:`jaxrelax.softmax`; it receives a
+        gradient.
+      hard: return the exact one-hot sample forward (straight-through estimator).
+      where: optional boolean mask broadcastable to ``logits``; masked classes are never
+        sampled.
+
+    Returns:
+      A sample of ``logits``' shape and dtype: on the simplex, or one-hot with ``hard=True``.
+
+    Examples:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import jaxrelax
+      >>> key = jax.random.key(0)
+      >>> logits = jnp.log(jnp.array([0.2, 0.5, 0.3]))
+      >>> soft = jaxrelax.gumbel_softmax(key, logits, temperature=0.5)
+      >>> hard = jaxrelax.gumbel_softmax(key, logits, temperature=0.5, hard=True)
+      >>> bool(jnp.argmax(soft) == jnp.argmax(hard)), float(hard.sum())
+      (True, 1.0)
+
+    References:
+      Jang et al., Categorical Reparameterization with Gumbel-Softmax, 2017,
+      https://arxiv.org/abs/1611.01144; Maddison et al., The Concrete Distribution, 2017,
+      https://arxiv.org/abs/1611.00712
+
+    Note:
+      Masked classes and ``-inf`` logits are never sampled and get zero gradient; a slice
+      with no class left gives zeros, never NaN. ``jax.random.gumbel`` never takes ``log(0)``.
+      A NaN logit makes its slice NaN.
+    """
+    key = _utils.check_key(key)
+    hard = _check_flag(hard, "hard")
+    a = _utils.prepare(logits, axis, temperature, where, name="logits", integers=False)
+    perturbed = a.x + jax.random.gumbel(key, a.x.shape, a.x.dtype)
+    if hard:
+        value = _straight_through.st_hardmax_rule(
+            perturbed, a.temperature, a.where, a.axes, "first"
+        )
+    else:
+        value = _soft.softmax_rule(perturbed, a.temperature, a.where, axes=a.axes)
+    return value.astype(a.dtype)
+
+
+def gumbel_rao(
+    key: ArrayLike,
+    logits: ArrayLike,
+    axis: int | tuple[int, ...] = -1,
+    *,
+    temperature: ArrayLike = 1.0,
+    num_samples: int = 10,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    r"""The Gumbel-Rao estimator: an exact categorical sample with a Rao-Blackwellised
+    straight-through Gumbel-softmax gradient.
+
+    The forward value is the one-hot ``D`` of an exact sample of ``softmax(logits)``. The
+    backward pass averages, over ``num_samples`` Gumbel vectors ``g_k`` drawn conditionally on
+    ``argmax(logits + g_k) = D``, the straight-through Gumbel-softmax VJP
+    :math:`\bar y \, \partial_\ell \mathrm{softmax}((\ell + g_k) / t)` with ``g_k`` held
+    fixed, as in the authors' code. Its expectation is that of straight-through
+    Gumbel-softmax; its variance is lower, falling as ``num_samples`` grows (Rao-Blackwell).
+
+    The first of the ``num_samples`` vectors is the noise that drew ``D`` (given ``D`` it is a
+    conditional sample like the others), so ``num_samples=1`` is exactly straight-through
+    Gumbel-softmax: ``gumbel_rao(key, ...)`` equals
+    ``gumbel_softmax(jax.random.split(key)[0], ..., hard=True)``, forward and backward. The
+    others follow the truncated-Gumbel (exponential race) construction and are drawn again,
+    one at a time, from the key in the backward pass: memory does not grow with
+    ``num_samples``, time does.
+
+    Args:
+      key: a PRNG key (``jax.random.key`` or a legacy ``jax.random.PRNGKey``).
+      logits: unnormalised log-probabilities, a float array (half precision computed in
+        float32).
+      axis: the axis, or tuple of axes, of the categories (one sample per slice).
+      temperature: the softmax temperature of the backward pass; it receives a gradient.
+      num_samples: the number of conditional Gumbel vectors averaged (at least 1).
+      where: optional boolean mask broadcastable to ``logits``; masked classes are never
+        sampled.
+
+    Returns:
+      The one-hot sample, of ``logits``' shape and dtype.
+
+    Examples:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import jaxrelax
+      >>> logits = jnp.log(jnp.array([0.2, 0.5, 0.3]))
+      >>> sample = jaxrelax.gumbel_rao(jax.random.key(0), logits, num_samples=8)
+      >>> float(sample.sum())
+      1.0
+
+    References:
+      Paulus, Maddison, Krause, Rao-Blackwellizing the Straight-Through Gumbel-Softmax
+      Gradient Estimator, 2021, https://arxiv.org/abs/2010.04838
+
+    Note:
+      Masks, ``-inf`` and NaN logits behave as in :func:`gumbel_softmax`. Second derivatives
+      differentiate the backward pass with the conditional noise held fixed.
+    """
+    key = _utils.check_key(key)
+    num_samples = _utils.check_count(num_samples, "num_samples")
+    a = _utils.prepare(logits, axis, temperature, where, name="logits", integers=False)
+    forward_key, backward_key = jax.random.split(key)
+    noise = jax.random.gumbel(forward_key, a.x.shape, a.x.dtype)
+    value = _gumbel_rao(a.x, a.temperature, a.where, noise, backward_key, a.axes, num_samples)
+    return value.astype(a.dtype)
+
+
+def binary_concrete(
+    key: ArrayLike,
+    logits: ArrayLike,
+    *,
+    temperature: ArrayLike = 1.0,
+    hard: bool = False,
+) -> jax.Array:
+    r"""A binary Concrete (relaxed Bernoulli) sample, or with ``hard=True`` a straight-through
+    Bernoulli sample, elementwise.
+
+    .. math::
+        y = \sigma\big((\ell + L) / t\big), \qquad L \sim \mathrm{Logistic}(0, 1)
+
+    With ``hard=True`` the forward value is ``[logits + L > 0]``, an exact sample of
+    ``Bernoulli(sigmoid(logits))``, and the backward pass is the VJP of ``y`` with the same
+    noise. The gradient reaches ``logits`` and ``temperature`` (which may vary per element).
+
+    Args:
+      key: a PRNG key (``jax.random.key`` or a legacy ``jax.random.PRNGKey``).
+      logits: log-odds, a float array (half precision computed in float32).
+      temperature: a positive scalar, or an array broadcastable to ``logits``.
+      hard: return exact 0/1 samples forward (straight-through estimator).
+
+    Returns:
+      Samples of ``logits``' shape and dtype, in (0, 1), or 0/1 with ``hard=True``.
+
+    Examples:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import jaxrelax
+      >>> sample = jaxrelax.binary_concrete(jax.random.key(0), jnp.zeros(4), hard=True)
+      >>> bool(jnp.all((sample == 0) | (sample == 1)))
+      True
+
+    References:
+      Maddison et al., The Concrete Distribution, 2017, https://arxiv.org/abs/1611.00712;
+      Jang et al., Categorical Reparameterization with Gumbel-Softmax, 2017,
+      https://arxiv.org/abs/1611.01144
+
+    Note:
+      ``logits = +inf`` (``-inf``) always gives 1 (0) with zero gradient; NaN propagates.
+    """
+    key = _utils.check_key(key)
+    hard = _check_flag(hard, "hard")
+    a = _utils.prepare(logits, None, temperature, name="logits", integers=False, min_ndim=0)
+    perturbed = a.x + jax.random.logistic(key, a.x.shape, a.x.dtype)
+    if hard:
+        value = _straight_through.straight_through_rule(
+            _bernoulli_from_perturbed, _relaxed_bernoulli, perturbed, a.temperature
+        )
+    else:
+        value = _relaxed_bernoulli(perturbed, a.temperature)
+    return value.astype(a.dtype)
+
+
+def _check_flag(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a Python bool, got {type(value).__name__}")
+    return value
+
+
+@jax.custom_vjp
+def _relaxed_bernoulli(perturbed, temperature):
+    return jax.nn.sigmoid(perturbed / temperature)
+
+
+def _relaxed_bernoulli_fwd(perturbed, temperature):
+    y = jax.nn.sigmoid(perturbed / temperature)
+    return y, (y, temperature)
+
+
+def _relaxed_bernoulli_bwd(residuals, cotangent):
+    # From the output alone: dy/dz = y (1 - y) / t and dy/dt = -y (1 - y) logit(y) / t.
+    y, temperature = residuals
+    tiny = jnp.finfo(y.dtype).tiny
+    d_scaled = cotangent * y * (1 - y)
+    logit = jnp.log(jnp.maximum(y, tiny)) - jnp.log(jnp.maximum(1 - y, tiny))
+    dt = _utils.sum_to_shape(-d_scaled * logit / temperature, temperature.shape)
+    return d_scaled / temperature, dt
+
+
+_relaxed_bernoulli.defvjp(_relaxed_bernoulli_fwd, _relaxed_bernoulli_bwd)
+
+
+def _bernoulli_from_perturbed(perturbed, temperature):
+    del temperature
+    perturbed = lax.stop_gradient(perturbed)
+    return jnp.where(jnp.isnan(perturbed), jnp.nan, (perturbed > 0).astype(perturbed.dtype))
+
+
+# --- Gumbel-Rao ---
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _gumbel_rao(logits, temperature, where, noise, backward_key, axes, num_samples):
+    return _gumbel_rao_fwd(logits, temperature, where, noise, backward_key, axes, num_samples)[0]
+
+
+def _gumbel_rao_fwd(logits, temperature, where, noise, backward_key, axes, num_samples):
+    del num_samples
+    sample, (e, scale, _) = _straight_through.st_hardmax_fwd(
+        logits + noise, temperature, where, axes, "first"
+    )
+    return sample, (logits, sample, e, scale, temperature, backward_key, where)
+
+
+def _gumbel_rao_bwd(axes, num_samples, residuals, cotangent):
+    logits, sample, e, scale, temperature, key, where = residuals
+    # The forward noise is the first conditional sample.
+    dx, dt = _soft.softmax_vjp(e, scale, temperature, cotangent, axes)
+    logits = _utils.fill_masked(logits, where)
+    m, _, total = _soft.softmax_parts(logits, jnp.ones_like(temperature), None, axes)
+    log_partition = m + jnp.log(total)
+
+    def add_one_sample(k, grads):
+        gumbel = jax.random.gumbel(jax.random.fold_in(key, k), logits.shape, logits.dtype)
+        perturbed = _conditional_perturbed(logits, sample, gumbel, log_partition, axes)
+        _, e_k, total_k = _soft.softmax_parts(perturbed, temperature, None, axes)
+        scale_k = _soft.inverse_total(total_k)
+        dx_k, dt_k = _soft.softmax_vjp(e_k, scale_k, temperature, cotangent, axes)
+        return grads[0] + dx_k, grads[1] + dt_k
+
+    dx, dt = lax.fori_loop(0, num_samples - 1, add_one_sample, (dx, dt))
+    return dx / num_samples, dt / num_samples, None, None, None
+
+
+_gumbel_rao.defvjp(_gumbel_rao_fwd, _gumbel_rao_bwd)
+
+
+def _conditional_perturbed(logits, sample, gumbel, log_partition, axes):
+    """``logits + g`` for Gumbel noise ``g`` conditioned on ``argmax(logits + g) = sample``.
+
+    Exponential races (Maddison et al. 2014, A* Sampling): with ``E_i = exp(-gumbel_i)`` iid
+    Exp(1) and ``Z = sum exp(logits)``, the winner's arrival time is ``E_D / Z`` and every
+    other class arrives ``E_i / exp(logits_i)`` later; ``logits_i + g_i`` is minus the log of
+    its arrival time. The noise is held fixed: no gradient flows through it.
+    """
+    winner = jnp.sum(sample * gumbel, axes, keepdims=True)  # the chosen class's draw
+    first_arrival = -winner - log_partition  # log(E_D / Z)
+    chosen = log_partition + winner
+    others = -jnp.logaddexp(first_arrival, -gumbel - logits)
+    perturbed = lax.stop_gradient(jnp.where(sample > 0, chosen, others))
+    finite_logits = jnp.where(jnp.isfinite(logits), logits, 0)
+    # logits + fixed noise: the same value, with d/d(logits) = 1 for second derivatives.
+    return finite_logits + lax.stop_gradient(perturbed - finite_logits)

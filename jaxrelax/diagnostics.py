@@ -1,0 +1,148 @@
+"""Judging gradient estimators exactly, on problems small enough to enumerate.
+
+For ``z`` one categorical variable with probabilities ``softmax(logits)`` (``logits`` of shape
+``(n,)``), or ``m`` independent ones (``logits`` of shape ``(m, n)``, a factorised product),
+:func:`exact_expectation` and :func:`exact_gradient` give ``E_z[f(z)]`` and its gradient with
+respect to the logits by summing over all ``n ** m`` one-hot configurations. An estimator
+``estimator(key, logits) -> gradient sample`` is then judged by its Monte-Carlo bias, variance
+and mean squared error against that gradient (:func:`estimator_stats`). Everything is jit- and
+vmap-friendly: ``f`` and the estimator are traced, never called in Python loops.
+
+Examples:
+  >>> import jax
+  >>> import jax.numpy as jnp
+  >>> import jaxrelax
+  >>> from jaxrelax import diagnostics
+  >>> cost = jnp.array([1.0, 0.0, 2.0])
+  >>> f = lambda z: jnp.dot(z, cost)
+  >>> logits = jnp.zeros(3)
+  >>> exact = diagnostics.exact_gradient(f, logits)
+  >>> def st_gumbel(key, logits):
+  ...     return jax.grad(lambda l: f(jaxrelax.gumbel_softmax(key, l, hard=True)))(logits)
+  >>> stats = diagnostics.estimator_stats(st_gumbel, jax.random.key(0), logits, exact, 2000)
+  >>> stats.bias.shape, bool(stats.mse > 0)
+  ((3,), True)
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+__all__ = [
+    "GradientStats",
+    "estimate_gradients",
+    "estimator_stats",
+    "exact_expectation",
+    "exact_gradient",
+    "gradient_stats",
+    "one_hot_configurations",
+]
+
+MAX_CONFIGURATIONS = 2**20
+
+
+class GradientStats(NamedTuple):
+    """Monte-Carlo statistics of gradient samples against the exact gradient.
+
+    ``mean``, ``bias`` and ``variance`` (unbiased, per coordinate) have the logits' shape;
+    ``mse`` is the mean over samples of the squared error summed over coordinates, and
+    ``mse_stderr`` its standard error (the standard deviation of the per-sample squared errors
+    over the square root of the number of samples).
+    """
+
+    mean: jax.Array
+    bias: jax.Array
+    variance: jax.Array
+    mse: jax.Array
+    mse_stderr: jax.Array
+
+
+def one_hot_configurations(shape: tuple[int, ...]) -> jax.Array:
+    """All one-hot assignments for categorical logits of ``shape``: ``(n ** m,) + shape``.
+
+    ``shape`` is ``(n,)`` for one variable with ``n`` classes or ``(m, n)`` for ``m`` of them.
+    """
+    shape = tuple(shape)
+    if len(shape) not in (1, 2) or min(shape) < 1:
+        raise ValueError(f"logits must have shape (n,) or (m, n), got {shape}")
+    n, m = shape[-1], (shape[0] if len(shape) == 2 else 1)
+    if n**m > MAX_CONFIGURATIONS:
+        raise ValueError(
+            f"logits of shape {shape} have {n}**{m} configurations, more than can be "
+            f"enumerated ({MAX_CONFIGURATIONS})"
+        )
+    indices = np.array(list(itertools.product(range(n), repeat=m)), dtype=np.int32)
+    return jnp.asarray(np.eye(n, dtype=np.float32)[indices].reshape((-1,) + shape))
+
+
+def exact_expectation(f: Callable, logits: ArrayLike) -> jax.Array:
+    """``E_z[f(z)]`` for one-hot ``z`` drawn from ``softmax(logits)`` (factorised over the
+    leading axis of 2-D logits), by enumeration. ``f`` maps a one-hot array of the logits'
+    shape to a scalar; the logits must be finite."""
+    logits = _float_logits(logits)
+    configurations = one_hot_configurations(logits.shape).astype(logits.dtype)
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    axes = tuple(range(1, configurations.ndim))
+    weights = jnp.exp(jnp.sum(configurations * log_probs, axis=axes))
+    return jnp.sum(weights * jax.vmap(f)(configurations))
+
+
+def exact_gradient(f: Callable, logits: ArrayLike) -> jax.Array:
+    """The gradient of :func:`exact_expectation` with respect to the logits."""
+    return jax.grad(lambda logits: exact_expectation(f, logits))(_float_logits(logits))
+
+
+def _float_logits(logits):
+    logits = jnp.asarray(logits)
+    if not jnp.issubdtype(logits.dtype, jnp.floating):
+        raise TypeError(f"logits must be a floating-point array, got dtype {logits.dtype}")
+    return logits
+
+
+def estimate_gradients(
+    estimator: Callable, key: ArrayLike, logits: ArrayLike, num_samples: int, batch_size=1024
+) -> jax.Array:
+    """``num_samples`` gradient samples ``estimator(key_i, logits)`` with independent keys,
+    stacked on a new leading axis; computed ``batch_size`` at a time (vmapped) to bound
+    memory."""
+    keys = jax.random.split(key, num_samples)
+    logits = jnp.asarray(logits)
+    return jax.lax.map(lambda k: estimator(k, logits), keys, batch_size=batch_size)
+
+
+def gradient_stats(samples: ArrayLike, exact: ArrayLike) -> GradientStats:
+    """Bias, variance and mean squared error of gradient ``samples`` (stacked on axis 0)."""
+    samples, exact = jnp.asarray(samples), jnp.asarray(exact)
+    count = samples.shape[0]
+    if count < 2:
+        raise ValueError(f"samples must hold at least 2 gradient samples, got {count}")
+    mean = jnp.mean(samples, axis=0)
+    squared_errors = jnp.sum((samples - exact) ** 2, axis=tuple(range(1, samples.ndim)))
+    return GradientStats(
+        mean=mean,
+        bias=mean - exact,
+        variance=jnp.var(samples, axis=0, ddof=1),
+        mse=jnp.mean(squared_errors),
+        mse_stderr=jnp.std(squared_errors, ddof=1) / math.sqrt(count),
+    )
+
+
+def estimator_stats(
+    estimator: Callable,
+    key: ArrayLike,
+    logits: ArrayLike,
+    exact: ArrayLike,
+    num_samples: int,
+    batch_size: int = 1024,
+) -> GradientStats:
+    """:func:`gradient_stats` of ``num_samples`` samples of ``estimator`` at ``logits``."""
+    samples = estimate_gradients(estimator, key, logits, num_samples, batch_size)
+    return gradient_stats(samples, exact)
