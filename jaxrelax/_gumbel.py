@@ -9,6 +9,7 @@ rules, whose gradients then flow to the logits unchanged: Gumbel-softmax is ``so
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -264,14 +265,19 @@ def _gumbel_rao_bwd(axes, num_samples, residuals, cotangent):
     # The forward noise is the first conditional sample.
     dx, dt = _soft.softmax_vjp(e, scale, temperature, cotangent, axes)
     logits = _utils.fill_masked(logits, where)
-    m, _, total = _soft.softmax_parts(logits, jnp.ones_like(temperature), None, axes)
-    log_partition = m + jnp.log(total)
+    probs = lax.stop_gradient(
+        _soft.softmax_rule(logits, jnp.ones_like(temperature), None, axes=axes)
+    )
+    # Second derivatives see logits + fixed noise: gaps move with logits_i - logits_D.
+    finite_logits = jnp.where(jnp.isfinite(logits), logits, 0)
+    relative = finite_logits - jnp.sum(sample * finite_logits, axes, keepdims=True)
+    moving = relative - lax.stop_gradient(relative)  # 0, with derivative 1
 
     def add_one_sample(k, grads):
-        gumbel = jax.random.gumbel(jax.random.fold_in(key, k), logits.shape, logits.dtype)
-        perturbed = _conditional_perturbed(logits, sample, gumbel, log_partition, axes)
-        _, e_k, total_k = _soft.softmax_parts(perturbed, temperature, None, axes)
-        scale_k = _soft.inverse_total(total_k)
+        arrivals = _exponentials(jax.random.fold_in(key, k), logits.shape, logits.dtype)
+        gaps, _ = _conditional_gaps(probs, sample, arrivals, axes)
+        e_k = jnp.exp((gaps + moving) / temperature)
+        scale_k = _soft.inverse_total(jnp.sum(e_k, axes, keepdims=True))
         dx_k, dt_k = _soft.softmax_vjp(e_k, scale_k, temperature, cotangent, axes)
         return grads[0] + dx_k, grads[1] + dt_k
 
@@ -282,19 +288,32 @@ def _gumbel_rao_bwd(axes, num_samples, residuals, cotangent):
 _gumbel_rao.defvjp(_gumbel_rao_fwd, _gumbel_rao_bwd)
 
 
-def _conditional_perturbed(logits, sample, gumbel, log_partition, axes):
-    """``logits + g`` for Gumbel noise ``g`` conditioned on ``argmax(logits + g) = sample``.
+def _exponentials(key, shape, dtype):
+    """Exp(1) draws. In float32, from 24-bit uniforms made four from every three 32-bit words:
+    the random bits are most of Gumbel-Rao's cost, and ``jax.random.exponential`` spends a
+    32-bit word on each 23-bit uniform."""
+    if dtype != jnp.float32:
+        return jax.random.exponential(key, shape, dtype)
+    size = math.prod(shape)
+    words = jax.random.bits(key, (3, -(-size // 4)), jnp.uint32)
+    low_bytes = (words[0] & 0xFF) | ((words[1] & 0xFF) << 8) | ((words[2] & 0xFF) << 16)
+    integers = jnp.concatenate([words >> 8, low_bytes[None]]).reshape(-1)[:size]
+    uniform = integers.astype(jnp.float32) * 2.0**-24  # exact, in [0, 1 - 2**-24]
+    return -jnp.log1p(-uniform).reshape(shape)  # as jax.random.exponential: no log(0)
 
-    Exponential races (Maddison et al. 2014, A* Sampling): with ``E_i = exp(-gumbel_i)`` iid
-    Exp(1) and ``Z = sum exp(logits)``, the winner's arrival time is ``E_D / Z`` and every
-    other class arrives ``E_i / exp(logits_i)`` later; ``logits_i + g_i`` is minus the log of
-    its arrival time. The noise is held fixed: no gradient flows through it.
+
+def _conditional_gaps(probs, sample, arrivals, axes):
+    """``(logits + g) - (logits + g)_D``, for Gumbel noise ``g`` conditioned on the one-hot
+    ``sample`` (at ``D``) being the argmax, from Exp(1) draws ``arrivals``; and ``E_D``.
+
+    Exponential races (Maddison et al. 2014, A* Sampling): class ``i`` arrives at
+    ``E_i / exp(logits_i)``, the first arrival wins and ``logits_i + g_i`` is minus the log of
+    its arrival time. Given that ``D`` wins, it arrives at ``E_D / Z`` (``Z`` the partition
+    function) and every other class ``E_i / exp(logits_i)`` later, so its gap to the winner is
+    ``-log(1 + E_i / (p_i E_D))`` with ``p = softmax(logits)``. The noise is held fixed: no
+    gradient flows through the gaps.
     """
-    winner = jnp.sum(sample * gumbel, axes, keepdims=True)  # the chosen class's draw
-    first_arrival = -winner - log_partition  # log(E_D / Z)
-    chosen = log_partition + winner
-    others = -jnp.logaddexp(first_arrival, -gumbel - logits)
-    perturbed = lax.stop_gradient(jnp.where(sample > 0, chosen, others))
-    finite_logits = jnp.where(jnp.isfinite(logits), logits, 0)
-    # logits + fixed noise: the same value, with d/d(logits) = 1 for second derivatives.
-    return finite_logits + lax.stop_gradient(perturbed - finite_logits)
+    arrivals = jnp.maximum(arrivals, jnp.finfo(arrivals.dtype).tiny)  # Exp(1) is never 0
+    winner = jnp.sum(sample * arrivals, axes, keepdims=True)  # E_D
+    gaps = -jnp.log1p(arrivals / (probs * winner))  # -inf for impossible classes
+    return lax.stop_gradient((1 - sample) * gaps), winner

@@ -21,6 +21,7 @@
 # jupytext. `JAXRELAX_SMOKE=1` runs it at a small size (the tests do).
 
 # %%
+import math
 import os
 
 import jax
@@ -88,15 +89,58 @@ st_round = jaxrelax.straight_through(jnp.round, lambda x: x)
 print("straight-through round:", st_round(jnp.array(1.7)), "gradient", jax.grad(st_round)(1.7))
 
 # %% [markdown]
+# ## Sampling: Gumbel-softmax, straight-through Gumbel and Gumbel-Rao
+#
+# `gumbel_softmax` draws a relaxed sample of `softmax(logits)`; with `hard=True` the forward
+# value is an exact categorical sample and the gradient that of the relaxed one (same noise).
+# `gumbel_rao` keeps that forward sample and averages the straight-through gradient over
+# Gumbel noise conditioned on it. `jaxrelax.diagnostics` measures estimators exactly on
+# problems small enough to enumerate: here both are biased alike, and Gumbel-Rao's variance
+# is lower.
+
+# %%
+key = jax.random.key(0)
+logits = jnp.log(jnp.array([0.1, 0.6, 0.3]))
+print("soft sample", jaxrelax.gumbel_softmax(key, logits, temperature=0.5))
+print("hard sample", jaxrelax.gumbel_softmax(key, logits, temperature=0.5, hard=True))
+
+
+def objective(sample):  # any function of a one-hot sample
+    return jnp.dot(sample, jnp.array([1.0, -1.0, 0.5])) ** 2
+
+
+exact = jaxrelax.diagnostics.exact_gradient(objective, logits)
+estimators = {
+    "straight-through Gumbel": lambda k, lg: jaxrelax.gumbel_softmax(
+        k, lg, temperature=0.5, hard=True
+    ),
+    "Gumbel-Rao, 10 samples": lambda k, lg: jaxrelax.gumbel_rao(k, lg, temperature=0.5),
+}
+print(f"exact gradient {exact}")
+
+
+def gradient_of(sampler):
+    return lambda k, lg: jax.grad(lambda lg: objective(sampler(k, lg)))(lg)
+
+
+for name, sampler in estimators.items():
+    stats = jaxrelax.diagnostics.estimator_stats(
+        gradient_of(sampler), key, logits, exact, 2000 if SMOKE else 20000
+    )
+    bias, variance = jnp.sum(stats.bias**2), jnp.sum(stats.variance)
+    print(f"{name:24} squared bias {bias:.4f}  variance {variance:.4f}")
+
+# %% [markdown]
 # ## A jit-compiled training step that anneals the temperature
 #
 # Decision-focused learning in miniature: each problem offers some routes, each described by a
 # few features; a route's cost is an unknown linear function of its features plus noise. A
 # linear scorer, shared by all problems, picks one route per problem with `st_hardmax`, and
 # the loss is the exact cost of the routes taken. The backward pass's softmax temperature
-# follows an Optax schedule, evaluated inside the compiled step from the step counter: warm
-# early (every route gets a gradient), cold late (the gradient concentrates on the routes in
-# contention). Held-out problems measure the regret: the cost above the best route.
+# follows `jaxrelax.schedules.exponential_anneal` (an Optax schedule), evaluated inside the
+# compiled step from the step counter: warm early (every route gets a gradient), cold late
+# (the gradient concentrates on the routes in contention). Held-out problems measure the
+# regret: the cost above the best route.
 
 # %%
 num_problems, num_routes, num_features, num_steps = (256, 8, 6, 60) if SMOKE else (4096, 16, 6, 400)
@@ -106,8 +150,9 @@ true_weights = jax.random.normal(key_weights, (num_features,))
 costs = features @ true_weights + 0.5 * jax.random.normal(key_noise, (2 * num_problems, num_routes))
 train, test = slice(0, num_problems), slice(num_problems, None)
 
-temperature_schedule = optax.exponential_decay(
-    init_value=2.0, transition_steps=num_steps, decay_rate=0.01, end_value=0.02
+# Jang et al.'s exponential anneal, tau(t) = max(0.02, 2 exp(-r t)), from 2 to 0.02.
+temperature_schedule = jaxrelax.schedules.exponential_anneal(
+    initial=2.0, rate=math.log(100) / num_steps, minimum=0.02
 )
 optimizer = optax.adam(learning_rate=0.05)
 

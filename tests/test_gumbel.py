@@ -142,13 +142,30 @@ def test_gumbel_rao_with_one_sample_is_straight_through_gumbel(rng):
 
 def _conditional(logits, sample, key, count):
     """``count`` draws of logits + g conditioned on argmax = sample, from the estimator's own
-    construction."""
+    construction (its gaps to the winner, plus the winner's Gumbel(logsumexp) value)."""
     logits = jnp.asarray(logits)
-    log_partition = jax.nn.logsumexp(logits, keepdims=True)
-    gumbel = jax.random.gumbel(key, (count,) + logits.shape)
-    return jax.vmap(
-        lambda g: _gumbel._conditional_perturbed(logits, sample, g, log_partition, (0,))
-    )(gumbel)
+    probs = jax.nn.softmax(logits)
+    log_partition = jax.nn.logsumexp(logits)
+
+    def one(k):
+        arrivals = _gumbel._exponentials(k, logits.shape, logits.dtype)
+        gaps, winner = _gumbel._conditional_gaps(probs, sample, arrivals, (0,))
+        return gaps + log_partition - jnp.log(winner)
+
+    return jax.vmap(one)(jax.random.split(key, count))
+
+
+def test_exponentials_are_exp_one():
+    count = 1_000_003  # not a multiple of 4: the packing's tail is cut
+    draws = np.asarray(_gumbel._exponentials(jax.random.key(5), (count,), jnp.float32), np.float64)
+    assert draws.min() >= 0 and np.isfinite(draws).all()
+    assert abs(draws.mean() - 1) <= Z / np.sqrt(count)  # Exp(1): mean 1, variance 1
+    for quantile in [0.1, 1.0, 3.0, 8.0]:  # survival function exp(-q), binomial errors
+        expected = np.exp(-quantile)
+        stderr = np.sqrt(expected * (1 - expected) / count)
+        assert abs((draws > quantile).mean() - expected) <= Z * stderr
+    # neighbours (which share 32-bit words) are uncorrelated
+    assert abs(np.corrcoef(draws[:-1], draws[1:])[0, 1]) <= Z / np.sqrt(count)
 
 
 def test_conditional_noise_follows_the_conditional_distribution():
@@ -476,12 +493,13 @@ def test_gumbel_rao_gradient_is_the_mean_of_conditional_softmax_vjps(x64, rng):
     forward_key, backward_key = jax.random.split(key)
     perturbed = [logits + jax.random.gumbel(forward_key, logits.shape, logits.dtype)]
     sample = jax.nn.one_hot(jnp.argmax(perturbed[0], -1), 6, dtype=logits.dtype)
-    log_partition = jax.nn.logsumexp(logits, -1, keepdims=True)
+    probs = jax.nn.softmax(logits, -1)
     for k in range(num_samples - 1):
-        gumbel = jax.random.gumbel(jax.random.fold_in(backward_key, k), logits.shape, logits.dtype)
-        perturbed.append(
-            _gumbel._conditional_perturbed(logits, sample, gumbel, log_partition, (1,))
+        arrivals = _gumbel._exponentials(
+            jax.random.fold_in(backward_key, k), logits.shape, logits.dtype
         )
+        gaps, _ = _gumbel._conditional_gaps(probs, sample, arrivals, (1,))
+        perturbed.append(gaps + 3.0)  # any per-slice shift: the softmax ignores it
 
     def surrogate(lg, t):  # the mean of softmax((l + g_k) / t), each g_k held fixed
         return (
