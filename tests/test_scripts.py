@@ -48,3 +48,10 @@ def test_core_benchmark_prints_its_table():
     ]:
         assert re.search(rf"^{op}\s", out, re.M), op
     assert re.search(r"^st_hardmax\s+64x128\s+float32\s+fwd\+bwd\s.*\s1 vs 1\s*$", out, re.M), out
+
+
+@pytest.mark.slow
+def test_stochastic_benchmark_prints_its_table():
+    out = _run("benchmarks/stochastic.py", "--quick")
+    for op in ["gumbel_softmax", "gumbel_softmax hard", "gumbel_rao K=10"]:
+        assert re.search(rf"^{op}\s+64x128\s", out, re.M), op
