@@ -12,6 +12,11 @@ from ._soft import smooth_max as smooth_max
 from ._soft import soft_argmax as soft_argmax
 from ._soft import softmax as softmax
 from ._soft import spatial_soft_argmax as spatial_soft_argmax
+from ._sparse import entmax as entmax
+from ._sparse import entmax15 as entmax15
+from ._sparse import entmax_loss as entmax_loss
+from ._sparse import sparsemax as sparsemax
+from ._sparse import sparsemax_loss as sparsemax_loss
 from ._straight_through import st_argmax as st_argmax
 from ._straight_through import st_hardmax as st_hardmax
 from ._straight_through import st_max as st_max
@@ -25,6 +30,9 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 __all__ = [
     "binary_concrete",
     "diagnostics",
+    "entmax",
+    "entmax15",
+    "entmax_loss",
     "gumbel_rao",
     "gumbel_softmax",
     "hardmax",
@@ -32,6 +40,8 @@ __all__ = [
     "smooth_max",
     "soft_argmax",
     "softmax",
+    "sparsemax",
+    "sparsemax_loss",
     "spatial_soft_argmax",
     "st_argmax",
     "st_hardmax",

@@ -213,20 +213,6 @@ def _coordinates(n: int, normalized: bool, dtype) -> jax.Array:
 # --- the rules, on prepared arguments (compute dtype, canonical axes, checked mask) ---
 
 
-@jax.custom_jvp
-def _nonpositive(shifted):
-    """``min(shifted, 0)`` with the identity as derivative.
-
-    Shifted logits ``x - max`` are already <= 0; the clamp only maps ``+inf - max`` to 0. The
-    identity derivative keeps second derivatives right at the maximum, where ``jnp.minimum``
-    would halve the tangent.
-    """
-    return jnp.minimum(shifted, 0)
-
-
-_nonpositive.defjvp(lambda primals, tangents: (_nonpositive(primals[0]), tangents[0]))
-
-
 def softmax_parts(x, temperature, where, axes):
     """(m, e, total): the slice maximum (from ``slice_max``), the shifted exponentials
     ``exp((x - m) / t)`` (0 where masked) and their sum; softmax is ``e / total``.
@@ -234,9 +220,8 @@ def softmax_parts(x, temperature, where, axes):
     Arithmetic only, so XLA fuses it into two passes over ``x``; ``total`` is NaN exactly for
     slices holding NaN, since sums propagate NaN.
     """
-    x = _utils.fill_masked(x, where)
-    m = _utils.slice_max(x, axes)
-    e = jnp.exp(_nonpositive(x - _utils.finite(m)) / temperature)
+    m, shifted = _utils.shift_by_max(x, where, axes)
+    e = jnp.exp(shifted / temperature)
     return m, e, jnp.sum(e, axes, keepdims=True)
 
 

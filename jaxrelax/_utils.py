@@ -159,30 +159,43 @@ def check_temperature(temperature, x: jax.Array, axes: tuple[int, ...]) -> jax.A
     least the smallest normal number of the compute dtype (XLA flushes subnormals to zero); a
     traced one cannot be checked.
     """
-    if isinstance(temperature, jax.core.Tracer):
-        t = temperature
-    else:
-        t = np.asarray(temperature)
-        if not (np.issubdtype(t.dtype, np.floating) or np.issubdtype(t.dtype, np.integer)):
-            raise TypeError(f"temperature must be a real number, got dtype {t.dtype}")
-        tiny = float(jnp.finfo(x.dtype).tiny)
-        bad = ~np.isfinite(t) | (t < tiny)
+    tiny = float(jnp.finfo(x.dtype).tiny)
+    return check_per_slice(
+        temperature,
+        "temperature",
+        x,
+        axes,
+        lambda t: np.isfinite(t) & (t >= tiny),
+        f"positive and finite (at least {tiny:g})",
+    )
+
+
+def check_per_slice(value, name: str, x: jax.Array, axes, valid, requirement: str) -> jax.Array:
+    """Checks a real parameter that is a scalar or one value per slice (an array broadcastable
+    to ``x`` with size 1 along ``axes``) and returns it in ``x``'s dtype. A concrete value must
+    pass ``valid`` (a NumPy predicate); a traced one cannot be checked."""
+    if not isinstance(value, jax.core.Tracer):
+        concrete = np.asarray(value)
+        if not (
+            np.issubdtype(concrete.dtype, np.floating) or np.issubdtype(concrete.dtype, np.integer)
+        ):
+            raise TypeError(f"{name} must be a real number, got dtype {concrete.dtype}")
+        bad = ~valid(concrete)
         if bad.any():
-            raise ValueError(
-                f"temperature must be positive and finite (at least {tiny:g}), "
-                f"got {t[bad].ravel()[0] if t.ndim else t.item()}"
-            )
-    t = jnp.asarray(t)
-    if not (jnp.issubdtype(t.dtype, jnp.floating) or jnp.issubdtype(t.dtype, jnp.integer)):
-        raise TypeError(f"temperature must be a real number, got dtype {t.dtype}")
-    padded = (1,) * (x.ndim - t.ndim) + t.shape
-    fits = t.ndim <= x.ndim and all(p in (1, n) for p, n in zip(padded, x.shape, strict=True))
+            shown = concrete[bad].ravel()[0] if concrete.ndim else concrete.item()
+            raise ValueError(f"{name} must be {requirement}, got {shown}")
+        value = concrete
+    value = jnp.asarray(value)
+    if not (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)):
+        raise TypeError(f"{name} must be a real number, got dtype {value.dtype}")
+    padded = (1,) * (x.ndim - value.ndim) + value.shape
+    fits = value.ndim <= x.ndim and all(p in (1, n) for p, n in zip(padded, x.shape, strict=True))
     if not fits or any(padded[a] != 1 for a in axes):
         raise ValueError(
-            f"temperature of shape {t.shape} must broadcast to x of shape {x.shape} "
+            f"{name} of shape {value.shape} must broadcast to x of shape {x.shape} "
             f"with size 1 along the reduced axes {axes}"
         )
-    return t.astype(x.dtype)
+    return value.astype(x.dtype)
 
 
 def check_mask(where, shape: tuple[int, ...]) -> jax.Array:
@@ -222,6 +235,26 @@ def slice_max(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
     """
     lowest = jnp.array(jnp.finfo(x.dtype).min, x.dtype)
     return jnp.expand_dims(lax.reduce(lax.stop_gradient(x), lowest, lax.max, axes), axes)
+
+
+@jax.custom_jvp
+def _nonpositive(shifted):
+    """``min(shifted, 0)`` with the identity as derivative: shifted scores ``x - max`` are
+    already <= 0, and the clamp only maps ``+inf - max`` to 0; ``jnp.minimum`` would halve the
+    tangent at the maximum and spoil second derivatives there."""
+    return jnp.minimum(shifted, 0)
+
+
+_nonpositive.defjvp(lambda primals, tangents: (_nonpositive(primals[0]), tangents[0]))
+
+
+def shift_by_max(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...]):
+    """(m, shifted): the slice maximum of the masked scores (from :func:`slice_max`) and the
+    scores minus it, in ``[-inf, 0]``: masked and ``-inf`` entries are ``-inf``, ``+inf``
+    entries 0, NaN entries NaN. Gradients flow to ``x`` with slope 1."""
+    x = fill_masked(x, where)
+    m = slice_max(x, axes)
+    return m, _nonpositive(x - finite(m))
 
 
 def finite(x: jax.Array) -> jax.Array:

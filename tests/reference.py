@@ -184,3 +184,91 @@ def jax_spatial_soft_argmax(h, t, normalized=True):
         jnp.linspace(-1, 1, n) if normalized else jnp.arange(n, dtype=h.dtype) for n in h.shape[-2:]
     )
     return jnp.stack([(p * rows[:, None]).sum((-2, -1)), (p * cols).sum((-2, -1))], -1)
+
+
+# --- sparse relaxations: sort-based (sparsemax, 1.5-entmax) and bisection (alpha-entmax) ---
+
+
+def _sparse_rows(x, axis, temperature, where, row_fn):
+    """Applies ``row_fn`` to the unmasked finite scores z = x / t of each slice (float64)."""
+    x0, axes, order, _, _, _ = _rows(x, axis, where)
+    ts = _row_temperature(temperature, x0, axes, order)
+
+    def one(row, valid, i):
+        if np.isnan(row[valid]).any():
+            return np.full(row.shape, np.nan)
+        valid = valid & (row > -np.inf)
+        out = np.zeros(row.shape)
+        if not valid.any():
+            return out
+        if np.isposinf(row[valid]).any():
+            top = valid & np.isposinf(row)
+            out[top] = 1.0 / top.sum()
+            return out
+        out[valid] = row_fn(row[valid] / ts[i])
+        return out
+
+    x, axes, order, batch, out = _per_row(x, axis, where, one)
+    return _unrows(out, x, axes, order, batch)
+
+
+def _np_sparsemax_row(z):
+    descending = np.sort(z)[::-1]
+    k = np.arange(1, len(z) + 1)
+    cumulative = np.cumsum(descending)
+    support = k[1 + k * descending > cumulative].max()
+    return np.maximum(z - (cumulative[support - 1] - 1) / support, 0)
+
+
+def _np_entmax15_row(z):
+    # Peters, Niculae & Martins 2019, Algorithm 2 (sort-based).
+    z = z / 2
+    descending = np.sort(z)[::-1]
+    k = np.arange(1, len(z) + 1)
+    mean = np.cumsum(descending) / k
+    mean_sq = np.cumsum(descending**2) / k
+    delta = np.maximum((1 - k * (mean_sq - mean**2)) / k, 0)
+    tau = mean - np.sqrt(delta)
+    support = np.sum(tau <= descending)
+    return np.maximum(z - tau[support - 1], 0) ** 2
+
+
+def _np_entmax_bisect_row(z, alpha):
+    a = (alpha - 1) * z
+    a = a - a.max()
+    beta = 1 / (alpha - 1)
+    lo, hi = -1.0, 0.0
+    for _ in range(300):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if np.sum(np.maximum(a - mid, 0) ** beta) >= 1 else (lo, mid)
+    p = np.maximum(a - lo, 0) ** beta
+    return p / p.sum()
+
+
+def np_sparsemax(x, axis=-1, temperature=1.0, where=None):
+    return _sparse_rows(x, axis, temperature, where, _np_sparsemax_row)
+
+
+def np_entmax15(x, axis=-1, temperature=1.0, where=None):
+    return _sparse_rows(x, axis, temperature, where, _np_entmax15_row)
+
+
+def np_entmax(x, alpha, axis=-1, temperature=1.0, where=None):
+    if alpha == 1:
+        return np_softmax(x, axis, temperature, where)
+    return _sparse_rows(x, axis, temperature, where, lambda z: _np_entmax_bisect_row(z, alpha))
+
+
+def np_tsallis(q, alpha, axis=-1):
+    q = np.asarray(q, np.float64)
+    if alpha == 1:
+        return np.sum(np.where(q > 0, q * np.log(np.where(q > 0, q, 1)), 0), axis)
+    return (np.sum(q**alpha, axis) - 1) / (alpha * (alpha - 1))
+
+
+def np_entmax_loss(x, labels, alpha, axis=-1, temperature=1.0):
+    """The Fenchel-Young loss from its definition (finite, unmasked scores)."""
+    z = np.asarray(x, np.float64) / temperature
+    p = np_entmax(x, alpha, axis, temperature)
+    y = np.asarray(labels, np.float64)
+    return np_tsallis(y, alpha, axis) - np_tsallis(p, alpha, axis) + np.sum(z * (p - y), axis)

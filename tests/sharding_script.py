@@ -38,6 +38,11 @@ FUNCTIONS = {
     ),
     "gumbel_rao": lambda x, w: jaxrelax.gumbel_rao(KEY, x, temperature=0.7, where=w),
     "binary_concrete_hard": lambda x, w: jaxrelax.binary_concrete(KEY, x, hard=True),
+    "sparsemax": lambda x, w: jaxrelax.sparsemax(x, temperature=0.7, where=w),
+    "entmax15": lambda x, w: jaxrelax.entmax15(x, temperature=0.7, where=w),
+    "entmax_loss": lambda x, w: jaxrelax.entmax_loss(
+        x, jax.nn.one_hot(jnp.argmax(x, -1), x.shape[-1]), where=w
+    ),
 }
 
 

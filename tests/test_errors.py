@@ -14,6 +14,9 @@ TEMPERED = {
     "st_hardmax": jaxrelax.st_hardmax,
     "st_argmax": jaxrelax.st_argmax,
     "st_max": jaxrelax.st_max,
+    "sparsemax": jaxrelax.sparsemax,
+    "entmax15": jaxrelax.entmax15,
+    "entmax": lambda x, axis=-1, **kwargs: jaxrelax.entmax(x, 1.3, axis, **kwargs),
 }
 MASKED = {"hardmax": jaxrelax.hardmax, **TEMPERED}
 

@@ -37,6 +37,9 @@ def _input_sized(fn, x):
         (lambda x: jaxrelax.gumbel_softmax(jax.random.key(0), x, hard=True), 1),
         (lambda x: jaxrelax.gumbel_softmax(jax.random.key(0), x), 1),
         (lambda x: jaxrelax.binary_concrete(jax.random.key(0), x, hard=True), 1),
+        (lambda x: jaxrelax.sparsemax(x, temperature=0.5), 1),
+        (lambda x: jaxrelax.entmax15(x, temperature=0.5, where=BROADCAST_MASK), 1),
+        (lambda x: jaxrelax.entmax(x, 1.3, temperature=0.5), 1),
     ],
 )
 def test_saved_residuals(fn, expected):

@@ -25,6 +25,13 @@ FUNCTIONS = {
     "st_hardmax_identity": (_tempered(jaxrelax.st_hardmax, backward="identity"), True, False),
     "st_argmax": (_tempered(jaxrelax.st_argmax), False, False),
     "st_max": (_tempered(jaxrelax.st_max), True, False),
+    "sparsemax": (_tempered(jaxrelax.sparsemax), True, False),
+    "entmax15": (_tempered(jaxrelax.entmax15), True, False),
+    "entmax_alpha": (
+        lambda x, axis, t: jaxrelax.entmax(x, 1.3, axis, temperature=t),
+        True,
+        False,
+    ),
     "spatial_soft_argmax": (
         lambda x, axis, t: jaxrelax.spatial_soft_argmax(x, temperature=t),
         None,

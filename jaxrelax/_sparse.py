@@ -1,0 +1,557 @@
+"""Sparse relaxations: sparsemax, 1.5-entmax and alpha-entmax, and their Fenchel-Young losses.
+
+alpha-entmax of scores ``z = x / t`` is ``p_i = [(alpha - 1) z_i - tau]_+ ** beta`` with
+``beta = 1 / (alpha - 1)`` and the threshold ``tau`` set so that ``sum(p) = 1``. Rather than
+sorting, the threshold is found by Newton's method on the convex, decreasing function
+``f(tau) = sum_i [u_i - tau]_+ ** beta - C`` of the max-shifted scores ``u`` (``C`` absorbs
+the temperature), started from a point where ``f >= 0``: from there the iterates rise
+monotonically to the root. For sparsemax (beta = 1) ``f`` is piecewise linear, and each
+Newton step is the exact threshold of the current support (Michelot's algorithm, 1986), so the
+iteration stops on the exact answer as soon as the support is found; for 1.5-entmax
+(beta = 2) it converges quadratically. Each step is two fused reductions over the scores;
+typical inputs need 3 to 10 steps, whatever their size. For alpha > 2 (beta < 1), where ``f``
+is concave, the steps are safeguarded by bisection.
+
+References: Martins & Astudillo, From Softmax to Sparsemax, 2016,
+https://arxiv.org/abs/1602.02068; Peters, Niculae & Martins, Sparse Sequence-to-Sequence
+Models, 2019, https://arxiv.org/abs/1905.05702; Blondel, Martins & Niculae, Learning with
+Fenchel-Young Losses, 2020, https://arxiv.org/abs/1901.02324; Correia, Niculae & Martins,
+Adaptively Sparse Transformers, 2019, https://arxiv.org/abs/1909.00015; Michelot, A finite
+algorithm for finding the projection of a point onto the canonical simplex of R^n, 1986.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.typing import ArrayLike
+
+from . import _soft, _utils
+
+MAX_STEPS = 200
+
+
+def sparsemax(
+    x: ArrayLike,
+    axis: int | tuple[int, ...] = -1,
+    *,
+    temperature: ArrayLike = 1.0,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    r"""Sparsemax: the Euclidean projection of ``x / temperature`` onto the simplex.
+
+    .. math::
+        \mathrm{sparsemax}(z) = \arg\min_{p \in \Delta} \lVert p - z \rVert^2
+        = [z - \tau]_+, \qquad \textstyle\sum_i [z_i - \tau]_+ = 1
+
+    Unlike softmax it puts exact zeros on low scores. Computed without sorting (see the
+    module's notes), exact to rounding. The gradient is exact: the Jacobian on the support
+    ``S`` is ``diag(s) - s s^T / |S|``, and the backward pass reads only the output.
+
+    Args:
+      x: the scores, any real dtype; integers are promoted to the default float, bfloat16 and
+        float16 are computed in float32.
+      axis: the axis, or tuple of axes, to normalise over.
+      temperature: a positive scalar, or one per slice (see :func:`jaxrelax.softmax`); it
+        receives a gradient.
+      where: optional boolean mask broadcastable to ``x``; masked entries take no part.
+
+    Returns:
+      An array of ``x``'s shape and float dtype, non-negative, summing to 1 along ``axis``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jaxrelax
+      >>> print(jaxrelax.sparsemax(jnp.array([1.0, 0.5, -1.0])))
+      [0.75 0.25 0.  ]
+
+    References:
+      Martins & Astudillo, From Softmax to Sparsemax, 2016, https://arxiv.org/abs/1602.02068
+
+    Note:
+      Masked and ``-inf`` entries are 0 with zero gradient; a slice with no unmasked finite
+      entry is all zeros; ``+inf`` entries share the mass equally; NaN poisons its slice.
+    """
+    return _entmax_public(x, 2.0, axis, temperature, where)
+
+
+def entmax15(
+    x: ArrayLike,
+    axis: int | tuple[int, ...] = -1,
+    *,
+    temperature: ArrayLike = 1.0,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    r"""1.5-entmax: between softmax and sparsemax, sparse and smooth.
+
+    .. math::
+        \mathrm{entmax}_{1.5}(z)_i = [z_i / 2 - \tau]_+^2, \qquad \textstyle\sum_i p_i = 1
+
+    with ``z = x / temperature``. Computed without sorting, exact to rounding. The gradient is
+    exact: the Jacobian is ``diag(s) - s s^T / sum(s)`` with ``s = sqrt(p)``; the backward pass
+    reads only the output.
+
+    Args:
+      x: the scores, any real dtype (see :func:`sparsemax`).
+      axis: the axis, or tuple of axes, to normalise over.
+      temperature: as in :func:`sparsemax`; it receives a gradient.
+      where: optional boolean mask broadcastable to ``x``.
+
+    Returns:
+      An array of ``x``'s shape and float dtype, non-negative, summing to 1 along ``axis``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jaxrelax
+      >>> print(jaxrelax.entmax15(jnp.array([2.0, 1.0, -2.0])))
+      [0.8307189  0.16928107 0.        ]
+
+    References:
+      Peters, Niculae & Martins, Sparse Sequence-to-Sequence Models, 2019,
+      https://arxiv.org/abs/1905.05702
+
+    Note:
+      Masks, infinities and NaN behave as in :func:`sparsemax`.
+    """
+    return _entmax_public(x, 1.5, axis, temperature, where)
+
+
+def entmax(
+    x: ArrayLike,
+    alpha: ArrayLike = 1.5,
+    axis: int | tuple[int, ...] = -1,
+    *,
+    temperature: ArrayLike = 1.0,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    r"""alpha-entmax: softmax at ``alpha = 1``, sparsemax at ``alpha = 2``, sparser beyond.
+
+    .. math::
+        \mathrm{entmax}_\alpha(z)_i = [(\alpha - 1) z_i - \tau]_+^{1 / (\alpha - 1)},
+        \qquad \textstyle\sum_i p_i = 1
+
+    with ``z = x / temperature``: the maximiser of ``p . z`` plus the Tsallis alpha-entropy.
+    ``alpha`` may be traced (learnable sparsity, Correia et al. 2019) and receives a gradient,
+    as do ``x`` and ``temperature``; the backward pass reads only the output. A concrete
+    ``alpha`` of 1, 1.5 or 2 uses the dedicated paths (softmax, :func:`entmax15`,
+    :func:`sparsemax`); any other is solved by safeguarded Newton steps with ``pow``, slower.
+
+    Args:
+      x: the scores, any real dtype (see :func:`sparsemax`).
+      alpha: ``>= 1``, a scalar or one per slice (broadcastable to ``x`` with size 1 along
+        ``axis``).
+      axis: the axis, or tuple of axes, to normalise over.
+      temperature: as in :func:`sparsemax`.
+      where: optional boolean mask broadcastable to ``x``.
+
+    Returns:
+      An array of ``x``'s shape and float dtype, non-negative, summing to 1 along ``axis``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jaxrelax
+      >>> x = jnp.array([1.0, 0.8, -1.0])
+      >>> bool(jnp.allclose(jaxrelax.entmax(x, alpha=2.0), jaxrelax.sparsemax(x)))
+      True
+      >>> print(jaxrelax.entmax(x, alpha=1.25))
+      [0.5500091  0.43297485 0.01701691]
+
+    References:
+      Peters, Niculae & Martins, Sparse Sequence-to-Sequence Models, 2019,
+      https://arxiv.org/abs/1905.05702; Correia, Niculae & Martins, Adaptively Sparse
+      Transformers, 2019, https://arxiv.org/abs/1909.00015
+
+    Note:
+      A concrete ``alpha < 1`` raises ValueError; a traced one is not checked (below 1 the
+      result is meaningless). Masks, infinities and NaN behave as in :func:`sparsemax`.
+    """
+    return _entmax_public(x, alpha, axis, temperature, where)
+
+
+def sparsemax_loss(
+    x: ArrayLike,
+    labels: ArrayLike,
+    axis: int | tuple[int, ...] = -1,
+    *,
+    temperature: ArrayLike = 1.0,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    r"""The sparsemax (Fenchel-Young) loss of scores ``x`` against ``labels``.
+
+    .. math::
+        L(z; y) = \Omega(y) - \Omega(p) + z \cdot (p - y), \qquad
+        \Omega(q) = \tfrac12 (\lVert q \rVert^2 - 1), \quad p = \mathrm{sparsemax}(z)
+
+    with ``z = x / temperature``. Non-negative, zero exactly when ``p`` is the label; its
+    gradient with respect to ``x`` is ``(p - labels) / temperature``.
+
+    Args:
+      x: the scores, any real dtype (see :func:`sparsemax`).
+      labels: one-hot labels or distributions, of ``x``'s shape.
+      axis: the axis, or tuple of axes, of the classes.
+      temperature: as in :func:`sparsemax`.
+      where: optional boolean mask broadcastable to ``x``; masked classes take no part
+        (label mass on them is ignored).
+
+    Returns:
+      One loss per slice: ``x``'s shape without ``axis``, in ``x``'s float dtype.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jaxrelax
+      >>> x = jnp.array([[2.0, 0.0, 0.0], [0.5, 0.0, 0.0]])
+      >>> print(jaxrelax.sparsemax_loss(x, jnp.eye(3)[:2]))
+      [0.        0.5833334]
+
+    References:
+      Martins & Astudillo, 2016; Blondel, Martins & Niculae, Learning with Fenchel-Young
+      Losses, 2020, https://arxiv.org/abs/1901.02324
+    """
+    return _entmax_loss_public(x, labels, 2.0, axis, temperature, where)
+
+
+def entmax_loss(
+    x: ArrayLike,
+    labels: ArrayLike,
+    alpha: ArrayLike = 1.5,
+    axis: int | tuple[int, ...] = -1,
+    *,
+    temperature: ArrayLike = 1.0,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    r"""The alpha-entmax (Fenchel-Young) loss of scores ``x`` against ``labels``.
+
+    .. math::
+        L(z; y) = \Omega_\alpha(y) - \Omega_\alpha(p) + z \cdot (p - y), \qquad
+        \Omega_\alpha(q) = \frac{\sum_i q_i^\alpha - 1}{\alpha (\alpha - 1)}
+
+    with ``z = x / temperature`` and ``p = entmax(z, alpha)`` (at ``alpha = 1``,
+    :math:`\Omega_1(q) = \sum_i q_i \log q_i` and this is the cross-entropy, less the labels'
+    entropy). Non-negative, zero exactly when ``p`` is the label; its gradient with respect to
+    ``x`` is ``(p - labels) / temperature``; ``alpha`` receives a gradient too.
+
+    Args:
+      x: the scores, any real dtype (see :func:`sparsemax`).
+      labels: one-hot labels or distributions, of ``x``'s shape.
+      alpha: ``>= 1``, as in :func:`entmax`.
+      axis: the axis, or tuple of axes, of the classes.
+      temperature: as in :func:`sparsemax`.
+      where: optional boolean mask broadcastable to ``x`` (label mass on masked classes is
+        ignored).
+
+    Returns:
+      One loss per slice: ``x``'s shape without ``axis``, in ``x``'s float dtype.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jaxrelax
+      >>> x = jnp.array([3.0, 0.0, 0.0])
+      >>> print(jaxrelax.entmax_loss(x, jnp.array([1.0, 0.0, 0.0])))
+      0.0
+
+    References:
+      Peters, Niculae & Martins, 2019; Blondel, Martins & Niculae, 2020.
+    """
+    return _entmax_loss_public(x, labels, alpha, axis, temperature, where)
+
+
+# --- argument handling ---
+
+
+def _prepare(x, alpha, axis, temperature, where):
+    a = _utils.prepare(x, axis, temperature, where)
+    if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
+        if not alpha >= 1:
+            raise ValueError(f"alpha must be >= 1, got {alpha}")
+        return a, float(alpha), jnp.asarray(alpha, a.x.dtype)
+    alpha = _utils.check_per_slice(alpha, "alpha", a.x, a.axes, lambda v: v >= 1, ">= 1")
+    return a, None, alpha
+
+
+def _entmax_public(x, alpha, axis, temperature, where):
+    a, static_alpha, alpha = _prepare(x, alpha, axis, temperature, where)
+    if static_alpha == 1:
+        return _soft.softmax_rule(a.x, a.temperature, a.where, axes=a.axes).astype(a.dtype)
+    kind = _kind(static_alpha)
+    if kind != "general" or static_alpha is not None:
+        return _entmax(a.x, a.temperature, alpha, a.where, a.axes, kind).astype(a.dtype)
+    # A traced alpha may be 1 at run time: softmax there, and alpha = 1.5 (unused) in entmax.
+    is_one = alpha == 1
+    value = _entmax(a.x, a.temperature, jnp.where(is_one, 1.5, alpha), a.where, a.axes, kind)
+    soft = _soft.softmax_rule(a.x, a.temperature, a.where, axes=a.axes)
+    return jnp.where(is_one, soft, value).astype(a.dtype)
+
+
+def _entmax_loss_public(x, labels, alpha, axis, temperature, where):
+    a, static_alpha, alpha = _prepare(x, alpha, axis, temperature, where)
+    labels = jnp.asarray(labels)
+    if labels.shape != a.x.shape:
+        raise ValueError(f"labels of shape {labels.shape} must have x's shape {a.x.shape}")
+    labels = labels.astype(a.x.dtype)
+    kind = "softmax" if static_alpha == 1 else _kind(static_alpha)
+    loss = _fenchel_young(a.x, labels, a.temperature, alpha, a.where, a.axes, kind)
+    return jnp.squeeze(loss, a.axes).astype(a.dtype)
+
+
+def _kind(static_alpha):
+    return {2.0: "sparsemax", 1.5: "entmax15"}.get(static_alpha, "general")
+
+
+# --- the threshold ---
+
+
+def _powers(kind, alpha):
+    """beta = 1 / (alpha - 1), and the exponents of the mass and its derivative."""
+    if kind == "sparsemax":
+        return 1.0
+    if kind == "entmax15":
+        return 2.0
+    return 1 / (alpha - 1)
+
+
+def _power(q, exponent):
+    """q ** exponent on q > 0 and 0 elsewhere, with finite derivatives at 0 (double where)."""
+    positive = q > 0
+    return jnp.where(positive, jnp.power(jnp.where(positive, q, 1), exponent), 0)
+
+
+def _mass(kind, beta, r):
+    """r ** beta for r >= 0."""
+    if kind == "sparsemax":
+        return r
+    if kind == "entmax15":
+        return r * r
+    return _power(r, beta)
+
+
+def _mass_slope(kind, beta, r):
+    """d/dr of r ** beta, for r >= 0 (0 at r = 0 when beta = 1, the support's indicator)."""
+    if kind == "sparsemax":
+        return jnp.minimum(jnp.ceil(r), 1)
+    if kind == "entmax15":
+        return 2 * r
+    return beta * _power(r, beta - 1)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
+def _threshold(shifted, capacity, beta, kind, axes):
+    """tau with ``sum [shifted - tau]_+ ** beta = capacity`` per slice.
+
+    Secant steps through the last two iterates, from ``lo = -capacity ** (1 / beta)`` (where
+    the entry at 0 alone gives ``f >= 0``) and a point a bounded Newton step to its right. On
+    a convex decreasing ``f`` (beta >= 1) every iterate stays left of the root and they rise
+    to it, exactly for sparsemax once two of them share its linear piece. Each step is one
+    reduction over the scores. A step that would leave the bracket ``[lo, hi]`` (possible only
+    for beta < 1, where ``f`` is concave) bisects instead. Stops when every slice's step moves
+    tau by two ulps or leaves two ulps of mass; a slice with NaN stops at once.
+    """
+    eps = jnp.finfo(shifted.dtype).eps
+    tolerance = 2 * eps * capacity  # on the mass
+
+    def excess(tau):
+        mass = _mass(kind, beta, jnp.maximum(shifted - tau, 0))
+        return jnp.sum(mass, axes, keepdims=True) - capacity
+
+    lo = -(capacity ** (1 / beta))
+    hi = jnp.zeros_like(lo)
+    excess_lo = excess(lo)
+    # |f'| <= beta * n * |lo| ** (beta - 1) for beta >= 1: a step that stays left of the root.
+    size = _utils.slice_size(shifted.shape, axes)
+    max_slope = jnp.where(beta >= 1, beta * size * (-lo) ** (beta - 1), jnp.inf)
+    second = jnp.where(excess_lo > 0, lo + excess_lo / max_slope, lo)
+
+    def step(state):
+        count, previous, excess_previous, tau, lo, hi, _ = state
+        excess_tau = excess(tau)
+        lo = jnp.where(excess_tau >= 0, tau, lo)
+        hi = jnp.where(excess_tau < 0, tau, hi)
+        drop = excess_previous - excess_tau
+        secant = tau + excess_tau * (tau - previous) / jnp.where(drop != 0, drop, 1)
+        inside = (secant > lo) & (secant < hi) & (drop != 0)
+        new_tau = jnp.where(inside, secant, (lo + hi) / 2)
+        done = (
+            (jnp.abs(excess_tau) <= tolerance)
+            | (jnp.abs(new_tau - tau) <= 2 * eps * jnp.abs(tau))  # two ulps: no progress
+            | jnp.isnan(excess_tau)
+            | (excess_tau == -capacity)  # nothing finite in the slice: stays all zeros
+        )
+        new_tau = jnp.where(done, tau, new_tau)
+        return count + 1, tau, excess_tau, new_tau, lo, hi, jnp.all(done)
+
+    def keep_going(state):
+        return (state[0] < MAX_STEPS) & ~state[6]
+
+    init = (0, lo, excess_lo, second, lo, hi, False)
+    return lax.while_loop(keep_going, step, init)[3]
+
+
+@_threshold.defjvp
+def _threshold_jvp(kind, axes, primals, tangents):
+    """The implicit-function derivative of tau, so that the forward pass (and with it second
+    derivatives) can be differentiated without going through the loop: from
+    ``sum m(shifted - tau) = capacity``, ``dtau = (sum m' dshifted - dcapacity
+    + sum r**beta log r dbeta) / sum m'``."""
+    shifted, capacity, beta = primals
+    d_shifted, d_capacity, d_beta = tangents
+    tau = _threshold(shifted, capacity, beta, kind, axes)
+    r = jnp.maximum(shifted - tau, 0)
+    slope = _mass_slope(kind, beta, r)
+    change = jnp.sum(slope * d_shifted, axes, keepdims=True) - d_capacity
+    if kind == "general":
+        log_r = jnp.log(jnp.maximum(r, jnp.finfo(r.dtype).tiny))
+        change = change + jnp.sum(_mass(kind, beta, r) * log_r, axes, keepdims=True) * d_beta
+    total = jnp.sum(slope, axes, keepdims=True)
+    return tau, change / jnp.maximum(total, jnp.finfo(r.dtype).tiny)
+
+
+def _entmax_value(x, temperature, alpha, where, axes, kind):
+    _, shifted = _utils.shift_by_max(x, where, axes)
+    beta = jnp.asarray(_powers(kind, alpha), x.dtype)
+    scale = (alpha - 1) / temperature  # u = scale * shifted; p = [u - tau']_+ ** beta
+    capacity = (1 / scale) ** beta
+    # Broadcast the per-slice capacity and beta to the slice shape (keepdims) once.
+    slices = _slice_shape(shifted.shape, axes)
+    capacity = jnp.broadcast_to(capacity, slices).astype(x.dtype)
+    tau = _threshold(shifted, capacity, jnp.broadcast_to(beta, slices), kind, axes)
+    return _mass(kind, beta, jnp.maximum(shifted - tau, 0)) / capacity
+
+
+def _slice_shape(shape, axes):
+    return tuple(1 if i in axes else n for i, n in enumerate(shape))
+
+
+# --- the entmax rule ---
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _entmax(x, temperature, alpha, where, axes, kind):
+    return _entmax_value(x, temperature, alpha, where, axes, kind)
+
+
+def _entmax_fwd(x, temperature, alpha, where, axes, kind):
+    p = _entmax_value(x, temperature, alpha, where, axes, kind)
+    return p, (p, temperature, alpha)
+
+
+def _entmax_vjp(p, temperature, alpha, cotangent, axes, kind):
+    """Cotangents of (x, temperature, alpha) from the output alone.
+
+    With ``w = p ** (2 - alpha)`` on the support and ``g_hat = sum(w g) / sum(w)``:
+    ``dx = w (g - g_hat) / t``, ``dt = -beta sum(p (g - g_hat)) / t`` and
+    ``dalpha = beta**2 sum(p (1 - (alpha - 1) log p) (g - g_hat))`` (implicit differentiation
+    of ``sum(p) = 1``; Correia et al. 2019, appendix).
+    """
+    if kind == "sparsemax":
+        w = jnp.minimum(jnp.ceil(p), 1)  # the support
+    elif kind == "entmax15":
+        w = _power(p, 0.5)
+    else:
+        w = _power(p, 2 - alpha)
+    total = jnp.sum(w, axes, keepdims=True)
+    g_hat = jnp.sum(w * cotangent, axes, keepdims=True) / jnp.maximum(
+        total, jnp.finfo(p.dtype).tiny
+    )
+    centred = cotangent - g_hat
+    beta = 1 / (alpha - 1)
+    p_centred = p * centred
+    dt = -beta * jnp.sum(p_centred, axes, keepdims=True) / temperature
+    log_p = jnp.log(jnp.maximum(p, jnp.finfo(p.dtype).tiny))
+    dalpha = beta**2 * jnp.sum(p_centred * (1 - (alpha - 1) * log_p), axes, keepdims=True)
+    return (
+        w * centred / temperature,
+        _utils.sum_to_shape(dt, temperature.shape),
+        _utils.sum_to_shape(dalpha, alpha.shape),
+    )
+
+
+def _entmax_bwd(axes, kind, residuals, cotangent):
+    p, temperature, alpha = residuals
+    return (*_entmax_vjp(p, temperature, alpha, cotangent, axes, kind), None)
+
+
+_entmax.defvjp(_entmax_fwd, _entmax_bwd)
+
+
+# --- Fenchel-Young losses ---
+
+
+def _tsallis(q, alpha, axes, kind):
+    """Omega_alpha(q) = (sum q**alpha - 1) / (alpha (alpha - 1)); sum q log q at alpha = 1."""
+    if kind == "softmax":
+        return jnp.sum(q * jnp.log(jnp.maximum(q, jnp.finfo(q.dtype).tiny)), axes, keepdims=True)
+    if kind == "sparsemax":
+        powered = q * q
+    elif kind == "entmax15":
+        powered = _power(q, 1.5)
+    else:
+        powered = _power(q, alpha)
+    return (jnp.sum(powered, axes, keepdims=True) - 1) / (alpha * (alpha - 1))
+
+
+def _dtsallis_dalpha(q, alpha, axes):
+    """d Omega_alpha(q) / d alpha."""
+    log_q = jnp.log(jnp.maximum(q, jnp.finfo(q.dtype).tiny))
+    powered = _power(q, alpha)
+    total = jnp.sum(powered, axes, keepdims=True)
+    denominator = alpha * (alpha - 1)
+    return (
+        jnp.sum(powered * log_q, axes, keepdims=True) / denominator
+        - (total - 1) * (2 * alpha - 1) / denominator**2
+    )
+
+
+def _prediction(x, temperature, alpha, where, axes, kind):
+    if kind == "softmax":
+        return _soft.softmax_rule(x, temperature, where, axes=axes)
+    return _entmax_value(x, temperature, alpha, where, axes, kind)
+
+
+def _fenchel_young_fwd(x, labels, temperature, alpha, where, axes, kind):
+    p = _prediction(x, temperature, alpha, where, axes, kind)
+    keep = jnp.ones_like(x, bool) if where is None else jnp.broadcast_to(where, x.shape)
+    labels = jnp.where(keep, labels, 0)
+    difference = p - labels
+    # Entries with no difference add nothing, even where x is infinite or NaN.
+    linear = jnp.where(keep & (difference != 0), x * difference, 0)
+    loss = (
+        _tsallis(labels, alpha, axes, kind)
+        - _tsallis(p, alpha, axes, kind)
+        + jnp.sum(linear, axes, keepdims=True) / temperature
+    )
+    return loss, (x, p, labels, temperature, alpha, keep)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _fenchel_young(x, labels, temperature, alpha, where, axes, kind):
+    return _fenchel_young_fwd(x, labels, temperature, alpha, where, axes, kind)[0]
+
+
+def _fenchel_young_bwd(axes, kind, residuals, cotangent):
+    x, p, labels, temperature, alpha, keep = residuals
+    difference = p - labels
+    dx = jnp.where(keep, cotangent * difference / temperature, 0)
+    linear = jnp.where(keep & (difference != 0), x * difference, 0)
+    dt = -cotangent * jnp.sum(linear, axes, keepdims=True) / temperature**2
+    if kind == "softmax":
+        d_labels = 1 + jnp.log(jnp.maximum(labels, jnp.finfo(labels.dtype).tiny))
+        dalpha = jnp.zeros_like(dt)
+    else:
+        d_labels = _power(labels, alpha - 1) / (alpha - 1)
+        # Envelope theorem: only Omega's explicit dependence on alpha counts.
+        dalpha = cotangent * (
+            _dtsallis_dalpha(labels, alpha, axes) - _dtsallis_dalpha(p, alpha, axes)
+        )
+    d_labels = jnp.where(keep, cotangent * (d_labels - jnp.where(keep, x, 0) / temperature), 0)
+    return (
+        dx,
+        d_labels,
+        _utils.sum_to_shape(dt, temperature.shape),
+        _utils.sum_to_shape(dalpha, alpha.shape),
+        None,
+    )
+
+
+_fenchel_young.defvjp(_fenchel_young_fwd, _fenchel_young_bwd)
