@@ -74,7 +74,7 @@ def run(description: str, cases: Callable, shapes: list, quick_shapes: list) -> 
                     baseline = case.baseline(mode, np.asarray(x), np.asarray(cotangent))
                 else:
                     baseline = _timed(case.baseline, mode, x, cotangent, extra)
-                ms, baseline_ms, speedup = alternate(ours, baseline, (), args.repeats)
+                ms, baseline_ms, speedup = alternate(ours, baseline, (), args.repeats, args.budget)
                 ours_kept = input_sized_residuals(case.ours, x, extra)
                 theirs_kept = "-" if case.peer else input_sized_residuals(case.baseline, x, extra)
                 residuals = f"{ours_kept} vs {theirs_kept}"
@@ -114,6 +114,12 @@ def parse_args(description: str) -> argparse.Namespace:
     parser.add_argument(
         "--repeats", type=int, default=50, help="timed calls of each function per row"
     )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=30.0,
+        help="seconds per row after which timing stops (at least 10 pairs are timed)",
+    )
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = parser.parse_args()
     if args.quick:
@@ -121,17 +127,23 @@ def parse_args(description: str) -> argparse.Namespace:
     return args
 
 
-def alternate(fn: Callable, baseline: Callable, args: tuple, repeats: int):
+def alternate(
+    fn: Callable, baseline: Callable, args: tuple, repeats: int, budget: float = float("inf")
+):
     """(our median ms, baseline median ms, median of the per-pair speedups).
 
     The two are called in alternating pairs, and each pair gives a speedup: its median is
     less sensitive than a ratio of medians to the machine's speed drifting during the run.
+    Timing stops after ``repeats`` pairs, or after ``budget`` seconds once 10 pairs are in.
     """
     for f in (fn, baseline):  # compile and warm up
         for _ in range(3):
             jax.block_until_ready(f(*args))
     ours, theirs = [], []
-    for _ in range(repeats):
+    deadline = time.perf_counter() + budget
+    for i in range(repeats):
+        if i >= 10 and time.perf_counter() > deadline:
+            break
         for f, times in ((fn, ours), (baseline, theirs)):
             start = time.perf_counter()
             jax.block_until_ready(f(*args))

@@ -11,7 +11,8 @@ arithmetic, which is exact (see :func:`is_below_max`), and reserve ``jnp.where``
 masks and slice-sized arrays. A second rule: a full-size intermediate that two fusions
 share, even a broadcast of a slice maximum or of a constant, is written to memory and read
 back; the soft and hard halves of ``st_hardmax`` therefore share no elementwise expression
-(see ``_st_hardmax``). Both rules are checked by the benchmarks, not by the tests.
+(see ``_st_hardmax``), and full-size clamps against 0 take a zero computed per slice
+(:func:`slice_zero`). These rules are checked by the benchmarks, not by the tests.
 """
 
 from __future__ import annotations
@@ -238,14 +239,25 @@ def slice_max(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
 
 
 @jax.custom_jvp
-def _nonpositive(shifted):
-    """``min(shifted, 0)`` with the identity as derivative: shifted scores ``x - max`` are
+def _nonpositive(shifted, zero):
+    """``min(shifted, zero)`` with the identity as derivative: shifted scores ``x - max`` are
     already <= 0, and the clamp only maps ``+inf - max`` to 0; ``jnp.minimum`` would halve the
     tangent at the maximum and spoil second derivatives there."""
-    return jnp.minimum(shifted, 0)
+    return jnp.minimum(shifted, zero)
 
 
-_nonpositive.defjvp(lambda primals, tangents: (_nonpositive(primals[0]), tangents[0]))
+_nonpositive.defjvp(lambda primals, tangents: (_nonpositive(*primals), tangents[0]))
+
+
+def slice_zero(per_slice: jax.Array) -> jax.Array:
+    """0 of ``per_slice``'s shape (NaN where it is NaN), computed from it.
+
+    XLA's CPU backend folds ``jnp.maximum(a, 0)`` into a full-size broadcast of the constant,
+    and when that lands in a fused arithmetic kernel the broadcast is written to memory as a
+    full array first (see the module note); a zero computed per slice is broadcast inside the
+    kernel instead. ``min(|v|, 0)`` is 0 for every non-NaN ``v``, infinities included.
+    """
+    return jnp.minimum(jnp.abs(lax.stop_gradient(per_slice)), 0)
 
 
 def shift_by_max(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...]):
@@ -254,7 +266,7 @@ def shift_by_max(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...]):
     entries 0, NaN entries NaN. Gradients flow to ``x`` with slope 1."""
     x = fill_masked(x, where)
     m = slice_max(x, axes)
-    return m, _nonpositive(x - finite(m))
+    return m, _nonpositive(x - finite(m), slice_zero(m))
 
 
 def finite(x: jax.Array) -> jax.Array:

@@ -55,3 +55,20 @@ def test_stochastic_benchmark_prints_its_table():
     out = _run("benchmarks/stochastic.py", "--quick")
     for op in ["gumbel_softmax", "gumbel_softmax hard", "gumbel_rao K=10"]:
         assert re.search(rf"^{op}\s+64x128\s", out, re.M), op
+
+
+@pytest.mark.slow
+def test_sparse_benchmark_prints_its_table():
+    out = _run("benchmarks/sparse.py", "--quick")
+    for op, baseline in [
+        ("sparsemax", "sort"),
+        ("sparsemax", "nn.softmax"),
+        ("entmax15", "sort"),
+        ("entmax a=1.3", "nn.softmax"),
+    ]:
+        assert re.search(
+            rf"^{op}\s+64x128\s+float32\s+fwd\+bwd\s.*{baseline}.*1 vs 1\s*$", out, re.M
+        ), (
+            op,
+            out,
+        )
