@@ -315,5 +315,6 @@ def _conditional_gaps(probs, sample, arrivals, axes):
     """
     arrivals = jnp.maximum(arrivals, jnp.finfo(arrivals.dtype).tiny)  # Exp(1) is never 0
     winner = jnp.sum(sample * arrivals, axes, keepdims=True)  # E_D
-    gaps = -jnp.log1p(arrivals / (probs * winner))  # -inf for impossible classes
+    # E_i / E_D first: E_D / E_D is exactly 1, where p_D * E_D could underflow to 0.
+    gaps = -jnp.log1p(arrivals / winner / probs)  # -inf for impossible classes
     return lax.stop_gradient((1 - sample) * gaps), winner

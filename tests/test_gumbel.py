@@ -516,3 +516,19 @@ def test_gumbel_rao_gradient_is_the_mean_of_conditional_softmax_vjps(x64, rng):
     np.testing.assert_array_equal(mine[0], sample)
     for a, b in zip(mine[1](cot), expected, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_conditional_gaps_survive_a_zero_arrival_of_the_winner(dtype, x64):
+    # An Exp(1) draw of exactly 0 (probability 2**-24 per float32 draw: it happens in long
+    # training runs) once gave p_D * E_D = 0 and a NaN gradient.
+    probs = jnp.array([[0.7, 0.2, 0.1], [0.2, 0.3, 0.5]], dtype)
+    sample = jnp.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype)
+    arrivals = jnp.array([[0.0, 0.5, 2.0], [0.0, 1.0, 0.0]], dtype)
+    gaps, _ = _gumbel._conditional_gaps(probs, sample, arrivals, (1,))
+    assert not jnp.isnan(gaps).any()
+    np.testing.assert_array_equal(jnp.where(sample > 0, gaps, 0), 0)  # the winner to itself
+    assert (gaps[0, 1:] < -80).all()  # the others arrive far later
+    # Two zero draws (both clamped to the smallest normal) tie: the gap is -log(1 + 1 / p_i).
+    np.testing.assert_allclose(gaps[1, 0], -np.log1p(1 / 0.2), rtol=1e-6)
+    assert gaps[1, 1] < -80

@@ -280,3 +280,14 @@ def test_loss_masks():
     np.testing.assert_allclose(loss[0], expected[0], rtol=1e-6)
     grad = jax.grad(lambda x: jnp.sum(jaxrelax.sparsemax_loss(x, labels, where=where)))(x)
     assert grad[0, 1] == 0 and grad[0, 3] == 0 and jnp.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("alpha", [1.25, 3.0, 6.0])
+def test_general_alpha_sums_to_one_at_the_support_edge(alpha):
+    # A score just inside the support's edge: beta = 1 / (alpha - 1) < 1 magnifies rounding.
+    edge = 1 / (alpha - 1)
+    x = jnp.array([[-edge * (1 - 1e-6), 0.0], [-edge * (1 + 1e-6), 0.0], [-edge / 2, 0.0]])
+    out = jaxrelax.entmax(x, alpha)
+    np.testing.assert_allclose(out.sum(-1), 1, atol=4 * np.finfo(np.float32).eps)
+    assert (out >= 0).all()
+    np.testing.assert_allclose(out, np_entmax(np.asarray(x), alpha), atol=1e-3)
