@@ -409,6 +409,7 @@ def _threshold_jvp(kind, axes, primals, tangents):
     return tau, change / jnp.maximum(total, jnp.finfo(r.dtype).tiny)
 
 
+@functools.partial(jax.jit, static_argnums=(4, 5))  # eager calls reuse the compiled loop
 def _entmax_value(x, temperature, alpha, where, axes, kind):
     _, shifted = _utils.shift_by_max(x, where, axes)
     beta = jnp.asarray(_powers(kind, alpha), x.dtype)

@@ -1,10 +1,12 @@
 # ---
 # jupyter:
 #   jupytext:
-#     formats: py:percent
+#     formats: ipynb,py:percent
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -65,6 +67,28 @@ print("spatial soft-argmax (pixels):", jaxrelax.spatial_soft_argmax(heatmap, nor
 print(
     "spatial soft-argmax at t=0.1:",
     jaxrelax.spatial_soft_argmax(heatmap, temperature=0.1, normalized=False),
+)
+
+# %% [markdown]
+# ## Sparse relaxations: exact zeros
+#
+# `sparsemax` (the Euclidean projection onto the simplex) and `entmax15` put exact zeros on
+# low scores, which softmax never does; `entmax(x, alpha)` spans them all (alpha = 1 is
+# softmax, 2 is sparsemax) and takes a learnable `alpha`. Their Fenchel-Young losses
+# (`sparsemax_loss`, `entmax_loss`) are zero exactly when the prediction is the label.
+
+# %%
+sparse_scores = jnp.array([1.0, 0.8, 0.1, -1.0])
+print("softmax  ", jaxrelax.softmax(sparse_scores))
+print("entmax15 ", jaxrelax.entmax15(sparse_scores))
+print("sparsemax", jaxrelax.sparsemax(sparse_scores))
+print("entmax a=1.25", jaxrelax.entmax(sparse_scores, alpha=1.25))
+label = jnp.array([1.0, 0.0, 0.0, 0.0])
+print(
+    "entmax15 loss",
+    jaxrelax.entmax_loss(sparse_scores, label),
+    "and at a confident score:",
+    jaxrelax.entmax_loss(jnp.array([3.0, 0.0, 0.0, 0.0]), label),
 )
 
 # %% [markdown]

@@ -6,9 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jupytext
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted(path.name for path in (ROOT / "notebooks").glob("*.py"))
 
 
 def _run(*args, env=None):
@@ -72,3 +74,28 @@ def test_sparse_benchmark_prints_its_table():
             op,
             out,
         )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", [n for n in NOTEBOOKS if n != "00_quickstart.py"])
+def test_notebook_runs_at_smoke_size_and_writes_its_figures(script, tmp_path):
+    out = _run(
+        f"notebooks/{script}", env={"JAXRELAX_SMOKE": "1", "JAXRELAX_FIGURES": str(tmp_path)}
+    )
+    assert f"figures written to {tmp_path}" in out, out
+    figures = list(tmp_path.glob("*.png"))
+    assert figures and all(f.stat().st_size > 1000 for f in figures), figures
+
+
+@pytest.mark.parametrize("script", NOTEBOOKS)
+def test_paired_notebook_is_in_sync_and_executed(script):
+    source = jupytext.read(ROOT / "notebooks" / script)
+    paired = jupytext.read(ROOT / "notebooks" / script.replace(".py", ".ipynb"))
+
+    def cells(notebook):
+        return [(cell.cell_type, cell.source.strip()) for cell in notebook.cells]
+
+    assert cells(paired) == cells(source), f"run: jupytext --sync notebooks/{script}"
+    code = [cell for cell in paired.cells if cell.cell_type == "code"]
+    assert all(cell.get("outputs") is not None for cell in code)
+    assert any(cell.outputs for cell in code), "the paired notebook has no outputs"
