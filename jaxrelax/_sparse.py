@@ -159,7 +159,7 @@ def entmax(
       >>> bool(jnp.allclose(jaxrelax.entmax(x, alpha=2.0), jaxrelax.sparsemax(x)))
       True
       >>> print(jaxrelax.entmax(x, alpha=1.25))
-      [0.5500091  0.43297485 0.01701691]
+      [0.5500086 0.4329745 0.0170169]
 
     References:
       Peters, Niculae & Martins, Sparse Sequence-to-Sequence Models, 2019,

@@ -69,6 +69,11 @@ def one_hot_configurations(shape: tuple[int, ...]) -> jax.Array:
     """All one-hot assignments for categorical logits of ``shape``: ``(n ** m,) + shape``.
 
     ``shape`` is ``(n,)`` for one variable with ``n`` classes or ``(m, n)`` for ``m`` of them.
+
+    Examples:
+      >>> from jaxrelax import diagnostics
+      >>> diagnostics.one_hot_configurations((2, 3)).shape
+      (9, 2, 3)
     """
     shape = tuple(shape)
     if len(shape) not in (1, 2) or min(shape) < 1:
@@ -86,7 +91,16 @@ def one_hot_configurations(shape: tuple[int, ...]) -> jax.Array:
 def exact_expectation(f: Callable, logits: ArrayLike) -> jax.Array:
     """``E_z[f(z)]`` for one-hot ``z`` drawn from ``softmax(logits)`` (factorised over the
     leading axis of 2-D logits), by enumeration. ``f`` maps a one-hot array of the logits'
-    shape to a scalar; the logits must be finite."""
+    shape to a scalar; the logits must be finite.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxrelax import diagnostics
+      >>> logits = jnp.log(jnp.array([0.2, 0.3, 0.5]))
+      >>> mean = diagnostics.exact_expectation(lambda z: z @ jnp.arange(3.0), logits)
+      >>> print(round(float(mean), 4))
+      1.3
+    """
     logits = _float_logits(logits)
     configurations = one_hot_configurations(logits.shape).astype(logits.dtype)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
@@ -96,7 +110,15 @@ def exact_expectation(f: Callable, logits: ArrayLike) -> jax.Array:
 
 
 def exact_gradient(f: Callable, logits: ArrayLike) -> jax.Array:
-    """The gradient of :func:`exact_expectation` with respect to the logits."""
+    """The gradient of :func:`exact_expectation` with respect to the logits.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxrelax import diagnostics
+      >>> logits = jnp.log(jnp.array([0.2, 0.3, 0.5]))
+      >>> print(diagnostics.exact_gradient(lambda z: z @ jnp.arange(3.0), logits))
+      [-0.26 -0.09  0.35]
+    """
     return jax.grad(lambda logits: exact_expectation(f, logits))(_float_logits(logits))
 
 
@@ -112,14 +134,37 @@ def estimate_gradients(
 ) -> jax.Array:
     """``num_samples`` gradient samples ``estimator(key_i, logits)`` with independent keys,
     stacked on a new leading axis; computed ``batch_size`` at a time (vmapped) to bound
-    memory."""
+    memory.
+
+    Examples:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import jaxrelax
+      >>> from jaxrelax import diagnostics
+      >>> def estimator(key, logits):  # straight-through Gumbel-softmax of z . [0, 1, 2]
+      ...     loss = lambda lg: jaxrelax.gumbel_softmax(key, lg, hard=True) @ jnp.arange(3.0)
+      ...     return jax.grad(loss)(logits)
+      >>> diagnostics.estimate_gradients(estimator, jax.random.key(0), jnp.zeros(3), 100).shape
+      (100, 3)
+    """
     keys = jax.random.split(key, num_samples)
     logits = jnp.asarray(logits)
     return jax.lax.map(lambda k: estimator(k, logits), keys, batch_size=batch_size)
 
 
 def gradient_stats(samples: ArrayLike, exact: ArrayLike) -> GradientStats:
-    """Bias, variance and mean squared error of gradient ``samples`` (stacked on axis 0)."""
+    """Bias, variance and mean squared error of gradient ``samples`` (stacked on axis 0).
+
+    ``mse`` is the mean over samples of the squared error summed over the gradient's entries,
+    with its standard error ``mse_stderr``; ``bias`` and ``variance`` are per entry.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxrelax import diagnostics
+      >>> stats = diagnostics.gradient_stats(jnp.array([[1.0, 0.0], [3.0, 0.0]]), jnp.ones(2))
+      >>> print(stats.bias, stats.variance, float(stats.mse))
+      [ 1. -1.] [2. 0.] 3.0
+    """
     samples, exact = jnp.asarray(samples), jnp.asarray(exact)
     count = samples.shape[0]
     if count < 2:
@@ -143,6 +188,22 @@ def estimator_stats(
     num_samples: int,
     batch_size: int = 1024,
 ) -> GradientStats:
-    """:func:`gradient_stats` of ``num_samples`` samples of ``estimator`` at ``logits``."""
+    """:func:`gradient_stats` of ``num_samples`` samples of ``estimator`` at ``logits``.
+
+    Examples:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import jaxrelax
+      >>> from jaxrelax import diagnostics
+      >>> def f(z):
+      ...     return z @ jnp.array([0.0, 1.0, 4.0])
+      >>> def estimator(key, logits):  # Gumbel-Rao, straight-through gradients of f
+      ...     return jax.grad(lambda lg: f(jaxrelax.gumbel_rao(key, lg, num_samples=8)))(logits)
+      >>> logits = jnp.array([0.5, -0.2, 0.1])
+      >>> exact = diagnostics.exact_gradient(f, logits)
+      >>> stats = diagnostics.estimator_stats(estimator, jax.random.key(0), logits, exact, 1000)
+      >>> bool(stats.mse > 0), stats.bias.shape
+      (True, (3,))
+    """
     samples = estimate_gradients(estimator, key, logits, num_samples, batch_size)
     return gradient_stats(samples, exact)

@@ -40,6 +40,12 @@ def exponential_anneal(
       An Optax schedule: ``optax.exponential_decay`` (decaying by ``e`` every ``1 / rate``
       steps, floored at ``minimum``) read at the last multiple of ``interval``.
 
+    Examples:
+      >>> import jaxrelax
+      >>> schedule = jaxrelax.schedules.exponential_anneal(1.0, rate=1e-3, interval=100)
+      >>> print([round(float(schedule(step)), 4) for step in (0, 99, 100, 500, 5000)])
+      [1.0, 1.0, 0.9048, 0.6065, 0.5]
+
     References:
       Jang et al., Categorical Reparameterization with Gumbel-Softmax, 2017,
       https://arxiv.org/abs/1611.01144
@@ -63,6 +69,12 @@ def linear_anneal(initial: float, minimum: float, steps: int) -> optax.Schedule:
     """Linear from ``initial`` at step 0 to ``minimum`` at ``steps``, constant after.
 
     Returns ``optax.linear_schedule(initial, minimum, steps)``.
+
+    Examples:
+      >>> import jaxrelax
+      >>> schedule = jaxrelax.schedules.linear_anneal(2.0, 0.5, steps=100)
+      >>> print([float(schedule(step)) for step in (0, 50, 100, 200)])
+      [2.0, 1.25, 0.5, 0.5]
     """
     _check_range(initial, minimum)
     _check_steps(steps, "steps")
@@ -73,6 +85,12 @@ def cosine_anneal(initial: float, minimum: float, steps: int) -> optax.Schedule:
     """Half a cosine from ``initial`` at step 0 to ``minimum`` at ``steps``, constant after.
 
     Returns ``optax.cosine_decay_schedule(initial, steps, alpha=minimum / initial)``.
+
+    Examples:
+      >>> import jaxrelax
+      >>> schedule = jaxrelax.schedules.cosine_anneal(2.0, 0.5, steps=100)
+      >>> print([round(float(schedule(step)), 4) for step in (0, 50, 100, 200)])
+      [2.0, 1.25, 0.5, 0.5]
     """
     _check_range(initial, minimum)
     _check_steps(steps, "steps")
@@ -86,6 +104,12 @@ def piecewise_anneal(initial: float, boundaries_and_scales: dict[int, float]) ->
 
     Returns ``optax.piecewise_constant_schedule(initial, boundaries_and_scales)``; every scale
     must be positive, so that the temperature stays positive.
+
+    Examples:
+      >>> import jaxrelax
+      >>> schedule = jaxrelax.schedules.piecewise_anneal(1.0, {100: 0.5, 200: 0.5})
+      >>> print([float(schedule(step)) for step in (0, 100, 199, 200)])
+      [1.0, 0.5, 0.5, 0.25]
     """
     _check_range(initial, initial)
     for boundary, scale in boundaries_and_scales.items():
