@@ -152,6 +152,26 @@ def alternate(
     return statistics.median(ours), statistics.median(theirs), statistics.median(speedups)
 
 
+def torch_peer(fn: Callable) -> Callable:
+    """A ``peer`` baseline from a PyTorch function of one tensor (see :class:`Case`)."""
+
+    def prepare(mode, x, cotangent):
+        import torch
+
+        scores = torch.tensor(x, requires_grad=mode == "fwd+bwd")
+        grad_output = torch.tensor(cotangent)
+
+        def once():
+            out = fn(scores)
+            if mode == "fwd":
+                return out
+            return out, torch.autograd.grad(out, scores, grad_output)[0]
+
+        return once
+
+    return prepare
+
+
 def forward(fn: Callable) -> Callable:
     return jax.jit(fn)
 

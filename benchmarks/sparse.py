@@ -16,7 +16,7 @@ import os
 
 import jax
 import jax.numpy as jnp
-from harness import Case, run
+from harness import Case, run, torch_peer
 
 import jaxrelax
 
@@ -91,22 +91,6 @@ def _sort_entmax15_bwd(p, g):
 
 
 sort_entmax15.defvjp(_sort_entmax15_fwd, _sort_entmax15_bwd)
-
-
-def torch_peer(fn):
-    def prepare(mode, x, cotangent):
-        scores = torch.tensor(x, requires_grad=mode == "fwd+bwd")
-        grad_output = torch.tensor(cotangent)
-
-        def once():
-            p = fn(scores)
-            if mode == "fwd":
-                return p
-            return p, torch.autograd.grad(p, scores, grad_output)[0]
-
-        return once
-
-    return prepare
 
 
 def cases(n: int, mask: jax.Array) -> list[Case]:

@@ -14,7 +14,7 @@ import os
 
 import jax
 import jax.numpy as jnp
-from harness import Case, run
+from harness import Case, run, torch_peer
 
 import jaxrelax
 
@@ -40,19 +40,7 @@ def recipe_hard(x, key):
 
 
 def torch_gumbel_softmax(hard):
-    def prepare(mode, x, cotangent):
-        logits = torch.tensor(x, requires_grad=mode == "fwd+bwd")
-        grad_output = torch.tensor(cotangent)
-
-        def once():
-            sample = F.gumbel_softmax(logits, tau=T, hard=hard)
-            if mode == "fwd":
-                return sample
-            return sample, torch.autograd.grad(sample, logits, grad_output)[0]
-
-        return once
-
-    return prepare
+    return torch_peer(lambda logits: F.gumbel_softmax(logits, tau=T, hard=hard))
 
 
 def cases(n: int, mask: jax.Array) -> list[Case]:
