@@ -76,9 +76,9 @@ def gumbel_softmax(
       A NaN logit makes its slice NaN.
     """
     key = _utils.check_key(key)
-    hard = _check_flag(hard, "hard")
+    hard = _utils.check_flag(hard, "hard")
     a = _utils.prepare(logits, axis, temperature, where, name="logits", integers=False)
-    perturbed = a.x + jax.random.gumbel(key, a.x.shape, a.x.dtype)
+    perturbed = _limit_logits(a) + jax.random.gumbel(key, a.x.shape, a.x.dtype)
     if hard:
         value = _straight_through.st_hardmax_rule(
             perturbed, a.temperature, a.where, a.axes, "first"
@@ -146,11 +146,13 @@ def gumbel_rao(
       differentiate the backward pass with the conditional noise held fixed.
     """
     key = _utils.check_key(key)
-    num_samples = _utils.check_count(num_samples, "num_samples")
+    num_samples = _utils.check_integer(num_samples, "num_samples")
     a = _utils.prepare(logits, axis, temperature, where, name="logits", integers=False)
     forward_key, backward_key = jax.random.split(key)
     noise = jax.random.gumbel(forward_key, a.x.shape, a.x.dtype)
-    value = _gumbel_rao(a.x, a.temperature, a.where, noise, backward_key, a.axes, num_samples)
+    value = _gumbel_rao(
+        _limit_logits(a), a.temperature, a.where, noise, backward_key, a.axes, num_samples
+    )
     return value.astype(a.dtype)
 
 
@@ -197,8 +199,8 @@ def binary_concrete(
       ``logits = +inf`` (``-inf``) always gives 1 (0) with zero gradient; NaN propagates.
     """
     key = _utils.check_key(key)
-    hard = _check_flag(hard, "hard")
-    a = _utils.prepare(logits, None, temperature, name="logits", integers=False, min_ndim=0)
+    hard = _utils.check_flag(hard, "hard")
+    a = _utils.prepare(logits, None, temperature, name="logits", integers=False, elementwise=True)
     perturbed = a.x + jax.random.logistic(key, a.x.shape, a.x.dtype)
     if hard:
         value = _straight_through.straight_through_rule(
@@ -207,12 +209,6 @@ def binary_concrete(
     else:
         value = _relaxed_bernoulli(perturbed, a.temperature)
     return value.astype(a.dtype)
-
-
-def _check_flag(value, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a Python bool, got {type(value).__name__}")
-    return value
 
 
 @jax.custom_vjp
@@ -242,6 +238,13 @@ def _bernoulli_from_perturbed(perturbed, temperature):
     del temperature
     perturbed = lax.stop_gradient(perturbed)
     return jnp.where(jnp.isnan(perturbed), jnp.nan, (perturbed > 0).astype(perturbed.dtype))
+
+
+def _limit_logits(a: _utils.Prepared) -> jax.Array:
+    """The logits less their slice maximum: the same distribution, and in a slice holding
+    +inf logits, 0 at those and -inf elsewhere (the limit of equal, ever larger logits), so
+    that the noise decides among the +inf classes as among equal finite ones."""
+    return _utils.shift_by_max(a.x, a.where, a.axes)[1]
 
 
 # --- Gumbel-Rao ---

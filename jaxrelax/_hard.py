@@ -72,13 +72,13 @@ def hardmax_rule(x, temperature, where, *, axes, ties, poison=None):
     already has one (a softmax's normaliser) saves the pass that ``nan_poison`` costs.
     """
     del temperature
-    x = _utils.fill_masked(lax.stop_gradient(x), where)
-    m = _utils.finite_slice_max(x, axes)
+    x = lax.stop_gradient(x)
+    below = _utils.below_max(x, where, axes)
     if ties == "uniform":
-        at_max = 1 - _utils.is_below_max(x, m)
+        at_max = 1 - below  # NaN at NaN entries, so the sum poisons the slice
         return at_max / jnp.maximum(jnp.sum(at_max, axes, keepdims=True), 1)
-    positions, first = _first_max_position(x, m, axes)
-    poison = _utils.nan_poison(x, axes) if poison is None else poison
+    positions, first = _first_max_position(below, axes)
+    poison = _utils.nan_poison(_utils.fill_masked(x, where), axes) if poison is None else poison
     if jnp.issubdtype(positions.dtype, jnp.integer):
         return (positions == first).astype(x.dtype) + poison
     # positions and first are whole numbers, so this is exactly 1 at first and 0 elsewhere.
@@ -89,10 +89,9 @@ def argmax_rule(x, temperature, where, *, axes):
     """The index of the first maximum along the single axis in ``axes``, as a float of ``x``'s
     dtype: 0 for a fully masked slice, NaN for a slice holding NaN."""
     del temperature
-    x = _utils.fill_masked(lax.stop_gradient(x), where)
-    _, first = _first_max_position(x, _utils.finite_slice_max(x, axes), axes)
+    _, first = _first_max_position(_utils.below_max(x, where, axes), axes)
     index = jnp.where(first < x.shape[axes[0]], first, 0).astype(x.dtype)
-    index = index + _utils.nan_poison(x, axes)
+    index = index + _utils.nan_poison(_utils.fill_masked(x, where), axes)
     return jnp.squeeze(index, axes)
 
 
@@ -103,22 +102,24 @@ def max_rule(x, temperature, where, *, axes):
     return jnp.max(x, axes, keepdims=True, initial=-jnp.inf) + _utils.nan_poison(x, axes)
 
 
-def _first_max_position(x, m, axes):
+def _first_max_position(below, axes):
     """(positions, first): each element's row-major position in its slice, and the position
-    of the slice's first maximum (the slice size if it has none). NaN may be dropped: add a
-    ``nan_poison`` to what is built from them.
+    of the slice's first maximum (the slice size if it has none), from ``below``, 1 below the
+    maximum and 0 at it. NaN may be dropped: add a ``nan_poison`` to what is built from them.
 
     Positions are floats while ``2 * size`` is exactly representable, so the search is one
     fused arithmetic min-reduce; past that (more than 2**23 elements in float32) it falls back
     to int32 positions and a select.
     """
-    size = _utils.slice_size(x.shape, axes)
-    below = _utils.is_below_max(x, m)
-    if 2 * size <= 2 ** (jnp.finfo(x.dtype).nmant + 1):
-        positions = _utils.slice_positions(x.shape, axes, x.dtype)
+    size = _utils.slice_size(below.shape, axes)
+    if 2 * size <= 2 ** (jnp.finfo(below.dtype).nmant + 1):
+        positions = _utils.slice_positions(below.shape, axes, below.dtype)
         keys = positions + size * below
+        identity = jnp.inf
     else:
-        positions = _utils.slice_positions(x.shape, axes, jnp.int32)
+        positions = _utils.slice_positions(below.shape, axes, jnp.int32)
         keys = jnp.where(below == 0, positions, size)
-    first = lax.reduce(keys, jnp.array(size, keys.dtype), lax.min, axes)  # size if empty
-    return positions, jnp.expand_dims(first, axes)
+        identity = jnp.iinfo(jnp.int32).max
+    # Seeded with min's identity (see slice_max); keys >= size mean "no maximum".
+    first = jnp.min(keys, axes, keepdims=True, initial=identity)
+    return positions, jnp.minimum(first, size).astype(keys.dtype)

@@ -112,6 +112,7 @@ def smooth_max(
       ``+inf``; NaN propagates. Masked and ``-inf`` entries get zero gradient.
     """
     method = _utils.check_choice(method, "method", METHODS)
+    keepdims = _utils.check_flag(keepdims, "keepdims")
     a = _utils.prepare(x, axis, temperature, where)
     value = smooth_max_rule(a.x, a.temperature, a.where, axes=a.axes, method=method)
     return (value if keepdims else jnp.squeeze(value, a.axes)).astype(a.dtype)
@@ -198,7 +199,8 @@ def spatial_soft_argmax(
       ``-inf`` entries get no mass; a heatmap of only ``-inf`` gives (0, 0) in pixels; NaN
       propagates to its heatmap's coordinates.
     """
-    a = _utils.prepare(heatmaps, (-2, -1), temperature, min_ndim=2)
+    normalized = _utils.check_flag(normalized, "normalized")
+    a = _utils.prepare(heatmaps, (-2, -1), temperature, name="heatmaps", min_ndim=2)
     p = softmax_rule(a.x, a.temperature, None, axes=a.axes)
     rows, cols = (_coordinates(n, normalized, p.dtype) for n in p.shape[-2:])
     row = jnp.einsum("...hw,h->...", p, rows)
@@ -238,7 +240,7 @@ def inverse_total(total):
     return 1 / _normaliser(total)
 
 
-def _softmax_value(x, temperature, where, axes):
+def softmax_value(x, temperature, where, axes):
     _, e, total = softmax_parts(x, temperature, where, axes)
     return e / _normaliser(total)
 
@@ -263,11 +265,11 @@ def softmax_vjp(e, scale, temperature, cotangent, axes):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _softmax(x, temperature, where, axes):
-    return _softmax_value(x, temperature, where, axes)
+    return softmax_value(x, temperature, where, axes)
 
 
 def _softmax_fwd(x, temperature, where, axes):
-    p = _softmax_value(x, temperature, where, axes)
+    p = softmax_value(x, temperature, where, axes)
     return p, (p, temperature)
 
 

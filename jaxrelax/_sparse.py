@@ -27,6 +27,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
@@ -266,10 +267,12 @@ def entmax_loss(
 def _prepare(x, alpha, axis, temperature, where):
     a = _utils.prepare(x, axis, temperature, where)
     if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
-        if not alpha >= 1:
-            raise ValueError(f"alpha must be >= 1, got {alpha}")
+        if not 1 <= alpha < float("inf"):
+            raise ValueError(f"alpha must be finite and >= 1, got {alpha}")
         return a, float(alpha), jnp.asarray(alpha, a.x.dtype)
-    alpha = _utils.check_per_slice(alpha, "alpha", a.x, a.axes, lambda v: v >= 1, ">= 1")
+    alpha = _utils.check_per_slice(
+        alpha, "alpha", a.x, a.axes, lambda v: (v >= 1) & np.isfinite(v), "finite and >= 1"
+    )
     return a, None, alpha
 
 
@@ -278,18 +281,12 @@ def _entmax_public(x, alpha, axis, temperature, where):
     if static_alpha == 1:
         return _soft.softmax_rule(a.x, a.temperature, a.where, axes=a.axes).astype(a.dtype)
     kind = _kind(static_alpha)
-    if kind != "general" or static_alpha is not None:
-        return _entmax(a.x, a.temperature, alpha, a.where, a.axes, kind).astype(a.dtype)
-    # A traced alpha may be 1 at run time: softmax there, and alpha = 1.5 (unused) in entmax.
-    is_one = alpha == 1
-    value = _entmax(a.x, a.temperature, jnp.where(is_one, 1.5, alpha), a.where, a.axes, kind)
-    soft = _soft.softmax_rule(a.x, a.temperature, a.where, axes=a.axes)
-    return jnp.where(is_one, soft, value).astype(a.dtype)
+    return _entmax(a.x, a.temperature, alpha, a.where, a.axes, kind).astype(a.dtype)
 
 
 def _entmax_loss_public(x, labels, alpha, axis, temperature, where):
     a, static_alpha, alpha = _prepare(x, alpha, axis, temperature, where)
-    labels = jnp.asarray(labels)
+    labels = _utils.as_real_array(labels, "labels")
     if labels.shape != a.x.shape:
         raise ValueError(f"labels of shape {labels.shape} must have x's shape {a.x.shape}")
     labels = labels.astype(a.x.dtype)
@@ -306,7 +303,7 @@ def _kind(static_alpha):
 
 
 def _powers(kind, alpha):
-    """beta = 1 / (alpha - 1), and the exponents of the mass and its derivative."""
+    """beta = 1 / (alpha - 1), the exponent of the mass."""
     if kind == "sparsemax":
         return 1.0
     if kind == "entmax15":
@@ -320,48 +317,63 @@ def _power(q, exponent):
     return jnp.where(positive, jnp.power(jnp.where(positive, q, 1), exponent), 0)
 
 
-def _mass(kind, beta, r):
-    """r ** beta for r >= 0."""
+# The mass of an entry ``d = v - tau`` below its score ``v`` and its slope. For sparsemax and
+# 1.5-entmax it is ``[d]_+ ** beta`` and the root lies in ``[-1, 0]``; for other alphas the
+# threshold is offset by 1, ``(1 + d) ** beta`` for ``d > -1``, root in ``[0, 1]``, and computed
+# as ``exp(beta log1p(d))``: as alpha -> 1, ``beta`` grows and ``d`` shrinks together, and this
+# form keeps every digit of ``d`` (softmax is the limit).
+_BRACKETS = {"sparsemax": (-1.0, 0.0), "entmax15": (-1.0, 0.0), "general": (0.0, 1.0)}
+
+
+def _mass(kind, beta, d, zero):
     if kind == "sparsemax":
-        return r
+        return jnp.maximum(d, zero)
     if kind == "entmax15":
+        r = jnp.maximum(d, zero)
         return r * r
-    return _power(r, beta)
+    inside = d > zero - 1  # with a finite derivative outside (double where)
+    return jnp.where(inside, jnp.exp(beta * jnp.log1p(jnp.where(inside, d, zero))), zero)
 
 
-def _mass_slope(kind, beta, r):
-    """d/dr of r ** beta, for r >= 0 (0 at r = 0 when beta = 1, the support's indicator)."""
+def _mass_slope(kind, beta, d):
+    """d mass / d d (0 outside the support; the support's indicator when beta = 1)."""
     if kind == "sparsemax":
-        return jnp.minimum(jnp.ceil(r), 1)
+        return jnp.minimum(jnp.ceil(jnp.maximum(d, 0)), 1)
     if kind == "entmax15":
-        return 2 * r
-    return beta * _power(r, beta - 1)
+        return 2 * jnp.maximum(d, 0)
+    return beta * _power(1 + d, beta - 1)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
-def _threshold(shifted, capacity, beta, kind, axes):
-    """tau with ``sum [shifted - tau]_+ ** beta = capacity`` per slice.
+def _mass_log_weight(kind, d):
+    """d mass / d beta divided by mass: log of the base (general alphas only)."""
+    del kind
+    return jnp.log1p(jnp.maximum(d, jnp.finfo(d.dtype).eps - 1))
 
-    Secant steps through the last two iterates, from ``lo = -capacity ** (1 / beta)`` (where
-    the entry at 0 alone gives ``f >= 0``) and a point a bounded Newton step to its right. On
-    a convex decreasing ``f`` (beta >= 1) every iterate stays left of the root and they rise
-    to it, exactly for sparsemax once two of them share its linear piece. Each step is one
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _threshold(v, beta, kind, axes):
+    """tau with ``sum mass(v - tau) = 1`` per slice, for scores ``v <= 0`` with a maximum of 0.
+
+    Secant steps through the last two iterates, from ``lo`` (the bracket's left end, where the
+    entry at 0 alone gives ``f >= 0``) and a point a bounded Newton step to its right. On a
+    convex decreasing ``f`` (beta >= 1) every iterate stays left of the root and they rise to
+    it, exactly for sparsemax once two of them share its linear piece. Each step is one
     reduction over the scores. A step that would leave the bracket ``[lo, hi]`` (possible only
     for beta < 1, where ``f`` is concave) bisects instead. Stops when every slice's step moves
     tau by two ulps or leaves two ulps of mass; a slice with NaN stops at once.
     """
-    eps = jnp.finfo(shifted.dtype).eps
-    tolerance = 2 * eps * capacity  # on the mass
-    zero = _utils.slice_zero(capacity)
+    eps = jnp.finfo(v.dtype).eps
+    tolerance = 2 * eps  # on the mass
+    slices = _slice_shape(v.shape, axes)
+    zero = jnp.broadcast_to(_utils.slice_zero(beta), slices)  # per slice: see slice_zero
+    lo0, hi0 = _BRACKETS[kind]
 
     def excess(tau):
-        mass = _mass(kind, beta, jnp.maximum(shifted - tau, zero))
-        return jnp.sum(mass, axes, keepdims=True) - capacity
+        return jnp.sum(_mass(kind, beta, v - tau, zero), axes, keepdims=True) - 1
 
-    lo = -(capacity ** (1 / beta))
-    # |f'| <= beta * n * |lo| ** (beta - 1) for beta >= 1: a step that stays left of the root.
-    size = _utils.slice_size(shifted.shape, axes)
-    max_slope = jnp.where(beta >= 1, beta * size * (-lo) ** (beta - 1), jnp.inf)
+    # |f'| <= beta * n on the bracket for beta >= 1: a first step that stays left of the root.
+    size = _utils.slice_size(v.shape, axes)
+    max_slope = jnp.where(beta >= 1, beta * size, jnp.inf)
 
     def step(state):
         count, previous, excess_previous, tau, lo, hi, _ = state
@@ -378,7 +390,7 @@ def _threshold(shifted, capacity, beta, kind, axes):
             (jnp.abs(excess_tau) <= tolerance)
             | ((jnp.abs(new_tau - tau) <= 2 * eps * jnp.abs(tau)) & (count > 0))  # two ulps
             | jnp.isnan(excess_tau)
-            | (excess_tau == -capacity)  # nothing finite in the slice: stays all zeros
+            | (excess_tau == -1)  # nothing finite in the slice: stays all zeros
         )
         new_tau = jnp.where(done, tau, new_tau)
         return count + 1, tau, excess_tau, new_tau, lo, hi, jnp.all(done)
@@ -386,46 +398,57 @@ def _threshold(shifted, capacity, beta, kind, axes):
     def keep_going(state):
         return (state[0] < MAX_STEPS) & ~state[6]
 
-    init = (0, lo, capacity, lo, lo, zero, False)
+    lo = zero + lo0
+    init = (0, lo, zero + 1, lo, lo, zero + hi0, False)
     return lax.while_loop(keep_going, step, init)[3]
 
 
 @_threshold.defjvp
 def _threshold_jvp(kind, axes, primals, tangents):
-    """The implicit-function derivative of tau, so that the forward pass (and with it second
-    derivatives) can be differentiated without going through the loop: from
-    ``sum m(shifted - tau) = capacity``, ``dtau = (sum m' dshifted - dcapacity
-    + sum r**beta log r dbeta) / sum m'``."""
-    shifted, capacity, beta = primals
-    d_shifted, d_capacity, d_beta = tangents
-    tau = _threshold(shifted, capacity, beta, kind, axes)
-    r = jnp.maximum(shifted - tau, 0)
-    slope = _mass_slope(kind, beta, r)
-    change = jnp.sum(slope * d_shifted, axes, keepdims=True) - d_capacity
+    """The implicit-function derivative of tau, so that the forward pass can be differentiated
+    without going through the loop: from ``sum mass(v - tau) = 1``,
+    ``dtau = (sum mass' dv + sum d mass / d beta  dbeta) / sum mass'``."""
+    v, beta = primals
+    d_v, d_beta = tangents
+    tau = _threshold(v, beta, kind, axes)
+    d = v - tau
+    slope = _mass_slope(kind, beta, d)
+    change = jnp.sum(slope * d_v, axes, keepdims=True)
     if kind == "general":
-        log_r = jnp.log(jnp.maximum(r, jnp.finfo(r.dtype).tiny))
-        change = change + jnp.sum(_mass(kind, beta, r) * log_r, axes, keepdims=True) * d_beta
+        zero = _utils.slice_zero(beta)
+        weight = _mass(kind, beta, d, zero) * _mass_log_weight(kind, d)
+        change = change + jnp.sum(weight, axes, keepdims=True) * d_beta
     total = jnp.sum(slope, axes, keepdims=True)
-    return tau, change / jnp.maximum(total, jnp.finfo(r.dtype).tiny)
+    return tau, change / jnp.maximum(total, jnp.finfo(v.dtype).tiny)
 
 
 @functools.partial(jax.jit, static_argnums=(4, 5))  # eager calls reuse the compiled loop
 def _entmax_value(x, temperature, alpha, where, axes, kind):
     _, shifted = _utils.shift_by_max(x, where, axes)
-    beta = jnp.asarray(_powers(kind, alpha), x.dtype)
-    scale = (alpha - 1) / temperature  # u = scale * shifted; p = [u - tau']_+ ** beta
-    capacity = (1 / scale) ** beta
-    # Broadcast the per-slice capacity and beta to the slice shape (keepdims) once.
     slices = _slice_shape(shifted.shape, axes)
-    capacity = jnp.broadcast_to(capacity, slices).astype(x.dtype)
-    tau = _threshold(shifted, capacity, jnp.broadcast_to(beta, slices), kind, axes)
-    mass = _mass(kind, beta, jnp.maximum(shifted - tau, _utils.slice_zero(capacity)))
+    beta = jnp.broadcast_to(jnp.asarray(_powers(kind, alpha), x.dtype), slices)
+    # v = (alpha - 1) z - max, with z = x / t; p = mass(v - tau). The scale is kept at least
+    # the smallest normal number, so that a huge temperature gives the uniform limit, never
+    # 0 * -inf at a masked entry.
+    scale = jnp.maximum((alpha - 1) / temperature, jnp.finfo(x.dtype).tiny)
+    v = shifted * jnp.broadcast_to(scale, slices).astype(x.dtype)
+    tau = _threshold(v, beta, kind, axes)
+    mass = _mass(kind, beta, v - tau, _utils.slice_zero(tau))
     if kind != "general":
-        return mass / capacity
+        return mass
     # For alpha > 2 (beta < 1) an entry at the support's edge magnifies the threshold's
-    # rounding (float32: up to 5e-4 of mass); normalising keeps the sum at 1.
+    # rounding (float32: up to 5e-4 of mass); normalising keeps the sum at 1. The power of
+    # the mass maps NaN to 0: the poison keeps a NaN slice NaN.
     total = jnp.sum(mass, axes, keepdims=True)
-    return mass / jnp.where(total > 0, total, 1)
+    return mass / jnp.where(total > 0, total, 1) + _utils.nan_poison(shifted, axes)
+
+
+def _general_value(x, temperature, alpha, where, axes):
+    """alpha-entmax for a traced alpha, which may be 1 in some slices: softmax there (the
+    general formula's alpha is then replaced by 2 and its result discarded)."""
+    is_one = alpha == 1
+    p = _entmax_value(x, temperature, jnp.where(is_one, 2, alpha), where, axes, "general")
+    return jnp.where(is_one, _soft.softmax_value(x, temperature, where, axes), p)
 
 
 def _slice_shape(shape, axes):
@@ -435,14 +458,26 @@ def _slice_shape(shape, axes):
 # --- the entmax rule ---
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _entmax(x, temperature, alpha, where, axes, kind):
+def _value(x, temperature, alpha, where, axes, kind):
+    if kind == "softmax":
+        return _soft.softmax_value(x, temperature, where, axes)
+    if kind == "general":
+        return _general_value(x, temperature, alpha, where, axes)
     return _entmax_value(x, temperature, alpha, where, axes, kind)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _entmax(x, temperature, alpha, where, axes, kind):
+    return _value(x, temperature, alpha, where, axes, kind)
+
+
 def _entmax_fwd(x, temperature, alpha, where, axes, kind):
-    p = _entmax_value(x, temperature, alpha, where, axes, kind)
+    p = _value(x, temperature, alpha, where, axes, kind)
     return p, (p, temperature, alpha)
+
+
+def _safe_log(p):
+    return jnp.log(jnp.maximum(p, jnp.finfo(p.dtype).tiny))
 
 
 def _entmax_vjp(p, temperature, alpha, cotangent, axes, kind):
@@ -451,7 +486,8 @@ def _entmax_vjp(p, temperature, alpha, cotangent, axes, kind):
     With ``w = p ** (2 - alpha)`` on the support and ``g_hat = sum(w g) / sum(w)``:
     ``dx = w (g - g_hat) / t``, ``dt = -beta sum(p (g - g_hat)) / t`` and
     ``dalpha = beta**2 sum(p (1 - (alpha - 1) log p) (g - g_hat))`` (implicit differentiation
-    of ``sum(p) = 1``; Correia et al. 2019, appendix).
+    of ``sum(p) = 1``; Correia et al. 2019, appendix). For other alphas below 2 the last two
+    are rewritten without their cancellation as alpha -> 1 (see :func:`_near_softmax_vjp`).
     """
     support = jnp.minimum(jnp.ceil(p), 1)
     if kind == "sparsemax":
@@ -466,16 +502,52 @@ def _entmax_vjp(p, temperature, alpha, cotangent, axes, kind):
         total, jnp.finfo(p.dtype).tiny
     )
     centred = cotangent - g_hat
-    beta = 1 / (alpha - 1)
     p_centred = p * centred
-    dt = -beta * jnp.sum(p_centred, axes, keepdims=True) / temperature
-    log_p = jnp.log(jnp.maximum(p, jnp.finfo(p.dtype).tiny))
+    log_p = _safe_log(p)
+    beta = 1 / (jnp.where(alpha == 1, 2, alpha) - 1)  # alpha = 1: see below
+    dt = -beta * jnp.sum(p_centred, axes, keepdims=True)
     dalpha = beta**2 * jnp.sum(p_centred * (1 - (alpha - 1) * log_p), axes, keepdims=True)
+    if kind == "general":
+        below_two = alpha < 2
+        epsilon = jnp.where(below_two, alpha, 2) - 1
+        dt_near, dalpha_near = _near_softmax_vjp(p, log_p, epsilon, cotangent, axes)
+        dt = jnp.where(below_two, dt_near, dt)
+        dalpha = jnp.where(below_two, dalpha_near, dalpha)
     return (
         w * centred / temperature,
-        _utils.sum_to_shape(dt, temperature.shape),
+        _utils.sum_to_shape(dt / temperature, temperature.shape),
         _utils.sum_to_shape(dalpha, alpha.shape),
     )
+
+
+def _near_softmax_vjp(p, log_p, epsilon, cotangent, axes):
+    """(t dt, dalpha) for ``alpha = 1 + epsilon`` in [1, 2), exact at alpha = 1 (softmax).
+
+    With ``L = log p``, ``c = g - sum(p g)`` and ``phi(u) = (expm1(u) - u) / u**2``, the
+    weights are ``w = p exp(-epsilon L)`` and the formulas above become ``t dt = (epsilon C -
+    A) / (1 + M)`` and ``dalpha = -C - (A - epsilon C) epsilon D / (1 + M)``, where ``A =
+    sum(p L c)``, ``C = sum(p L**2 phi c)``, ``D = sum(p L**2 phi)`` and ``M = sum(p expm1(
+    -epsilon L))``: no division by ``alpha - 1``, so no cancellation as alpha -> 1, where they
+    tend to softmax's ``-sum(p L c)`` and to the one-sided ``-sum(p L**2 c) / 2``.
+    """
+    c = cotangent - jnp.sum(p * cotangent, axes, keepdims=True)
+    p_l2_phi = p * log_p * log_p * _phi(-epsilon * log_p)
+    a = jnp.sum(p * log_p * c, axes, keepdims=True)
+    big_c = jnp.sum(p_l2_phi * c, axes, keepdims=True)
+    d = jnp.sum(p_l2_phi, axes, keepdims=True)
+    m = jnp.sum(p * jnp.expm1(-epsilon * log_p), axes, keepdims=True)
+    dt = (epsilon * big_c - a) / (1 + m)
+    return dt, -big_c - (a - epsilon * big_c) * epsilon * d / (1 + m)
+
+
+def _phi(u):
+    """(expm1(u) - u) / u**2, to rounding: a Taylor series near 0, where the difference
+    cancels, and the formula elsewhere."""
+    small = jnp.abs(u) < 0.5
+    s = jnp.where(small, u, 0)
+    series = 1 / 2 + s * (1 / 6 + s * (1 / 24 + s * (1 / 120 + s * (1 / 720 + s / 5040))))
+    b = jnp.where(small, 1, u)
+    return jnp.where(small, series, (jnp.expm1(b) - b) / (b * b))
 
 
 def _entmax_bwd(axes, kind, residuals, cotangent):
@@ -490,38 +562,44 @@ _entmax.defvjp(_entmax_fwd, _entmax_bwd)
 
 
 def _tsallis(q, alpha, axes, kind):
-    """Omega_alpha(q) = (sum q**alpha - 1) / (alpha (alpha - 1)); sum q log q at alpha = 1."""
+    """Omega_alpha(q) = (sum q**alpha - 1) / (alpha (alpha - 1)); sum q log q at alpha = 1.
+
+    For other alphas, ``sum q**alpha - 1`` is taken as ``sum q expm1((alpha - 1) log q)``
+    plus ``sum q - 1``, which keeps its digits as alpha -> 1.
+    """
+    shannon = jnp.sum(q * _safe_log(q), axes, keepdims=True)
     if kind == "softmax":
-        return jnp.sum(q * jnp.log(jnp.maximum(q, jnp.finfo(q.dtype).tiny)), axes, keepdims=True)
+        return shannon
     if kind == "sparsemax":
-        powered = q * q
-    elif kind == "entmax15":
-        powered = _power(q, 1.5)
-    else:
-        powered = _power(q, alpha)
-    return (jnp.sum(powered, axes, keepdims=True) - 1) / (alpha * (alpha - 1))
+        return (jnp.sum(q * q, axes, keepdims=True) - 1) / 2
+    if kind == "entmax15":
+        return (jnp.sum(_power(q, 1.5), axes, keepdims=True) - 1) / 0.75
+    is_one = alpha == 1
+    alpha = jnp.where(is_one, 2, alpha)
+    gain = jnp.where(q > 0, q * jnp.expm1((alpha - 1) * _safe_log(q)), 0)
+    excess = jnp.sum(gain, axes, keepdims=True) + (jnp.sum(q, axes, keepdims=True) - 1)
+    return jnp.where(is_one, shannon, excess / (alpha * (alpha - 1)))
 
 
 def _dtsallis_dalpha(q, alpha, axes):
-    """d Omega_alpha(q) / d alpha."""
-    log_q = jnp.log(jnp.maximum(q, jnp.finfo(q.dtype).tiny))
+    """d Omega_alpha(q) / d alpha; at alpha = 1, its limit ``E_q[(log q)**2] / 2 - E_q[log q]``
+    (for q on the simplex)."""
+    log_q = _safe_log(q)
+    is_one = alpha == 1
+    alpha = jnp.where(is_one, 2, alpha)
     powered = _power(q, alpha)
     total = jnp.sum(powered, axes, keepdims=True)
     denominator = alpha * (alpha - 1)
-    return (
+    derivative = (
         jnp.sum(powered * log_q, axes, keepdims=True) / denominator
         - (total - 1) * (2 * alpha - 1) / denominator**2
     )
-
-
-def _prediction(x, temperature, alpha, where, axes, kind):
-    if kind == "softmax":
-        return _soft.softmax_rule(x, temperature, where, axes=axes)
-    return _entmax_value(x, temperature, alpha, where, axes, kind)
+    limit = jnp.sum(q * log_q * (log_q / 2 - 1), axes, keepdims=True)
+    return jnp.where(is_one, limit, derivative)
 
 
 def _fenchel_young_fwd(x, labels, temperature, alpha, where, axes, kind):
-    p = _prediction(x, temperature, alpha, where, axes, kind)
+    p = _value(x, temperature, alpha, where, axes, kind)
     keep = jnp.ones_like(x, bool) if where is None else jnp.broadcast_to(where, x.shape)
     labels = jnp.where(keep, labels, 0)
     difference = p - labels
@@ -546,11 +624,16 @@ def _fenchel_young_bwd(axes, kind, residuals, cotangent):
     dx = jnp.where(keep, cotangent * difference / temperature, 0)
     linear = jnp.where(keep & (difference != 0), x * difference, 0)
     dt = -cotangent * jnp.sum(linear, axes, keepdims=True) / temperature**2
+    shannon_slope = 1 + _safe_log(labels)
     if kind == "softmax":
-        d_labels = 1 + jnp.log(jnp.maximum(labels, jnp.finfo(labels.dtype).tiny))
+        d_labels = shannon_slope
         dalpha = jnp.zeros_like(dt)
     else:
-        d_labels = _power(labels, alpha - 1) / (alpha - 1)
+        is_one = alpha == 1
+        safe_alpha = jnp.where(is_one, 2, alpha)
+        d_labels = jnp.where(
+            is_one, shannon_slope, _power(labels, safe_alpha - 1) / (safe_alpha - 1)
+        )
         # Envelope theorem: only Omega's explicit dependence on alpha counts.
         dalpha = cotangent * (
             _dtsallis_dalpha(labels, alpha, axes) - _dtsallis_dalpha(p, alpha, axes)

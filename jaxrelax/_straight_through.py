@@ -105,10 +105,10 @@ def st_hardmax(
     The forward pass is ``hardmax(x, axis, where=where, ties=ties)`` exactly; the backward pass
     is the vector-Jacobian product of ``softmax(x, axis, temperature=temperature,
     where=where)`` (``backward="softmax"``), or passes the cotangent through unchanged
-    (``backward="identity"``, zero at masked entries). The two forward passes are fused: the
-    softmax's normaliser doubles as the hardmax's NaN check, and only the softmax (as its
-    unnormalised exponentials) is saved for the backward pass; nothing with
-    ``backward="identity"``.
+    (``backward="identity"``, zero at masked and ``-inf`` entries). The two forward passes are
+    fused: the softmax's normaliser doubles as the hardmax's NaN check, and only the softmax
+    (as its unnormalised exponentials) is saved for the backward pass; with
+    ``backward="identity"``, a boolean array of the entries that take part.
 
     Args:
       x: the scores, any real dtype (see :func:`jaxrelax.softmax`).
@@ -235,6 +235,7 @@ def st_max(
       A fully masked slice gives ``-inf`` with zero gradient; NaN propagates.
     """
     method = _utils.check_choice(method, "method", _soft.METHODS)
+    keepdims = _utils.check_flag(keepdims, "keepdims")
     a = _utils.prepare(x, axis, temperature, where)
     hard = functools.partial(_hard.max_rule, axes=a.axes)
     soft = functools.partial(_soft.smooth_max_rule, axes=a.axes, method=method)
@@ -272,9 +273,10 @@ st_hardmax_rule.defvjp(st_hardmax_fwd, _st_hardmax_bwd)
 
 @jax.custom_vjp
 def _masked_identity(x, temperature, where):
-    """The identity surrogate: passes the cotangent through, zero at masked entries.
+    """The identity surrogate: passes the cotangent through, zero at masked and ``-inf``
+    entries (which take no part in the choice).
 
-    Its backward pass keeps only the mask as given (never a broadcast copy of it).
+    Its backward pass keeps one boolean array: the entries that take part.
     """
     del temperature, where
     return x
@@ -282,12 +284,12 @@ def _masked_identity(x, temperature, where):
 
 def _masked_identity_fwd(x, temperature, where):
     del temperature
-    return x, where
+    takes_part = ~jnp.isneginf(x)  # NaN entries take part: their gradients stay visible
+    return x, takes_part if where is None else takes_part & where
 
 
-def _masked_identity_bwd(where, cotangent):
-    masked = cotangent if where is None else jnp.where(where, cotangent, 0)
-    return masked, None, None  # None: no cotangent for the temperature
+def _masked_identity_bwd(takes_part, cotangent):
+    return jnp.where(takes_part, cotangent, 0), None, None  # no cotangent for the temperature
 
 
 _masked_identity.defvjp(_masked_identity_fwd, _masked_identity_bwd)

@@ -7,7 +7,7 @@ A note on the arithmetic. On XLA's CPU backend, fused elementwise kernels accept
 arithmetic (add, multiply, min, max, exp, ceil, ...), not compares or selects: one select
 in a hot loop splits a fusion and costs a full extra pass over memory. The helpers
 therefore express "is this the maximum" and "first maximum" with ``min``/``ceil``
-arithmetic, which is exact (see :func:`is_below_max`), and reserve ``jnp.where`` for
+arithmetic, which is exact (see :func:`below_max`), and reserve ``jnp.where`` for
 masks and slice-sized arrays. A second rule: a full-size intermediate that two fusions
 share, even a broadcast of a slice maximum or of a constant, is written to memory and read
 back; the soft and hard halves of ``st_hardmax`` therefore share no elementwise expression
@@ -26,7 +26,11 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
+MAX_INT32 = 2**31 - 1
 _HALF_FLOATS = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+NO_TEMPERATURE = object()  # for functions without a temperature argument
 
 
 class Prepared(NamedTuple):
@@ -42,47 +46,84 @@ class Prepared(NamedTuple):
 def prepare(
     x: ArrayLike,
     axis,
-    temperature=None,
+    temperature=NO_TEMPERATURE,
     where=None,
     *,
     name: str = "x",
     integers: bool = True,
     single_axis: bool = False,
-    min_ndim: int = 1,
+    elementwise: bool = False,
+    min_ndim: int = 0,
 ) -> Prepared:
     """Validates and canonicalises the arguments shared by the public functions.
 
     ``name`` is the scores' argument name in error messages; ``integers=False`` rejects
-    integer scores instead of promoting them (the samplers take float logits only);
-    ``axis=None`` is for elementwise functions, whose temperature may vary per element.
+    integer scores instead of promoting them (the samplers take float logits only).
+    ``axis=None`` means all axes, as in ``jax.nn.softmax``; with ``single_axis`` (the
+    index-returning functions) the scores, mask and temperature are then flattened to one
+    axis, so that the index is the flat row-major one, as in ``jnp.argmax(axis=None)``.
+    ``elementwise`` functions reduce nothing: their temperature may vary per element.
     """
     x, dtype = _as_float(x, name, integers)
     if x.ndim < min_ndim:
         raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape {x.shape}")
-    axes = () if axis is None else canonicalize_axes(axis, x.ndim, single_axis=single_axis)
-    t = None if temperature is None else check_temperature(temperature, x, axes)
-    mask = None if where is None else check_mask(where, x.shape)
+    mask = None if where is None else check_mask(where, x.shape, name)
+    if axis is None and single_axis:
+        mask = None if mask is None else jnp.broadcast_to(mask, x.shape).reshape(-1)
+        temperature = _flatten_per_slice(temperature)
+        x, axis = x.reshape(-1), 0
+    if elementwise:
+        axes = ()
+    elif axis is None:
+        axes = tuple(range(x.ndim))
+    else:
+        axes = canonicalize_axes(axis, x.ndim, single_axis=single_axis, name=name)
+    t = None
+    if temperature is not NO_TEMPERATURE:
+        t = check_temperature(temperature, x, axes, name)
     return Prepared(x, axes, t, mask, dtype)
 
 
+def _flatten_per_slice(value):
+    """A per-slice parameter for a whole array flattened to one slice: its single value (an
+    array of shape (1,) or a scalar), or as given when it has more values (an error later)."""
+    if value is NO_TEMPERATURE or value is None or isinstance(value, (int, float)):
+        return value
+    shape = np.shape(value)
+    return jnp.reshape(value, (1,)) if len(shape) and np.prod(shape) == 1 else value
+
+
 def _as_float(x: ArrayLike, name: str, integers: bool) -> tuple[jax.Array, np.dtype]:
-    """Promotes integers and booleans to the default float dtype, as ``jax.nn.softmax`` does."""
-    try:
-        x = jnp.asarray(x)
-    except TypeError:
-        raise TypeError(
-            f"{name} must be an array of real numbers, got {type(x).__name__}"
-        ) from None
-    if jnp.issubdtype(x.dtype, jnp.complexfloating):
-        raise TypeError(f"{name} must be real, got dtype {x.dtype}")
+    """Promotes integers and booleans to a float dtype as ``jax.nn.softmax`` does (64-bit
+    integers to float64, the others to float32) and returns (compute array, result dtype)."""
+    x = as_real_array(x, name)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         if not integers:
             raise TypeError(f"{name} must be a floating-point array, got dtype {x.dtype}")
-        if not (jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_):
-            raise TypeError(f"{name} must be an array of real numbers, got dtype {x.dtype}")
-        x = x.astype(jnp.result_type(float))
+        wide = x.dtype.itemsize == 8  # only under jax_enable_x64
+        x = x.astype(jnp.float64 if wide else jnp.float32)
     dtype = x.dtype
     return x.astype(compute_dtype(dtype)), dtype
+
+
+def as_real_array(value, name: str, *, booleans: bool = True) -> jax.Array:
+    """``value`` as a JAX array of real numbers (floats, integers, and booleans unless
+    ``booleans=False``), or a TypeError naming the argument (None, strings, ragged lists,
+    complex numbers, keys)."""
+    try:
+        array = jnp.asarray(value)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{name} must be an array of real numbers, got {type(value).__name__}"
+        ) from None
+    real = (
+        jnp.issubdtype(array.dtype, jnp.floating)
+        or jnp.issubdtype(array.dtype, jnp.integer)
+        or (booleans and array.dtype == jnp.bool_)
+    )
+    if not real:
+        raise TypeError(f"{name} must be an array of real numbers, got dtype {array.dtype}")
+    return array
 
 
 def check_key(key) -> jax.Array:
@@ -107,13 +148,26 @@ def check_key(key) -> jax.Array:
         raise TypeError(f"key is not a valid legacy PRNG key: {error}") from None
 
 
-def check_count(value, name: str) -> int:
-    """Checks that a static count is an int of at least 1."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be at least 1, got {value}")
-    return int(value)
+def check_flag(value, name: str) -> bool:
+    """Checks that a static option is a Python (or NumPy) bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+def check_integer(value, name: str, low: int = 1) -> int:
+    """A concrete integer (Python, NumPy or a 0-d array; not a bool) in ``[low, 2**31)`` as an
+    int, or a TypeError or ValueError naming ``name``."""
+    dtype = getattr(value, "dtype", None)  # NumPy and JAX booleans have one
+    try:
+        if isinstance(value, bool) or (dtype is not None and jnp.issubdtype(dtype, jnp.bool_)):
+            raise TypeError
+        value = operator.index(value)
+    except TypeError:  # also a traced value
+        raise TypeError(f"{name} must be a concrete integer, got {value!r}") from None
+    if not low <= value <= MAX_INT32:
+        raise ValueError(f"{name} must be an integer in [{low}, 2**31 - 1], got {value}")
+    return value
 
 
 def compute_dtype(dtype) -> np.dtype:
@@ -122,7 +176,9 @@ def compute_dtype(dtype) -> np.dtype:
     return jnp.dtype(jnp.float32) if dtype in _HALF_FLOATS else dtype
 
 
-def canonicalize_axes(axis, ndim: int, *, single_axis: bool = False) -> tuple[int, ...]:
+def canonicalize_axes(
+    axis, ndim: int, *, single_axis: bool = False, name: str = "x"
+) -> tuple[int, ...]:
     """Returns ``axis`` as a sorted tuple of non-negative ints, or raises naming ``axis``."""
     if single_axis and isinstance(axis, (tuple, list)):
         raise TypeError(f"axis must be a single int for this function, got {axis!r}")
@@ -138,7 +194,7 @@ def canonicalize_axes(axis, ndim: int, *, single_axis: bool = False) -> tuple[in
         except TypeError:
             raise TypeError(f"axis must be an int or a tuple of ints, got {axis!r}") from None
         if not -ndim <= a < ndim:
-            raise ValueError(f"axis {a} is out of range for x with {ndim} dimension(s)")
+            raise ValueError(f"axis {a} is out of range for {name} with {ndim} dimension(s)")
         result.append(a % ndim)
     if len(set(result)) != len(result):
         raise ValueError(f"axis must not repeat an axis, got {axis!r}")
@@ -152,7 +208,9 @@ def check_choice(value, name: str, options: tuple[str, ...]) -> str:
     return value
 
 
-def check_temperature(temperature, x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+def check_temperature(
+    temperature, x: jax.Array, axes: tuple[int, ...], name: str = "x"
+) -> jax.Array:
     """Checks a temperature and returns it as an array in ``x``'s dtype.
 
     A temperature is a scalar or an array broadcastable to ``x`` with size 1 along every
@@ -168,15 +226,23 @@ def check_temperature(temperature, x: jax.Array, axes: tuple[int, ...]) -> jax.A
         axes,
         lambda t: np.isfinite(t) & (t >= tiny),
         f"positive and finite (at least {tiny:g})",
+        name,
     )
 
 
-def check_per_slice(value, name: str, x: jax.Array, axes, valid, requirement: str) -> jax.Array:
+def check_per_slice(
+    value, name: str, x: jax.Array, axes, valid, requirement: str, x_name: str = "x"
+) -> jax.Array:
     """Checks a real parameter that is a scalar or one value per slice (an array broadcastable
     to ``x`` with size 1 along ``axes``) and returns it in ``x``'s dtype. A concrete value must
     pass ``valid`` (a NumPy predicate); a traced one cannot be checked."""
+    if value is None or isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     if not isinstance(value, jax.core.Tracer):
-        concrete = np.asarray(value)
+        try:
+            concrete = np.asarray(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name} must be a real number, got {type(value).__name__}") from None
         if not (
             np.issubdtype(concrete.dtype, np.floating) or np.issubdtype(concrete.dtype, np.integer)
         ):
@@ -193,15 +259,18 @@ def check_per_slice(value, name: str, x: jax.Array, axes, valid, requirement: st
     fits = value.ndim <= x.ndim and all(p in (1, n) for p, n in zip(padded, x.shape, strict=True))
     if not fits or any(padded[a] != 1 for a in axes):
         raise ValueError(
-            f"{name} of shape {value.shape} must broadcast to x of shape {x.shape} "
+            f"{name} of shape {value.shape} must broadcast to {x_name} of shape {x.shape} "
             f"with size 1 along the reduced axes {axes}"
         )
     return value.astype(x.dtype)
 
 
-def check_mask(where, shape: tuple[int, ...]) -> jax.Array:
+def check_mask(where, shape: tuple[int, ...], x_name: str = "x") -> jax.Array:
     """Checks that ``where`` is a boolean mask broadcastable to ``shape``."""
-    mask = jnp.asarray(where)
+    try:
+        mask = jnp.asarray(where)
+    except (TypeError, ValueError):
+        raise TypeError(f"where must be a boolean mask, got {type(where).__name__}") from None
     if mask.dtype != jnp.bool_:
         raise TypeError(f"where must be a boolean mask, got dtype {mask.dtype}")
     try:
@@ -209,7 +278,9 @@ def check_mask(where, shape: tuple[int, ...]) -> jax.Array:
     except ValueError:
         fits = False
     if not fits:
-        raise ValueError(f"where of shape {mask.shape} does not broadcast to x of shape {shape}")
+        raise ValueError(
+            f"where of shape {mask.shape} does not broadcast to {x_name} of shape {shape}"
+        )
     return mask
 
 
@@ -232,10 +303,12 @@ def slice_max(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
 
     An empty or all -inf slice gives the lowest finite value rather than -inf, so that
     ``x - max`` never computes ``-inf - (-inf)``; +inf stays +inf. NaN may or may not
-    propagate (see :func:`nan_poison`). No gradient flows through.
+    propagate (see :func:`nan_poison`). No gradient flows through. (The reduction is seeded
+    with -inf, the identity of max: XLA takes the seed as neutral and drops it on a size-1
+    axis, so the clamp to the lowest value must come after.)
     """
-    lowest = jnp.array(jnp.finfo(x.dtype).min, x.dtype)
-    return jnp.expand_dims(lax.reduce(lax.stop_gradient(x), lowest, lax.max, axes), axes)
+    largest = jnp.max(lax.stop_gradient(x), axes, keepdims=True, initial=-jnp.inf)
+    return jnp.maximum(largest, jnp.finfo(x.dtype).min)
 
 
 @jax.custom_jvp
@@ -262,11 +335,26 @@ def slice_zero(per_slice: jax.Array) -> jax.Array:
 
 def shift_by_max(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...]):
     """(m, shifted): the slice maximum of the masked scores (from :func:`slice_max`) and the
-    scores minus it, in ``[-inf, 0]``: masked and ``-inf`` entries are ``-inf``, ``+inf``
-    entries 0, NaN entries NaN. Gradients flow to ``x`` with slope 1."""
+    scores minus it, in ``[-inf, 0]``: masked and ``-inf`` entries are ``-inf``, NaN entries
+    NaN, and in a slice holding ``+inf`` the ``+inf`` entries are 0 and all others ``-inf``
+    (the limit of equal, ever larger scores: ``+inf`` beats the largest finite value).
+    Gradients flow to ``x`` with slope 1."""
     x = fill_masked(x, where)
     m = slice_max(x, axes)
-    return m, _nonpositive(x - finite(m), slice_zero(m))
+    shifted = _nonpositive(x - finite(m), slice_zero(m))
+    return m, shifted - lax.stop_gradient(_below_infinite_max(x, m))
+
+
+def _below_infinite_max(x: jax.Array, m: jax.Array) -> jax.Array:
+    """+inf at the finite entries of a slice whose maximum ``m`` is +inf, 0 elsewhere.
+
+    Arithmetic only (see the module note): ``is_inf`` is 1 at +inf and 0 elsewhere, exactly,
+    since ``x - fmax`` is +inf, or at most 0; and ``1 / (1 - h) - 1`` is 0 for ``h = 0`` and
+    +inf for ``h = 1``, without the ``0 * inf`` that a product would risk.
+    """
+    has_inf = jnp.where(m == jnp.inf, 1, 0).astype(x.dtype)  # per slice
+    is_inf = jnp.minimum(jnp.maximum(x - jnp.finfo(x.dtype).max, slice_zero(m)), 1)
+    return 1 / (1 - has_inf * (1 - is_inf)) - 1
 
 
 def finite(x: jax.Array) -> jax.Array:
@@ -274,19 +362,15 @@ def finite(x: jax.Array) -> jax.Array:
     return jnp.minimum(x, jnp.finfo(x.dtype).max)
 
 
-def finite_slice_max(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-    """``slice_max`` of ``finite(x)``: a slice maximum that is always finite (or NaN)."""
-    return slice_max(finite(x), axes)
+def below_max(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...]) -> jax.Array:
+    """1 where ``x`` is below its slice's (masked) maximum, 0 at a maximum; masked and
+    ``-inf`` entries are 1 (below), and ``+inf`` entries beat the largest finite value.
 
-
-def is_below_max(x: jax.Array, m: jax.Array) -> jax.Array:
-    """1 where ``x`` is below its slice maximum ``m`` (from :func:`finite_slice_max`), 0 at a
-    maximum.
-
-    The gap ``m - finite(x)`` is >= 0, and ``ceil`` maps any positive gap, however small, to
-    at least 1; +inf entries tie with the largest finite value; NaN propagates.
+    The shifted scores (:func:`shift_by_max`) are exactly 0 at a maximum and negative below
+    it, and ``ceil`` maps any negative gap, however small, to at least 1. NaN may be dropped.
     """
-    return jnp.minimum(jnp.ceil(m - finite(x)), 1)
+    _, shifted = shift_by_max(lax.stop_gradient(x), where, axes)
+    return jnp.minimum(jnp.ceil(-shifted), 1)
 
 
 def nan_poison(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:

@@ -8,6 +8,10 @@ respect to the logits by summing over all ``n ** m`` one-hot configurations. An 
 and mean squared error against that gradient (:func:`estimator_stats`). Everything is jit- and
 vmap-friendly: ``f`` and the estimator are traced, never called in Python loops.
 
+Arguments are checked: a wrong type raises a TypeError and a bad value a ValueError, each
+naming the argument. Concrete logits must be finite (traced ones cannot be checked, and
+non-finite ones give NaN); NaN or infinite gradient samples give NaN or infinite statistics.
+
 Examples:
   >>> import jax
   >>> import jax.numpy as jnp
@@ -36,6 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from . import _utils
+
 __all__ = [
     "GradientStats",
     "estimate_gradients",
@@ -47,6 +53,7 @@ __all__ = [
 ]
 
 MAX_CONFIGURATIONS = 2**20
+MAX_ELEMENTS = 2**27  # in all configurations together: 512 MiB in float32
 
 
 class GradientStats(NamedTuple):
@@ -68,21 +75,30 @@ class GradientStats(NamedTuple):
 def one_hot_configurations(shape: tuple[int, ...]) -> jax.Array:
     """All one-hot assignments for categorical logits of ``shape``: ``(n ** m,) + shape``.
 
-    ``shape`` is ``(n,)`` for one variable with ``n`` classes or ``(m, n)`` for ``m`` of them.
+    ``shape`` is a tuple ``(n,)`` for one variable with ``n`` classes or ``(m, n)`` for ``m``
+    of them, ``m, n >= 1``, with at most ``MAX_CONFIGURATIONS`` (``2**20``) configurations
+    and ``MAX_ELEMENTS`` (``2**27``) numbers in all.
 
     Examples:
       >>> from jaxrelax import diagnostics
       >>> diagnostics.one_hot_configurations((2, 3)).shape
       (9, 2, 3)
     """
-    shape = tuple(shape)
+    if not isinstance(shape, (tuple, list)):
+        raise TypeError(f"shape must be a tuple (n,) or (m, n), got {shape!r}")
+    return _configurations(tuple(_utils.check_integer(size, "shape", 1) for size in shape), "shape")
+
+
+def _configurations(shape, name):
     if len(shape) not in (1, 2) or min(shape) < 1:
-        raise ValueError(f"logits must have shape (n,) or (m, n), got {shape}")
+        raise ValueError(f"{name} must have shape (n,) or (m, n) with m, n >= 1, got {shape}")
     n, m = shape[-1], (shape[0] if len(shape) == 2 else 1)
-    if n**m > MAX_CONFIGURATIONS:
+    count = n ** min(m, 21)  # n >= 2 and m >= 21 is too many anyway
+    if count > MAX_CONFIGURATIONS or count * m * n > MAX_ELEMENTS:
         raise ValueError(
-            f"logits of shape {shape} have {n}**{m} configurations, more than can be "
-            f"enumerated ({MAX_CONFIGURATIONS})"
+            f"{name} of shape {shape} have {n}**{m} configurations of {m * n} numbers, more "
+            f"than can be enumerated ({MAX_CONFIGURATIONS} configurations, {MAX_ELEMENTS} "
+            "numbers in all)"
         )
     indices = np.array(list(itertools.product(range(n), repeat=m)), dtype=np.int32)
     return jnp.asarray(np.eye(n, dtype=np.float32)[indices].reshape((-1,) + shape))
@@ -91,7 +107,7 @@ def one_hot_configurations(shape: tuple[int, ...]) -> jax.Array:
 def exact_expectation(f: Callable, logits: ArrayLike) -> jax.Array:
     """``E_z[f(z)]`` for one-hot ``z`` drawn from ``softmax(logits)`` (factorised over the
     leading axis of 2-D logits), by enumeration. ``f`` maps a one-hot array of the logits'
-    shape to a scalar; the logits must be finite.
+    shape to a scalar; the logits must be finite, of shape ``(n,)`` or ``(m, n)``.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -101,12 +117,16 @@ def exact_expectation(f: Callable, logits: ArrayLike) -> jax.Array:
       >>> print(round(float(mean), 4))
       1.3
     """
+    _check_callable(f, "f")
     logits = _float_logits(logits)
-    configurations = one_hot_configurations(logits.shape).astype(logits.dtype)
+    configurations = _configurations(logits.shape, "logits").astype(logits.dtype)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     axes = tuple(range(1, configurations.ndim))
     weights = jnp.exp(jnp.sum(configurations * log_probs, axis=axes))
-    return jnp.sum(weights * jax.vmap(f)(configurations))
+    values = jax.vmap(f)(configurations)
+    if not isinstance(values, jax.Array) or values.shape != weights.shape:
+        raise TypeError(f"f must return a scalar array, got {jax.tree.map(jnp.shape, values)}")
+    return jnp.sum(weights * values)
 
 
 def exact_gradient(f: Callable, logits: ArrayLike) -> jax.Array:
@@ -122,19 +142,33 @@ def exact_gradient(f: Callable, logits: ArrayLike) -> jax.Array:
     return jax.grad(lambda logits: exact_expectation(f, logits))(_float_logits(logits))
 
 
+def _check_callable(value, name):
+    if not callable(value):
+        raise TypeError(f"{name} must be callable, got {value!r}")
+
+
 def _float_logits(logits):
-    logits = jnp.asarray(logits)
+    """Logits as a floating-point array, finite unless traced; raises naming ``logits``."""
+    logits = _utils.as_real_array(logits, "logits", booleans=False)
     if not jnp.issubdtype(logits.dtype, jnp.floating):
         raise TypeError(f"logits must be a floating-point array, got dtype {logits.dtype}")
+    if not isinstance(logits, jax.core.Tracer) and not np.isfinite(logits).all():
+        raise ValueError(f"logits must be finite, got {logits}")
     return logits
 
 
 def estimate_gradients(
-    estimator: Callable, key: ArrayLike, logits: ArrayLike, num_samples: int, batch_size=1024
+    estimator: Callable,
+    key: ArrayLike,
+    logits: ArrayLike,
+    num_samples: int,
+    batch_size: int = 1024,
 ) -> jax.Array:
     """``num_samples`` gradient samples ``estimator(key_i, logits)`` with independent keys,
     stacked on a new leading axis; computed ``batch_size`` at a time (vmapped) to bound
-    memory.
+    memory. ``key`` is a PRNG key (split as it is, so a legacy key gives legacy keys), the
+    logits are floating-point and finite, and ``num_samples`` and ``batch_size`` are integers
+    ``>= 1``.
 
     Examples:
       >>> import jax
@@ -147,8 +181,12 @@ def estimate_gradients(
       >>> diagnostics.estimate_gradients(estimator, jax.random.key(0), jnp.zeros(3), 100).shape
       (100, 3)
     """
+    _check_callable(estimator, "estimator")
+    _utils.check_key(key)
+    logits = _float_logits(logits)
+    num_samples = _utils.check_integer(num_samples, "num_samples", 1)
+    batch_size = _utils.check_integer(batch_size, "batch_size", 1)
     keys = jax.random.split(key, num_samples)
-    logits = jnp.asarray(logits)
     return jax.lax.map(lambda k: estimator(k, logits), keys, batch_size=batch_size)
 
 
@@ -157,6 +195,7 @@ def gradient_stats(samples: ArrayLike, exact: ArrayLike) -> GradientStats:
 
     ``mse`` is the mean over samples of the squared error summed over the gradient's entries,
     with its standard error ``mse_stderr``; ``bias`` and ``variance`` are per entry.
+    ``samples`` holds at least 2 samples of ``exact``'s shape; integers are promoted to floats.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -165,10 +204,20 @@ def gradient_stats(samples: ArrayLike, exact: ArrayLike) -> GradientStats:
       >>> print(stats.bias, stats.variance, float(stats.mse))
       [ 1. -1.] [2. 0.] 3.0
     """
-    samples, exact = jnp.asarray(samples), jnp.asarray(exact)
+    samples, exact = (
+        _utils.as_real_array(samples, "samples", booleans=False),
+        _utils.as_real_array(exact, "exact", booleans=False),
+    )
+    if samples.ndim < 1 or samples.shape[0] < 2:
+        raise ValueError(
+            f"samples must hold at least 2 gradient samples on axis 0, got shape {samples.shape}"
+        )
+    if exact.shape != samples.shape[1:]:
+        raise ValueError(
+            f"exact must have the shape of one sample, {samples.shape[1:]}, got {exact.shape}"
+        )
     count = samples.shape[0]
-    if count < 2:
-        raise ValueError(f"samples must hold at least 2 gradient samples, got {count}")
+    samples = samples.astype(jnp.result_type(samples.dtype, float))
     mean = jnp.mean(samples, axis=0)
     squared_errors = jnp.sum((samples - exact) ** 2, axis=tuple(range(1, samples.ndim)))
     return GradientStats(
@@ -188,7 +237,8 @@ def estimator_stats(
     num_samples: int,
     batch_size: int = 1024,
 ) -> GradientStats:
-    """:func:`gradient_stats` of ``num_samples`` samples of ``estimator`` at ``logits``.
+    """:func:`gradient_stats` of ``num_samples >= 2`` samples of ``estimator`` at ``logits``
+    (drawn by :func:`estimate_gradients`).
 
     Examples:
       >>> import jax
@@ -205,5 +255,7 @@ def estimator_stats(
       >>> bool(stats.mse > 0), stats.bias.shape
       (True, (3,))
     """
+    num_samples = _utils.check_integer(num_samples, "num_samples", 2)
+    exact = _utils.as_real_array(exact, "exact", booleans=False)
     samples = estimate_gradients(estimator, key, logits, num_samples, batch_size)
     return gradient_stats(samples, exact)

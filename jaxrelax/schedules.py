@@ -1,8 +1,12 @@
 """Temperature schedules for annealing a relaxation, as Optax schedules.
 
 Each function returns a plain ``step -> temperature`` callable built from Optax's own schedules,
-usable inside ``jit`` (the step may be traced) and anywhere Optax takes a schedule. All of them
-start at ``initial`` and never go below a positive ``minimum``.
+usable inside ``jit`` (the step may be traced, an int or a float). At the edges the value is
+exact, eagerly and under ``jit``: exactly ``initial`` (its float32 rounding) at step 0, exactly
+``minimum`` from the end of the annealing on, and never outside ``[minimum, initial]`` in
+between, so a temperature never goes below its positive ``minimum`` (float32 rounding, or XLA
+rewriting a division as a multiplication by a reciprocal, would otherwise step just outside).
+A negative step reads as step 0; a NaN step gives NaN.
 
 Examples:
   >>> import jax.numpy as jnp
@@ -15,11 +19,21 @@ Examples:
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Mapping
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from . import _utils
+
 __all__ = ["cosine_anneal", "exponential_anneal", "linear_anneal", "piecewise_anneal"]
+
+
+_TINY = float(np.finfo(np.float32).tiny)  # XLA flushes float32 subnormals to zero
+_HUGE = float(np.finfo(np.float32).max)
 
 
 def exponential_anneal(
@@ -32,13 +46,15 @@ def exponential_anneal(
 
     Args:
       initial: the temperature at step 0, ``tau_0 > 0``.
-      rate: the decay rate per step, ``r >= 0``.
+      rate: the decay rate per step, finite and ``r >= 0`` (``0`` gives a constant).
       minimum: the floor ``m``, with ``0 < m <= tau_0``.
       interval: the number of steps ``I >= 1`` between updates.
 
     Returns:
       An Optax schedule: ``optax.exponential_decay`` (decaying by ``e`` every ``1 / rate``
-      steps, floored at ``minimum``) read at the last multiple of ``interval``.
+      steps, floored at ``minimum``) read at the last multiple of ``interval``. It is exactly
+      ``initial`` at steps ``t <= 0`` (a negative step reads as step 0), exactly ``minimum``
+      once the decay reaches it, and in ``[minimum, initial]`` always.
 
     Examples:
       >>> import jaxrelax
@@ -50,41 +66,54 @@ def exponential_anneal(
       Jang et al., Categorical Reparameterization with Gumbel-Softmax, 2017,
       https://arxiv.org/abs/1611.01144
     """
-    _check_range(initial, minimum)
-    if not rate >= 0:
-        raise ValueError(f"rate must be >= 0, got {rate}")
-    _check_steps(interval, "interval")
+    initial, minimum = _check_range(initial, minimum)
+    rate = _real(rate, "rate")
+    if not (math.isfinite(rate) and rate >= 0):
+        raise ValueError(f"rate must be finite and >= 0, got {rate}")
+    interval = _utils.check_integer(interval, "interval", 1)
     if rate == 0:
-        return optax.constant_schedule(initial)
+        return _anneal(optax.constant_schedule(initial), initial, minimum)
     # Optax's own staircase would take decay_rate = exp(-rate * interval), whose float32
     # rounding compounds with the step (a 2e-5 error by step 1000 at the default rate, 0.6%
     # by step 100000); a decay by e every 1 / rate steps keeps the error at rounding level.
+    # (1 / rate is capped at float32's largest number: a smaller rate decays by less than
+    # float32 can show in 2**31 steps.)
     decay = optax.exponential_decay(
-        init_value=initial, transition_steps=1 / rate, decay_rate=math.exp(-1), end_value=minimum
+        init_value=initial,
+        transition_steps=min(1 / rate, _HUGE),
+        decay_rate=math.exp(-1),
+        end_value=minimum,
     )
-    return lambda step: decay(interval * jnp.floor(jnp.asarray(step) / interval))
+    return _anneal(lambda step: decay(interval * jnp.floor(step / interval)), initial, minimum)
 
 
 def linear_anneal(initial: float, minimum: float, steps: int) -> optax.Schedule:
     """Linear from ``initial`` at step 0 to ``minimum`` at ``steps``, constant after.
 
-    Returns ``optax.linear_schedule(initial, minimum, steps)``.
+    Returns ``optax.linear_schedule(initial, minimum, steps)``, exactly ``initial`` at steps
+    ``t <= 0`` (a negative step reads as step 0), exactly ``minimum`` at ``t >= steps`` and
+    clipped to ``[minimum, initial]`` in between. ``0 < minimum <= initial`` and
+    ``1 <= steps < 2**31``.
 
     Examples:
       >>> import jaxrelax
       >>> schedule = jaxrelax.schedules.linear_anneal(2.0, 0.5, steps=100)
-      >>> print([float(schedule(step)) for step in (0, 50, 100, 200)])
-      [2.0, 1.25, 0.5, 0.5]
+      >>> print([float(schedule(step)) for step in (-1, 0, 50, 100, 200)])
+      [2.0, 2.0, 1.25, 0.5, 0.5]
     """
-    _check_range(initial, minimum)
-    _check_steps(steps, "steps")
-    return optax.linear_schedule(init_value=initial, end_value=minimum, transition_steps=steps)
+    initial, minimum = _check_range(initial, minimum)
+    steps = _utils.check_integer(steps, "steps", 1)
+    schedule = optax.linear_schedule(init_value=initial, end_value=minimum, transition_steps=steps)
+    return _anneal(schedule, initial, minimum, steps)
 
 
 def cosine_anneal(initial: float, minimum: float, steps: int) -> optax.Schedule:
     """Half a cosine from ``initial`` at step 0 to ``minimum`` at ``steps``, constant after.
 
-    Returns ``optax.cosine_decay_schedule(initial, steps, alpha=minimum / initial)``.
+    Returns ``optax.cosine_decay_schedule(initial, steps, alpha=minimum / initial)``, exactly
+    ``initial`` at steps ``t <= 0`` (a negative step reads as step 0), exactly ``minimum`` at
+    ``t >= steps`` and clipped to ``[minimum, initial]`` in between. ``0 < minimum <= initial``
+    and ``1 <= steps < 2**31``.
 
     Examples:
       >>> import jaxrelax
@@ -92,18 +121,23 @@ def cosine_anneal(initial: float, minimum: float, steps: int) -> optax.Schedule:
       >>> print([round(float(schedule(step)), 4) for step in (0, 50, 100, 200)])
       [2.0, 1.25, 0.5, 0.5]
     """
-    _check_range(initial, minimum)
-    _check_steps(steps, "steps")
-    return optax.cosine_decay_schedule(
+    initial, minimum = _check_range(initial, minimum)
+    steps = _utils.check_integer(steps, "steps", 1)
+    schedule = optax.cosine_decay_schedule(
         init_value=initial, decay_steps=steps, alpha=minimum / initial
     )
+    return _anneal(schedule, initial, minimum, steps)
 
 
-def piecewise_anneal(initial: float, boundaries_and_scales: dict[int, float]) -> optax.Schedule:
+def piecewise_anneal(initial: float, boundaries_and_scales: Mapping[int, float]) -> optax.Schedule:
     """Piecewise constant: the temperature is multiplied by ``scale`` from step ``boundary`` on.
 
-    Returns ``optax.piecewise_constant_schedule(initial, boundaries_and_scales)``; every scale
-    must be positive, so that the temperature stays positive.
+    Returns ``optax.piecewise_constant_schedule(initial, boundaries_and_scales)``, read at
+    ``max(step, 0)`` (a boundary at 0 scales step 0 and the negative steps too) and clipped to
+    the range of the values it takes, ``initial`` times the products of the first ``k``
+    scales. ``boundaries_and_scales`` is a dict ``{step: scale}`` of integer steps in
+    ``[0, 2**31)`` and finite positive scales (above 1 raises the temperature); every value
+    must lie in float32's normal range, so that the temperature stays positive and finite.
 
     Examples:
       >>> import jaxrelax
@@ -111,22 +145,74 @@ def piecewise_anneal(initial: float, boundaries_and_scales: dict[int, float]) ->
       >>> print([float(schedule(step)) for step in (0, 100, 199, 200)])
       [1.0, 0.5, 0.5, 0.25]
     """
-    _check_range(initial, initial)
+    name = "boundaries_and_scales"
+    initial = _temperature(initial, "initial")
+    if not isinstance(boundaries_and_scales, Mapping):
+        raise TypeError(
+            f"{name} must be a dict {{step: scale}}, got {type(boundaries_and_scales).__name__}"
+        )
+    scales = {}
     for boundary, scale in boundaries_and_scales.items():
-        if not scale > 0:
-            raise ValueError(f"boundaries_and_scales must hold positive scales, got {scale}")
-        if boundary < 0:
-            raise ValueError(f"boundaries_and_scales must hold steps >= 0, got {boundary}")
-    return optax.piecewise_constant_schedule(initial, boundaries_and_scales)
+        scale = _real(scale, f"{name} scales")
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"{name} must hold finite positive scales, got {scale}")
+        scales[_utils.check_integer(boundary, f"{name} steps", 0)] = scale
+    values = [initial]  # the values the schedule takes, in float64
+    for boundary in sorted(scales):
+        values.append(values[-1] * scales[boundary])
+    lowest, highest = min(values), max(values)
+    if not _TINY <= lowest <= highest <= _HUGE:
+        raise ValueError(
+            f"{name} take the temperature to [{lowest:g}, {highest:g}], outside float32's "
+            f"normal range [{_TINY:g}, {_HUGE:g}]"
+        )
+    schedule = optax.piecewise_constant_schedule(initial, scales)
+    return lambda step: jnp.clip(schedule(jnp.maximum(jnp.asarray(step), 0)), lowest, highest)
+
+
+def _anneal(schedule, initial, minimum, steps=None):
+    """``schedule`` clipped to ``[minimum, initial]``, exactly ``initial`` at steps <= 0 and
+    exactly ``minimum`` from ``steps`` on (when given)."""
+
+    def anneal(step):
+        step = jnp.asarray(step)
+        value = jnp.where(step <= 0, initial, jnp.clip(schedule(step), minimum, initial))
+        return value if steps is None else jnp.where(step >= steps, minimum, value)
+
+    return anneal
 
 
 def _check_range(initial, minimum):
-    if not (math.isfinite(initial) and initial > 0):
-        raise ValueError(f"initial must be positive and finite, got {initial}")
-    if not 0 < minimum <= initial:
-        raise ValueError(f"minimum must be in (0, initial], got {minimum}")
+    initial, minimum = _temperature(initial, "initial"), _temperature(minimum, "minimum")
+    if minimum > initial:
+        raise ValueError(f"minimum must be at most initial ({initial}), got {minimum}")
+    return initial, minimum
 
 
-def _check_steps(steps, name):
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {steps!r}")
+def _temperature(value, name):
+    value = _real(value, name)
+    if not _TINY <= value <= _HUGE:
+        raise ValueError(
+            f"{name} must be positive and finite in float32 (in [{_TINY:g}, {_HUGE:g}]), "
+            f"got {value}"
+        )
+    return value
+
+
+def _real(value, name) -> float:
+    """A concrete real number (Python, NumPy or a 0-d array; not a bool) as a float, or a
+    TypeError naming ``name``."""
+    if isinstance(value, (np.ndarray, jax.Array)):
+        real = value.ndim == 0 and (
+            jnp.issubdtype(value.dtype, jnp.integer) or jnp.issubdtype(value.dtype, jnp.floating)
+        )
+    else:
+        real = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    try:
+        if real:
+            return float(value)
+    except OverflowError:  # an int beyond float64
+        return math.inf if value > 0 else -math.inf
+    except TypeError:  # a traced value
+        pass
+    raise TypeError(f"{name} must be a concrete real number, got {value!r}")

@@ -1,5 +1,6 @@
 """Bad input gets a clear error naming the argument."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -48,13 +49,89 @@ def test_temperature_shape(name):
 
 
 @pytest.mark.parametrize("name", MASKED)
-def test_bad_x(name):
-    with pytest.raises(TypeError, match="x must be real"):
-        MASKED[name](X.astype(jnp.complex64))
-    with pytest.raises(TypeError, match="x must be"):
-        MASKED[name]("scores")
-    with pytest.raises(ValueError, match="x must have at least"):
+@pytest.mark.parametrize("bad", [X.astype(jnp.complex64), "scores", None, [[1.0, 2.0], [3.0]]])
+def test_bad_x(name, bad):
+    with pytest.raises(TypeError, match="x must be an array of real numbers"):
+        MASKED[name](bad)
+
+
+@pytest.mark.parametrize("name", MASKED)
+def test_scalar_x_needs_axis_none(name):
+    with pytest.raises(ValueError, match="axis -1 is out of range for x with 0 dimension"):
         MASKED[name](jnp.float32(1.0))
+    assert np.isfinite(MASKED[name](jnp.float32(1.0), None))
+
+
+@pytest.mark.parametrize("name", TEMPERED)
+@pytest.mark.parametrize("temperature", [None, "hot", [[1.0], [2.0, 3.0]]])
+def test_temperature_of_the_wrong_type(name, temperature):
+    # raised at the call, not later under grad
+    with pytest.raises(TypeError, match="temperature must be a real number"):
+        TEMPERED[name](X, temperature=temperature)
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda **kw: jaxrelax.spatial_soft_argmax(X, **kw),
+        lambda **kw: jaxrelax.gumbel_softmax(jax.random.key(0), X, **kw),
+        lambda **kw: jaxrelax.gumbel_rao(jax.random.key(0), X, **kw),
+        lambda **kw: jaxrelax.binary_concrete(jax.random.key(0), X, **kw),
+    ],
+)
+def test_temperature_none_elsewhere(fn):
+    with pytest.raises(TypeError, match="temperature must be a real number"):
+        fn(temperature=None)
+
+
+@pytest.mark.parametrize("loss", [jaxrelax.sparsemax_loss, jaxrelax.entmax_loss])
+@pytest.mark.parametrize("labels", [None, "labels", [[1.0, 0.0, 0.0], [1.0]], X * 1j])
+def test_bad_labels(loss, labels):
+    with pytest.raises(TypeError, match="labels must be an array of real numbers"):
+        loss(X, labels)
+
+
+@pytest.mark.parametrize("alpha", [None, "1.5", np.inf, np.nan, 0.5, jnp.array([[1.5], [0.9]])])
+def test_bad_alpha(alpha):
+    error = TypeError if alpha is None or isinstance(alpha, str) else ValueError
+    with pytest.raises(error, match="alpha must be"):
+        jaxrelax.entmax(X, alpha)
+    with pytest.raises(error, match="alpha must be"):
+        jaxrelax.entmax_loss(X, jnp.eye(3)[:2], alpha)
+
+
+def test_spatial_names_heatmaps():
+    with pytest.raises(ValueError, match="heatmaps must have at least 2 dimension"):
+        jaxrelax.spatial_soft_argmax(jnp.ones(5))
+    with pytest.raises(TypeError, match="heatmaps must be an array of real numbers"):
+        jaxrelax.spatial_soft_argmax(None)
+    with pytest.raises(ValueError, match="to heatmaps of shape"):
+        jaxrelax.spatial_soft_argmax(jnp.ones((2, 3, 4)), temperature=jnp.ones((3, 1, 1)))
+
+
+@pytest.mark.parametrize(
+    "fn, flag",
+    [
+        (lambda v: jaxrelax.smooth_max(X, keepdims=v), "keepdims"),
+        (lambda v: jaxrelax.st_max(X, keepdims=v), "keepdims"),
+        (lambda v: jaxrelax.spatial_soft_argmax(X, normalized=v), "normalized"),
+        (lambda v: jaxrelax.gumbel_softmax(jax.random.key(0), X, hard=v), "hard"),
+        (lambda v: jaxrelax.binary_concrete(jax.random.key(0), X, hard=v), "hard"),
+    ],
+)
+@pytest.mark.parametrize("value", ["yes", 1, None, jnp.array(True)])
+def test_flags_must_be_bools(fn, flag, value):
+    with pytest.raises(TypeError, match=f"{flag} must be a bool"):
+        fn(value)
+    assert fn(np.True_).shape == fn(True).shape
+
+
+@pytest.mark.parametrize("num_samples", [0, -1, 1.5, True, None])
+def test_bad_num_samples(num_samples):
+    error = ValueError if num_samples in (0, -1) and num_samples is not True else TypeError
+    with pytest.raises(error, match="num_samples"):
+        jaxrelax.gumbel_rao(jax.random.key(0), X, num_samples=num_samples)
+    assert jaxrelax.gumbel_rao(jax.random.key(0), X, num_samples=np.int64(3)).shape == X.shape
 
 
 @pytest.mark.parametrize("name", MASKED)
@@ -100,8 +177,3 @@ def test_bad_choices():
         jaxrelax.st_max(X, method="max")
     with pytest.raises(ValueError, match="backward must be one of"):
         jaxrelax.st_hardmax(X, backward="sparsemax")
-
-
-def test_spatial_needs_two_axes():
-    with pytest.raises(ValueError, match="at least 2 dimension"):
-        jaxrelax.spatial_soft_argmax(jnp.ones(5))

@@ -26,8 +26,9 @@ def _input_sized(fn, x):
         (lambda x: jaxrelax.softmax(x, temperature=0.5, where=BROADCAST_MASK), 1),
         (lambda x: jaxrelax.st_hardmax(x, temperature=0.5), 1),
         (lambda x: jaxrelax.st_hardmax(x, temperature=0.5, where=BROADCAST_MASK), 1),
-        (lambda x: jaxrelax.st_hardmax(x, backward="identity"), 0),
-        (lambda x: jaxrelax.st_hardmax(x, backward="identity", where=BROADCAST_MASK), 0),
+        # a boolean array: the entries that take part (not masked, not -inf)
+        (lambda x: jaxrelax.st_hardmax(x, backward="identity"), 1),
+        (lambda x: jaxrelax.st_hardmax(x, backward="identity", where=BROADCAST_MASK), 1),
         (lambda x: jaxrelax.smooth_max(x, temperature=0.5), 1),
         (lambda x: jaxrelax.smooth_max(x, temperature=0.5, method="softmax"), 1),
         (lambda x: jaxrelax.soft_argmax(x, temperature=0.5), 1),
@@ -52,7 +53,7 @@ def test_saved_residuals(fn, expected):
     [
         (lambda x: jaxrelax.softmax(x, temperature=0.5, where=BROADCAST_MASK), 1),
         (lambda x: jaxrelax.st_hardmax(x, temperature=0.5, where=BROADCAST_MASK), 1),
-        (lambda x: jaxrelax.st_hardmax(x, backward="identity"), 0),
+        (lambda x: jaxrelax.st_hardmax(x, backward="identity"), 1),
     ],
 )
 def test_print_saved_residuals_agrees(fn, expected, capsys):
@@ -64,7 +65,7 @@ def test_print_saved_residuals_agrees(fn, expected, capsys):
 def test_full_size_mask_is_kept_only_by_identity():
     x = jnp.ones(SHAPE)
     assert _input_sized(lambda x: jaxrelax.softmax(x, where=FULL_MASK), x) == 1
-    # the identity surrogate must zero masked cotangents: the mask itself, as given
+    # the identity surrogate must zero masked cotangents: one boolean array, mask included
     assert (
         _input_sized(lambda x: jaxrelax.st_hardmax(x, where=FULL_MASK, backward="identity"), x) == 1
     )

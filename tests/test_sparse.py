@@ -197,9 +197,9 @@ def test_half_precision(name, dtype, rng):
 
 def test_bad_arguments():
     x = jnp.ones((2, 3))
-    with pytest.raises(ValueError, match="alpha must be >= 1"):
+    with pytest.raises(ValueError, match="alpha must be finite and >= 1"):
         jaxrelax.entmax(x, alpha=0.5)
-    with pytest.raises(ValueError, match="alpha must be >= 1"):
+    with pytest.raises(ValueError, match="alpha must be finite and >= 1"):
         jaxrelax.entmax(x, alpha=jnp.array([[1.5], [0.9]]))
     with pytest.raises(ValueError, match="alpha of shape"):
         jaxrelax.entmax(x, alpha=jnp.ones((2, 3)) * 1.5)
@@ -209,7 +209,7 @@ def test_bad_arguments():
         jaxrelax.sparsemax_loss(x, jnp.ones((2, 4)))
     with pytest.raises(ValueError, match="labels of shape"):
         jaxrelax.entmax_loss(x, jnp.ones(3))
-    with pytest.raises(ValueError, match="alpha must be >= 1"):
+    with pytest.raises(ValueError, match="alpha must be finite and >= 1"):
         jaxrelax.entmax_loss(x, jnp.ones((2, 3)) / 3, alpha=0.0)
 
 
