@@ -44,7 +44,8 @@ def gumbel_softmax(
       key: a PRNG key (``jax.random.key`` or a legacy ``jax.random.PRNGKey``).
       logits: unnormalised log-probabilities, a float array; bfloat16 and float16 are
         computed in float32.
-      axis: the axis, or tuple of axes, of the categories (one sample per slice).
+      axis: the axis, or tuple of axes (``None``: all of them), of the categories (one
+        sample per slice).
       temperature: the softmax temperature, as in :func:`jaxrelax.softmax`; it receives a
         gradient.
       hard: return the exact one-hot sample forward (straight-through estimator).
@@ -74,6 +75,9 @@ def gumbel_softmax(
       Masked classes and ``-inf`` logits are never sampled and get zero gradient; a slice
       with no class left gives zeros, never NaN. ``jax.random.gumbel`` never takes ``log(0)``.
       A NaN logit makes its slice NaN.
+      Forward mode (``jax.jvp``, ``jax.jacfwd``) is not supported: the gradient is a ``custom_vjp``.
+      Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives (``jax.hessian``, grad of
+      grad) work.
     """
     key = _utils.check_key(key)
     hard = _utils.check_flag(hard, "hard")
@@ -119,7 +123,8 @@ def gumbel_rao(
       key: a PRNG key (``jax.random.key`` or a legacy ``jax.random.PRNGKey``).
       logits: unnormalised log-probabilities, a float array (half precision computed in
         float32).
-      axis: the axis, or tuple of axes, of the categories (one sample per slice).
+      axis: the axis, or tuple of axes (``None``: all of them), of the categories (one
+        sample per slice).
       temperature: the softmax temperature of the backward pass; it receives a gradient.
       num_samples: the number of conditional Gumbel vectors averaged (at least 1).
       where: optional boolean mask broadcastable to ``logits``; masked classes are never
@@ -144,6 +149,9 @@ def gumbel_rao(
     Note:
       Masks, ``-inf`` and NaN logits behave as in :func:`gumbel_softmax`. Second derivatives
       differentiate the backward pass with the conditional noise held fixed.
+      Forward mode (``jax.jvp``, ``jax.jacfwd``, and so ``jax.hessian``) is not supported: the
+      gradient is a ``custom_vjp``. Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``, and grad of
+      grad for second derivatives.
     """
     key = _utils.check_key(key)
     num_samples = _utils.check_integer(num_samples, "num_samples")
@@ -180,7 +188,9 @@ def binary_concrete(
       hard: return exact 0/1 samples forward (straight-through estimator).
 
     Returns:
-      Samples of ``logits``' shape and dtype, in (0, 1), or 0/1 with ``hard=True``.
+      Samples of ``logits``' shape and dtype, in [0, 1] (in float32 they saturate to exactly
+      0 or 1 once ``|logits + L| / t`` exceeds about 17, with zero gradient there), or 0/1
+      with ``hard=True``.
 
     Examples:
       >>> import jax
@@ -197,6 +207,9 @@ def binary_concrete(
 
     Note:
       ``logits = +inf`` (``-inf``) always gives 1 (0) with zero gradient; NaN propagates.
+      Forward mode (``jax.jvp``, ``jax.jacfwd``) is not supported: the gradient is a ``custom_vjp``.
+      Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives (``jax.hessian``, grad of
+      grad) work.
     """
     key = _utils.check_key(key)
     hard = _utils.check_flag(hard, "hard")

@@ -35,7 +35,8 @@ def hardmax(
 
     Args:
       x: the scores, any real dtype; integers and booleans are promoted to the default float.
-      axis: the axis, or a tuple of axes, along which to choose (one choice per slice).
+      axis: the axis, or tuple of axes (``None``: all of them), along which to choose (one
+        choice per slice).
       where: optional boolean mask broadcastable to ``x``; only entries where it is True compete.
       ties: ``"first"`` picks the first maximum (the lowest index, like ``jnp.argmax``; with a
         tuple ``axis``, the first in row-major order of those axes); ``"uniform"`` gives

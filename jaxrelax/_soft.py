@@ -33,12 +33,13 @@ def softmax(
 
     As ``t -> 0`` it tends to ``hardmax(x, ties="uniform")``; as ``t -> inf``, to uniform.
     The gradient is the exact vector-Jacobian product of this function, with respect to ``x``
-    and to ``temperature``. Only the output is saved for the backward pass.
+    and to ``temperature``. The backward pass keeps one input-sized array, the output (and
+    the temperature).
 
     Args:
       x: the scores, any real dtype; integers are promoted to the default float, bfloat16 and
         float16 are computed in float32.
-      axis: the axis, or tuple of axes, to normalise over.
+      axis: the axis, or tuple of axes (``None``: all of them), to normalise over.
       temperature: a positive scalar, or an array broadcastable to ``x`` with size 1 along
         ``axis`` (one temperature per slice). It may be traced, and receives a gradient.
       where: optional boolean mask broadcastable to ``x``; masked entries take no part.
@@ -60,7 +61,12 @@ def softmax(
       values, NaN or infinities; a slice with no unmasked finite entry is all zeros (not NaN).
       ``+inf`` entries share the mass equally (the limit of large finite values). A NaN in an
       unmasked entry makes its slice NaN. A concrete ``temperature <= 0`` raises ValueError;
-      a traced one is not checked and gives meaningless values if it is not positive.
+      a traced one is not checked and gives meaningless values if it is not positive. A
+      temperature beyond about ``1e38`` (float32) gives the uniform distribution, and its
+      gradients underflow to 0.
+      Forward mode (``jax.jvp``, ``jax.jacfwd``) is not supported: the gradient is a ``custom_vjp``.
+      Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives (``jax.hessian``, grad of
+      grad) work.
     """
     a = _utils.prepare(x, axis, temperature, where)
     return softmax_rule(a.x, a.temperature, a.where, axes=a.axes).astype(a.dtype)
@@ -86,7 +92,7 @@ def smooth_max(
 
     Args:
       x: the scores, any real dtype (see :func:`softmax`).
-      axis: the axis, or tuple of axes, to reduce.
+      axis: the axis, or tuple of axes (``None``: all of them), to reduce.
       temperature: as in :func:`softmax`.
       where: optional boolean mask broadcastable to ``x``; masked entries take no part.
       method: ``"logsumexp"`` or ``"softmax"``.
@@ -110,6 +116,9 @@ def smooth_max(
     Note:
       A slice with no unmasked entry gives ``-inf`` with zero gradient; ``+inf`` entries give
       ``+inf``; NaN propagates. Masked and ``-inf`` entries get zero gradient.
+      Forward mode (``jax.jvp``, ``jax.jacfwd``) is not supported: the gradient is a ``custom_vjp``.
+      Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives (``jax.hessian``, grad of
+      grad) work.
     """
     method = _utils.check_choice(method, "method", METHODS)
     keepdims = _utils.check_flag(keepdims, "keepdims")
@@ -132,7 +141,8 @@ def soft_argmax(
 
     Args:
       x: the scores, any real dtype (see :func:`softmax`).
-      axis: the single axis of the index.
+      axis: the single axis of the index, or ``None`` for the flat (row-major) index over all
+        axes, as ``jnp.argmax(axis=None)``.
       temperature: as in :func:`softmax`.
       where: optional boolean mask broadcastable to ``x``; masked entries take no part.
 
@@ -151,6 +161,9 @@ def soft_argmax(
     Note:
       A fully masked slice gives 0 with zero gradient; masks, infinities and NaN behave as in
       :func:`softmax`.
+      Forward mode (``jax.jvp``, ``jax.jacfwd``) is not supported: the gradient is a ``custom_vjp``.
+      Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives (``jax.hessian``, grad of
+      grad) work.
     """
     a = _utils.prepare(x, axis, temperature, where, single_axis=True)
     return soft_argmax_rule(a.x, a.temperature, a.where, axes=a.axes).astype(a.dtype)
@@ -198,6 +211,9 @@ def spatial_soft_argmax(
     Note:
       ``-inf`` entries get no mass; a heatmap of only ``-inf`` gives (0, 0) in pixels; NaN
       propagates to its heatmap's coordinates.
+      Forward mode (``jax.jvp``, ``jax.jacfwd``) is not supported: the gradient is a ``custom_vjp``.
+      Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives (``jax.hessian``, grad of
+      grad) work.
     """
     normalized = _utils.check_flag(normalized, "normalized")
     a = _utils.prepare(heatmaps, (-2, -1), temperature, name="heatmaps", min_ndim=2)

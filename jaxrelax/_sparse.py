@@ -56,7 +56,7 @@ def sparsemax(
     Args:
       x: the scores, any real dtype; integers are promoted to the default float, bfloat16 and
         float16 are computed in float32.
-      axis: the axis, or tuple of axes, to normalise over.
+      axis: the axis, or tuple of axes (``None``: all of them), to normalise over.
       temperature: a positive scalar, or one per slice (see :func:`jaxrelax.softmax`); it
         receives a gradient.
       where: optional boolean mask broadcastable to ``x``; masked entries take no part.
@@ -76,6 +76,9 @@ def sparsemax(
     Note:
       Masked and ``-inf`` entries are 0 with zero gradient; a slice with no unmasked finite
       entry is all zeros; ``+inf`` entries share the mass equally; NaN poisons its slice.
+      Forward mode (``jax.jvp``, ``jax.jacfwd``) is not supported: the gradient is a ``custom_vjp``.
+      Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives (``jax.hessian``, grad of
+      grad) work.
     """
     return _entmax_public(x, 2.0, axis, temperature, where)
 
@@ -98,7 +101,7 @@ def entmax15(
 
     Args:
       x: the scores, any real dtype (see :func:`sparsemax`).
-      axis: the axis, or tuple of axes, to normalise over.
+      axis: the axis, or tuple of axes (``None``: all of them), to normalise over.
       temperature: as in :func:`sparsemax`; it receives a gradient.
       where: optional boolean mask broadcastable to ``x``.
 
@@ -117,6 +120,9 @@ def entmax15(
 
     Note:
       Masks, infinities and NaN behave as in :func:`sparsemax`.
+      Forward mode (``jax.jvp``, ``jax.jacfwd``) is not supported: the gradient is a ``custom_vjp``.
+      Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives (``jax.hessian``, grad of
+      grad) work.
     """
     return _entmax_public(x, 1.5, axis, temperature, where)
 
@@ -146,7 +152,7 @@ def entmax(
       x: the scores, any real dtype (see :func:`sparsemax`).
       alpha: ``>= 1``, a scalar or one per slice (broadcastable to ``x`` with size 1 along
         ``axis``).
-      axis: the axis, or tuple of axes, to normalise over.
+      axis: the axis, or tuple of axes (``None``: all of them), to normalise over.
       temperature: as in :func:`sparsemax`.
       where: optional boolean mask broadcastable to ``x``.
 
@@ -170,6 +176,9 @@ def entmax(
     Note:
       A concrete ``alpha < 1`` raises ValueError; a traced one is not checked (below 1 the
       result is meaningless). Masks, infinities and NaN behave as in :func:`sparsemax`.
+      Forward mode (``jax.jvp``, ``jax.jacfwd``) is not supported: the gradient is a ``custom_vjp``.
+      Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives (``jax.hessian``, grad of
+      grad) work.
     """
     return _entmax_public(x, alpha, axis, temperature, where)
 
@@ -194,7 +203,7 @@ def sparsemax_loss(
     Args:
       x: the scores, any real dtype (see :func:`sparsemax`).
       labels: one-hot labels or distributions, of ``x``'s shape.
-      axis: the axis, or tuple of axes, of the classes.
+      axis: the axis, or tuple of axes (``None``: all of them), of the classes.
       temperature: as in :func:`sparsemax`.
       where: optional boolean mask broadcastable to ``x``; masked classes take no part
         (label mass on them is ignored).
@@ -212,6 +221,16 @@ def sparsemax_loss(
     References:
       Martins & Astudillo, 2016; Blondel, Martins & Niculae, Learning with Fenchel-Young
       Losses, 2020, https://arxiv.org/abs/1901.02324
+
+    Note:
+      Masked classes take no part (label mass on them is ignored); a slice with no unmasked
+      class gives 0. Label mass on a ``-inf`` score gives ``+inf``. ``+inf`` scores are the
+      limit of equal, ever larger scores: the loss is finite (``Omega(labels) - Omega(p)``)
+      when the labels put all their mass on them, ``+inf`` otherwise; the gradient
+      ``(p - labels) / t`` stays finite. NaN scores give NaN.
+      Forward mode (``jax.jvp``, ``jax.jacfwd``) is not supported: the gradient is a ``custom_vjp``.
+      Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives (``jax.hessian``, grad of
+      grad) work.
     """
     return _entmax_loss_public(x, labels, 2.0, axis, temperature, where)
 
@@ -240,7 +259,7 @@ def entmax_loss(
       x: the scores, any real dtype (see :func:`sparsemax`).
       labels: one-hot labels or distributions, of ``x``'s shape.
       alpha: ``>= 1``, as in :func:`entmax`.
-      axis: the axis, or tuple of axes, of the classes.
+      axis: the axis, or tuple of axes (``None``: all of them), of the classes.
       temperature: as in :func:`sparsemax`.
       where: optional boolean mask broadcastable to ``x`` (label mass on masked classes is
         ignored).
@@ -257,6 +276,16 @@ def entmax_loss(
 
     References:
       Peters, Niculae & Martins, 2019; Blondel, Martins & Niculae, 2020.
+
+    Note:
+      Masked classes take no part (label mass on them is ignored); a slice with no unmasked
+      class gives 0. Label mass on a ``-inf`` score gives ``+inf``. ``+inf`` scores are the
+      limit of equal, ever larger scores: the loss is finite (``Omega(labels) - Omega(p)``)
+      when the labels put all their mass on them, ``+inf`` otherwise; the gradient
+      ``(p - labels) / t`` stays finite. NaN scores give NaN.
+      Forward mode (``jax.jvp``, ``jax.jacfwd``) is not supported: the gradient is a ``custom_vjp``.
+      Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives (``jax.hessian``, grad of
+      grad) work.
     """
     return _entmax_loss_public(x, labels, alpha, axis, temperature, where)
 
@@ -561,11 +590,13 @@ _entmax.defvjp(_entmax_fwd, _entmax_bwd)
 # --- Fenchel-Young losses ---
 
 
-def _tsallis(q, alpha, axes, kind):
+def _tsallis(q, alpha, axes, kind, on_simplex=False):
     """Omega_alpha(q) = (sum q**alpha - 1) / (alpha (alpha - 1)); sum q log q at alpha = 1.
 
     For other alphas, ``sum q**alpha - 1`` is taken as ``sum q expm1((alpha - 1) log q)``
-    plus ``sum q - 1``, which keeps its digits as alpha -> 1.
+    plus ``sum q - 1`` (rounded to 0, or to -1 for an empty slice, when ``q`` is a prediction
+    ``on_simplex``: its rounding would be magnified by ``1 / (alpha - 1)``), which keeps its
+    digits as alpha -> 1.
     """
     shannon = jnp.sum(q * _safe_log(q), axes, keepdims=True)
     if kind == "softmax":
@@ -577,40 +608,63 @@ def _tsallis(q, alpha, axes, kind):
     is_one = alpha == 1
     alpha = jnp.where(is_one, 2, alpha)
     gain = jnp.where(q > 0, q * jnp.expm1((alpha - 1) * _safe_log(q)), 0)
-    excess = jnp.sum(gain, axes, keepdims=True) + (jnp.sum(q, axes, keepdims=True) - 1)
+    excess = jnp.sum(gain, axes, keepdims=True) + (_total(q, axes, on_simplex) - 1)
     return jnp.where(is_one, shannon, excess / (alpha * (alpha - 1)))
 
 
-def _dtsallis_dalpha(q, alpha, axes):
-    """d Omega_alpha(q) / d alpha; at alpha = 1, its limit ``E_q[(log q)**2] / 2 - E_q[log q]``
-    (for q on the simplex)."""
+def _dtsallis_dalpha(q, alpha, axes, on_simplex=False):
+    """d Omega_alpha(q) / d alpha, without cancellation as alpha -> 1.
+
+    With ``e = alpha - 1``, ``L = log q``, ``H_k = sum q L**k`` and ``phi`` as in
+    :func:`_phi`, it is ``(alpha H_2 - H_1 + sum q L**2 phi(e L) (alpha e L - (2 alpha - 1)))
+    / alpha**2`` less ``(2 alpha - 1) (sum q - 1) / (alpha e)**2``; at alpha = 1 it tends to
+    ``H_2 / 2 - H_1``.
+    """
     log_q = _safe_log(q)
-    is_one = alpha == 1
-    alpha = jnp.where(is_one, 2, alpha)
-    powered = _power(q, alpha)
-    total = jnp.sum(powered, axes, keepdims=True)
-    denominator = alpha * (alpha - 1)
-    derivative = (
-        jnp.sum(powered * log_q, axes, keepdims=True) / denominator
-        - (total - 1) * (2 * alpha - 1) / denominator**2
-    )
-    limit = jnp.sum(q * log_q * (log_q / 2 - 1), axes, keepdims=True)
-    return jnp.where(is_one, limit, derivative)
+    epsilon = alpha - 1
+    q_l = jnp.where(q > 0, q * log_q, 0)
+    h1 = jnp.sum(q_l, axes, keepdims=True)
+    h2 = jnp.sum(q_l * log_q, axes, keepdims=True)
+    curvature = q_l * log_q * _phi(epsilon * log_q) * (alpha * epsilon * log_q - (2 * alpha - 1))
+    derivative = (alpha * h2 - h1 + jnp.sum(curvature, axes, keepdims=True)) / alpha**2
+    safe = jnp.where(epsilon == 0, 1, epsilon)
+    off = (2 * alpha - 1) * (_total(q, axes, on_simplex) - 1) / (alpha * safe) ** 2
+    return derivative - jnp.where(epsilon == 0, 0, off)
+
+
+def _total(q, axes, on_simplex):
+    total = jnp.sum(q, axes, keepdims=True)
+    return jnp.round(total) if on_simplex else total  # 1, or 0 for an empty slice
 
 
 def _fenchel_young_fwd(x, labels, temperature, alpha, where, axes, kind):
     p = _value(x, temperature, alpha, where, axes, kind)
     keep = jnp.ones_like(x, bool) if where is None else jnp.broadcast_to(where, x.shape)
     labels = jnp.where(keep, labels, 0)
-    difference = p - labels
-    # Entries with no difference add nothing, even where x is infinite or NaN.
-    linear = jnp.where(keep & (difference != 0), x * difference, 0)
     loss = (
         _tsallis(labels, alpha, axes, kind)
-        - _tsallis(p, alpha, axes, kind)
-        + jnp.sum(linear, axes, keepdims=True) / temperature
+        - _tsallis(p, alpha, axes, kind, on_simplex=True)
+        + _linear_term(x, p, labels, keep, axes) / temperature
     )
     return loss, (x, p, labels, temperature, alpha, keep)
+
+
+def _linear_term(x, p, labels, keep, axes):
+    """``x . (p - labels)`` per slice, where ``x`` may hold infinities.
+
+    Entries with no difference add nothing, even where ``x`` is infinite or NaN. The ``+inf``
+    entries of a slice hold ``p``'s whole mass and are taken as equal, ever larger scores
+    (their limit): together they add 0 when ``labels`` put all their mass on them, and
+    ``+inf`` when some label mass lies elsewhere (then the loss is ``+inf``, as it is for
+    label mass on a ``-inf`` score).
+    """
+    difference = p - labels
+    top = keep & (x == jnp.inf)
+    finite_part = jnp.where(keep & ~top & (difference != 0), x * difference, 0)
+    mass_elsewhere = jnp.sum(jnp.where(keep & ~top, labels, 0), axes, keepdims=True)
+    has_top = jnp.any(top, axes, keepdims=True)
+    infinite_part = jnp.where(has_top & (mass_elsewhere != 0), jnp.inf, 0)
+    return jnp.sum(finite_part, axes, keepdims=True) + infinite_part
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
@@ -622,7 +676,7 @@ def _fenchel_young_bwd(axes, kind, residuals, cotangent):
     x, p, labels, temperature, alpha, keep = residuals
     difference = p - labels
     dx = jnp.where(keep, cotangent * difference / temperature, 0)
-    linear = jnp.where(keep & (difference != 0), x * difference, 0)
+    linear = jnp.where(keep & (difference != 0) & jnp.isfinite(x), x * difference, 0)
     dt = -cotangent * jnp.sum(linear, axes, keepdims=True) / temperature**2
     shannon_slope = 1 + _safe_log(labels)
     if kind == "softmax":
@@ -636,7 +690,8 @@ def _fenchel_young_bwd(axes, kind, residuals, cotangent):
         )
         # Envelope theorem: only Omega's explicit dependence on alpha counts.
         dalpha = cotangent * (
-            _dtsallis_dalpha(labels, alpha, axes) - _dtsallis_dalpha(p, alpha, axes)
+            _dtsallis_dalpha(labels, alpha, axes)
+            - _dtsallis_dalpha(p, alpha, axes, on_simplex=True)
         )
     d_labels = jnp.where(keep, cotangent * (d_labels - jnp.where(keep, x, 0) / temperature), 0)
     return (

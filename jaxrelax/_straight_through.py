@@ -53,7 +53,12 @@ def straight_through(hard_fn: Callable, soft_fn: Callable) -> Callable:
 
     Note:
       ``hard_fn`` and ``soft_fn`` are traced once more, abstractly, to check their outputs;
-      a mismatch raises ValueError naming both.
+      a mismatch raises ValueError naming both. Only the positional arguments receive
+      gradients: a value that ``soft_fn`` closes over (a parameter being trained, say)
+      silently gets none, so pass it as an argument.
+      Forward mode (``jax.jvp``, ``jax.jacfwd``) is not supported: the gradient is a ``custom_vjp``.
+      Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives (``jax.hessian``, grad of
+      grad) work.
     """
 
     @functools.wraps(hard_fn)
@@ -112,7 +117,7 @@ def st_hardmax(
 
     Args:
       x: the scores, any real dtype (see :func:`jaxrelax.softmax`).
-      axis: the axis, or tuple of axes, of the choice.
+      axis: the axis, or tuple of axes (``None``: all of them), of the choice.
       temperature: the softmax temperature of the backward pass; it receives a gradient.
       where: optional boolean mask broadcastable to ``x``.
       ties: the forward tie policy, as in :func:`jaxrelax.hardmax`.
@@ -139,6 +144,9 @@ def st_hardmax(
       Masks, infinities, NaN and ties behave in the forward pass as in
       :func:`jaxrelax.hardmax` and in the backward pass as in :func:`jaxrelax.softmax`: tied
       maxima get equal gradients whatever ``ties`` says.
+      Forward mode (``jax.jvp``, ``jax.jacfwd``) is not supported: the gradient is a ``custom_vjp``.
+      Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives (``jax.hessian``, grad of
+      grad) work.
     """
     ties = _utils.check_choice(ties, "ties", _hard.TIES)
     backward = _utils.check_choice(backward, "backward", BACKWARDS)
@@ -166,7 +174,8 @@ def st_argmax(
 
     Args:
       x: the scores, any real dtype (see :func:`jaxrelax.softmax`).
-      axis: the single axis of the index.
+      axis: the single axis of the index, or ``None`` for the flat (row-major) index over all
+        axes, as ``jnp.argmax(axis=None)``.
       temperature: the temperature of the backward pass; it receives a gradient.
       where: optional boolean mask broadcastable to ``x``.
 
@@ -187,6 +196,9 @@ def st_argmax(
     Note:
       A fully masked slice gives 0; a NaN in an unmasked entry gives NaN; ties give the first
       maximum forward and equal gradients backward.
+      Forward mode (``jax.jvp``, ``jax.jacfwd``) is not supported: the gradient is a ``custom_vjp``.
+      Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives (``jax.hessian``, grad of
+      grad) work.
     """
     a = _utils.prepare(x, axis, temperature, where, single_axis=True)
     hard = functools.partial(_hard.argmax_rule, axes=a.axes)
@@ -212,7 +224,7 @@ def st_max(
 
     Args:
       x: the scores, any real dtype (see :func:`jaxrelax.softmax`).
-      axis: the axis, or tuple of axes, to reduce.
+      axis: the axis, or tuple of axes (``None``: all of them), to reduce.
       temperature: the temperature of the backward pass; it receives a gradient.
       where: optional boolean mask broadcastable to ``x``.
       method: ``"logsumexp"`` or ``"softmax"``, as in :func:`jaxrelax.smooth_max`.
@@ -233,6 +245,9 @@ def st_max(
 
     Note:
       A fully masked slice gives ``-inf`` with zero gradient; NaN propagates.
+      Forward mode (``jax.jvp``, ``jax.jacfwd``) is not supported: the gradient is a ``custom_vjp``.
+      Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives (``jax.hessian``, grad of
+      grad) work.
     """
     method = _utils.check_choice(method, "method", _soft.METHODS)
     keepdims = _utils.check_flag(keepdims, "keepdims")

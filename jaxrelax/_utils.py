@@ -312,14 +312,14 @@ def slice_max(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
 
 
 @jax.custom_jvp
-def _nonpositive(shifted, zero):
-    """``min(shifted, zero)`` with the identity as derivative: shifted scores ``x - max`` are
-    already <= 0, and the clamp only maps ``+inf - max`` to 0; ``jnp.minimum`` would halve the
-    tangent at the maximum and spoil second derivatives there."""
-    return jnp.minimum(shifted, zero)
+def _shift(x, offset, gap, scale, zero):
+    """``min(((x - offset) - gap) * scale, zero)`` with slope 1 in ``x`` (the per-slice
+    ``offset``, ``gap`` and ``scale`` carry no gradient). ``jnp.minimum`` would halve the
+    tangent at the maximum and spoil second derivatives there, and ``scale`` may be +inf."""
+    return jnp.minimum(((x - offset) - gap) * scale, zero)
 
 
-_nonpositive.defjvp(lambda primals, tangents: (_nonpositive(*primals), tangents[0]))
+_shift.defjvp(lambda primals, tangents: (_shift(*primals), tangents[0]))
 
 
 def slice_zero(per_slice: jax.Array) -> jax.Array:
@@ -338,23 +338,19 @@ def shift_by_max(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...]):
     scores minus it, in ``[-inf, 0]``: masked and ``-inf`` entries are ``-inf``, NaN entries
     NaN, and in a slice holding ``+inf`` the ``+inf`` entries are 0 and all others ``-inf``
     (the limit of equal, ever larger scores: ``+inf`` beats the largest finite value).
-    Gradients flow to ``x`` with slope 1."""
+    Gradients flow to ``x`` with slope 1.
+
+    A slice holding +inf is shifted by the largest finite value and 1 more (in two steps, as
+    ``fmax + 1`` rounds to ``fmax``), so that every finite entry lies at -1 or below and the
+    +inf entries at +inf, then scaled by +inf: three arithmetic operations per entry, where
+    other slices subtract 0 and scale by 1, exactly.
+    """
     x = fill_masked(x, where)
     m = slice_max(x, axes)
-    shifted = _nonpositive(x - finite(m), slice_zero(m))
-    return m, shifted - lax.stop_gradient(_below_infinite_max(x, m))
-
-
-def _below_infinite_max(x: jax.Array, m: jax.Array) -> jax.Array:
-    """+inf at the finite entries of a slice whose maximum ``m`` is +inf, 0 elsewhere.
-
-    Arithmetic only (see the module note): ``is_inf`` is 1 at +inf and 0 elsewhere, exactly,
-    since ``x - fmax`` is +inf, or at most 0; and ``1 / (1 - h) - 1`` is 0 for ``h = 0`` and
-    +inf for ``h = 1``, without the ``0 * inf`` that a product would risk.
-    """
-    has_inf = jnp.where(m == jnp.inf, 1, 0).astype(x.dtype)  # per slice
-    is_inf = jnp.minimum(jnp.maximum(x - jnp.finfo(x.dtype).max, slice_zero(m)), 1)
-    return 1 / (1 - has_inf * (1 - is_inf)) - 1
+    top = m == jnp.inf
+    gap = jnp.where(top, 1, 0).astype(x.dtype)
+    scale = jnp.where(top, jnp.inf, 1).astype(x.dtype)
+    return m, _shift(x, finite(m), gap, scale, slice_zero(m))
 
 
 def finite(x: jax.Array) -> jax.Array:
