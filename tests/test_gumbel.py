@@ -362,9 +362,9 @@ def test_bad_arguments():
         jaxrelax.gumbel_rao(key, LOGITS, temperature=-1.0)
     with pytest.raises(ValueError, match="temperature"):
         jaxrelax.binary_concrete(key, LOGITS, temperature=jnp.array([1.0, 0.0, 1.0, 1.0, 1.0]))
-    with pytest.raises(ValueError, match="num_samples must be at least 1"):
+    with pytest.raises(ValueError, match=r"num_samples must be an integer in \[1, "):
         jaxrelax.gumbel_rao(key, LOGITS, num_samples=0)
-    with pytest.raises(TypeError, match="num_samples must be an int"):
+    with pytest.raises(TypeError, match="num_samples must be a concrete integer"):
         jaxrelax.gumbel_rao(key, LOGITS, num_samples=2.0)
     for sampler in [jaxrelax.gumbel_softmax, jaxrelax.gumbel_rao, jaxrelax.binary_concrete]:
         with pytest.raises(TypeError, match="key must be"):
