@@ -238,8 +238,8 @@ def softmax_parts(x, temperature, where, axes):
     Arithmetic only, so XLA fuses it into two passes over ``x``; ``total`` is NaN exactly for
     slices holding NaN, since sums propagate NaN.
     """
-    m, shifted = _utils.shift_by_max(x, where, axes)
-    e = jnp.exp(shifted / temperature)
+    m, shifted = _utils.shift_by_max(x, where, axes, 1 / temperature)
+    e = jnp.exp(shifted)
     return m, e, jnp.sum(e, axes, keepdims=True)
 
 

@@ -453,14 +453,13 @@ def _threshold_jvp(kind, axes, primals, tangents):
 
 @functools.partial(jax.jit, static_argnums=(4, 5))  # eager calls reuse the compiled loop
 def _entmax_value(x, temperature, alpha, where, axes, kind):
-    _, shifted = _utils.shift_by_max(x, where, axes)
-    slices = _slice_shape(shifted.shape, axes)
+    slices = _slice_shape(x.shape, axes)
     beta = jnp.broadcast_to(jnp.asarray(_powers(kind, alpha), x.dtype), slices)
-    # v = (alpha - 1) z - max, with z = x / t; p = mass(v - tau). The scale is kept at least
-    # the smallest normal number, so that a huge temperature gives the uniform limit, never
-    # 0 * -inf at a masked entry.
-    scale = jnp.maximum((alpha - 1) / temperature, jnp.finfo(x.dtype).tiny)
-    v = shifted * jnp.broadcast_to(scale, slices).astype(x.dtype)
+    # v = (alpha - 1) (z - max z), with z = x / t; p = mass(v - tau). shift_by_max keeps the
+    # scale at least the smallest normal number, so that a huge temperature gives the uniform
+    # limit, never 0 * -inf at a masked entry.
+    scale = jnp.broadcast_to((alpha - 1) / temperature, slices).astype(x.dtype)
+    _, v = _utils.shift_by_max(x, where, axes, scale)
     tau = _threshold(v, beta, kind, axes)
     mass = _mass(kind, beta, v - tau, _utils.slice_zero(tau))
     if kind != "general":
@@ -469,7 +468,7 @@ def _entmax_value(x, temperature, alpha, where, axes, kind):
     # rounding (float32: up to 5e-4 of mass); normalising keeps the sum at 1. The power of
     # the mass maps NaN to 0: the poison keeps a NaN slice NaN.
     total = jnp.sum(mass, axes, keepdims=True)
-    return mass / jnp.where(total > 0, total, 1) + _utils.nan_poison(shifted, axes)
+    return mass / jnp.where(total > 0, total, 1) + _utils.nan_poison(v, axes)
 
 
 def _general_value(x, temperature, alpha, where, axes):

@@ -311,17 +311,6 @@ def slice_max(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
     return jnp.maximum(largest, jnp.finfo(x.dtype).min)
 
 
-@jax.custom_jvp
-def _shift(x, offset, gap, scale, zero):
-    """``min(((x - offset) - gap) * scale, zero)`` with slope 1 in ``x`` (the per-slice
-    ``offset``, ``gap`` and ``scale`` carry no gradient). ``jnp.minimum`` would halve the
-    tangent at the maximum and spoil second derivatives there, and ``scale`` may be +inf."""
-    return jnp.minimum(((x - offset) - gap) * scale, zero)
-
-
-_shift.defjvp(lambda primals, tangents: (_shift(*primals), tangents[0]))
-
-
 def slice_zero(per_slice: jax.Array) -> jax.Array:
     """0 of ``per_slice``'s shape (NaN where it is NaN), computed from it.
 
@@ -333,40 +322,40 @@ def slice_zero(per_slice: jax.Array) -> jax.Array:
     return jnp.minimum(jnp.abs(lax.stop_gradient(per_slice)), 0)
 
 
-def shift_by_max(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...]):
-    """(m, shifted): the slice maximum of the masked scores (from :func:`slice_max`) and the
-    scores minus it, in ``[-inf, 0]``: masked and ``-inf`` entries are ``-inf``, NaN entries
-    NaN, and in a slice holding ``+inf`` the ``+inf`` entries are 0 and all others ``-inf``
-    (the limit of equal, ever larger scores: ``+inf`` beats the largest finite value).
-    Gradients flow to ``x`` with slope 1.
+def shift_by_max(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...], scale=None):
+    """(m, shifted): the slice maximum of the masked scores, and ``(x - m) * scale`` in
+    ``[-inf, 0]`` (``scale``, per slice and positive, defaults to 1): masked and ``-inf``
+    entries are ``-inf``, NaN entries NaN, and in a slice holding ``+inf`` the ``+inf`` entries
+    are 0 and all others ``-inf`` (the limit of equal, ever larger scores: ``+inf`` beats the
+    largest finite value). ``m`` is ``+inf`` there, and ``-inf`` for an empty slice.
+    Gradients flow to ``x`` with slope ``scale``.
 
-    A slice holding +inf is shifted by the largest finite value and 1 more (in two steps, as
-    ``fmax + 1`` rounds to ``fmax``), so that every finite entry lies at -1 or below and the
-    +inf entries at +inf, then scaled by +inf: three arithmetic operations per entry, where
-    other slices subtract 0 and scale by 1, exactly.
+    The scores are halved and capped at the largest finite value: exact and order-preserving
+    for finite scores (subnormal halves flush to zero on XLA's CPU backend), while ``+inf``
+    maps strictly above every finite half, so the shifted scores need no clamp. A ``scale``
+    folds into the doubling, so that this costs four arithmetic operations per entry.
     """
-    x = fill_masked(x, where)
-    m = slice_max(x, axes)
-    top = m == jnp.inf
-    gap = jnp.where(top, 1, 0).astype(x.dtype)
-    scale = jnp.where(top, jnp.inf, 1).astype(x.dtype)
-    return m, _shift(x, finite(m), gap, scale, slice_zero(m))
+    halves = _half_or_top(fill_masked(x, where))
+    top = slice_max(halves, axes)  # the largest finite value when the slice holds +inf
+    m = jnp.where(top == jnp.finfo(x.dtype).max, jnp.inf, 2 * top)
+    factor = 2 if scale is None else jnp.maximum(2 * scale, jnp.finfo(x.dtype).tiny)
+    return m, (halves - top) * factor
 
 
-def finite(x: jax.Array) -> jax.Array:
-    """Maps +inf to the largest finite value."""
-    return jnp.minimum(x, jnp.finfo(x.dtype).max)
+def _half_or_top(x: jax.Array) -> jax.Array:
+    return jnp.minimum(x * 0.5, jnp.finfo(x.dtype).max)
 
 
 def below_max(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...]) -> jax.Array:
     """1 where ``x`` is below its slice's (masked) maximum, 0 at a maximum; masked and
     ``-inf`` entries are 1 (below), and ``+inf`` entries beat the largest finite value.
 
-    The shifted scores (:func:`shift_by_max`) are exactly 0 at a maximum and negative below
-    it, and ``ceil`` maps any negative gap, however small, to at least 1. NaN may be dropped.
+    The halved scores of :func:`shift_by_max` are exactly equal at a maximum and below it
+    otherwise, and ``ceil`` maps any positive gap, however small, to at least 1. NaN may be
+    dropped.
     """
-    _, shifted = shift_by_max(lax.stop_gradient(x), where, axes)
-    return jnp.minimum(jnp.ceil(-shifted), 1)
+    halves = _half_or_top(fill_masked(lax.stop_gradient(x), where))
+    return jnp.minimum(jnp.ceil(slice_max(halves, axes) - halves), 1)
 
 
 def nan_poison(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
