@@ -335,27 +335,40 @@ def shift_by_max(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...], s
     maps strictly above every finite half, so the shifted scores need no clamp. A ``scale``
     folds into the doubling, so that this costs four arithmetic operations per entry.
     """
-    halves = _half_or_top(fill_masked(x, where))
-    top = slice_max(halves, axes)  # the largest finite value when the slice holds +inf
+    x = fill_masked(x, where)
+    top = _scaled_top(x, axes, 0.5)  # the largest finite value when the slice holds +inf
     m = jnp.where(top == jnp.finfo(x.dtype).max, jnp.inf, 2 * top)
     factor = 2 if scale is None else jnp.maximum(2 * scale, jnp.finfo(x.dtype).tiny)
-    return m, (halves - top) * factor
+    return m, (_scaled_or_top(x, 0.5) - top) * factor
 
 
-def _half_or_top(x: jax.Array) -> jax.Array:
-    return jnp.minimum(x * 0.5, jnp.finfo(x.dtype).max)
+def _scaled_top(x: jax.Array, axes: tuple[int, ...], factor: float) -> jax.Array:
+    """The slice maximum of the scaled, capped scores. Scaling and capping are monotone, so it
+    is taken of the plain maximum: the reduction reads ``x`` itself, and XLA does not write
+    the scaled scores to memory for two consumers."""
+    return _scaled_or_top(slice_max(x, axes), factor)
+
+
+def _scaled_or_top(x: jax.Array, factor: float) -> jax.Array:
+    return jnp.minimum(x * factor, jnp.finfo(x.dtype).max)
 
 
 def below_max(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...]) -> jax.Array:
     """1 where ``x`` is below its slice's (masked) maximum, 0 at a maximum; masked and
     ``-inf`` entries are 1 (below), and ``+inf`` entries beat the largest finite value.
 
-    The halved scores of :func:`shift_by_max` are exactly equal at a maximum and below it
-    otherwise, and ``ceil`` maps any positive gap, however small, to at least 1. NaN may be
-    dropped.
+    As in :func:`shift_by_max`, the scores are scaled down and capped at the largest finite
+    value, here by 1/4: then the scaled scores are exactly equal at a maximum and below it
+    otherwise (scores below about ``4 * tiny`` flush to zero), and ``ceil`` maps any positive
+    gap, however small, to at least 1. Quartering where :func:`shift_by_max` halves leaves XLA
+    no full-size expression to share (and write to memory) when both run on the same scores,
+    as in ``st_hardmax``. NaN may be dropped.
     """
-    halves = _half_or_top(fill_masked(lax.stop_gradient(x), where))
-    return jnp.minimum(jnp.ceil(slice_max(halves, axes) - halves), 1)
+    x = fill_masked(lax.stop_gradient(x), where)
+    top = _scaled_top(x, axes, 0.25)
+    zero = slice_zero(top)  # per slice: XLA would write full-size broadcasts of constants
+    quarters = jnp.minimum(x * 0.25, zero + jnp.finfo(x.dtype).max)
+    return jnp.minimum(jnp.ceil(top - quarters), zero + 1)
 
 
 def nan_poison(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
