@@ -58,7 +58,9 @@ def hardmax(
       Masked entries are never chosen and are 0; a slice with no unmasked entry, or whose
       entries are all ``-inf``, is all zeros. ``+inf`` is a maximum like any other (two
       ``+inf`` entries tie). A NaN in an unmasked entry makes its whole slice NaN. XLA's CPU
-      backend flushes subnormal numbers to zero, so there subnormals tie with zero.
+      backend flushes subnormal numbers to zero; the comparison runs on scores scaled by 1/4
+      (exact otherwise), so there scores below about ``4.7e-38`` in float32 (``4 * tiny``)
+      tie with zero.
     """
     ties = _utils.check_choice(ties, "ties", TIES)
     a = _utils.prepare(x, axis, where=where)

@@ -1,6 +1,28 @@
 import jax
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, Phase, settings
+
+# Hypothesis profiles (select one with pytest --hypothesis-profile=NAME).
+#
+# "ci", loaded by default: reproducible (derandomize: the same examples on every run, so a
+# pass is a pass) and bounded. Compiling each shape and dtype dominates the cost of the
+# property tests (test_fuzz.py), so they draw a few examples per function and configuration.
+# It does not shrink a failure (shrinking every failing parametrization of a broken function
+# takes minutes); the failing example is printed whole, with a blob to reproduce it.
+# "shrink": the same examples, with failures shrunk to a minimal example.
+# "thorough": ten times as many examples, shrunk.
+_COMMON = dict(
+    derandomize=True,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+_NO_SHRINK = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target]
+settings.register_profile("ci", max_examples=10, phases=_NO_SHRINK, **_COMMON)
+settings.register_profile("shrink", max_examples=10, **_COMMON)
+settings.register_profile("thorough", max_examples=100, **_COMMON)
+settings.load_profile("ci")
 
 
 @pytest.fixture

@@ -3,25 +3,55 @@
 ``np_*`` are float64 NumPy loops over slices that spell out the documented semantics,
 limits included (masked and -inf entries take no part, +inf entries share the mass, NaN
 poisons its slice). ``jax_*`` are the textbook JAX formulas on finite, unmasked inputs,
-whose autodiff gives the reference gradients.
+whose autodiff gives the reference gradients. ``np_*_vjp`` are closed-form vector-Jacobian
+products in float64, on slices whose unmasked entries are finite or -inf (see
+:func:`slice_kinds`; elsewhere they return NaN, or zeros for empty slices).
+
+``axis`` is an int, a tuple of ints or None (all axes, as in ``jax.nn.softmax``); a 0-d
+input with ``axis=None`` is one slice of one entry, and a size-0 slice is empty.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 
+def _quiet(fn):
+    """Runs a reference without NumPy's overflow warnings: differences of huge values
+    overflow to -inf and exponentials underflow to 0, which are the limits intended."""
+
+    @functools.wraps(fn)
+    def quiet(*args, **kwargs):
+        with np.errstate(over="ignore", under="ignore", divide="ignore"):
+            return fn(*args, **kwargs)
+
+    return quiet
+
+
+# Slice kinds (see slice_kinds).
+FINITE, EMPTY, POSINF, NAN_SLICE = 0, 1, 2, 3
+
+
+def _axes(ndim, axis):
+    if axis is None:
+        return tuple(range(ndim))
+    return tuple(sorted(a % ndim for a in np.atleast_1d(axis)))
+
+
 def _rows(x, axes, where):
     """Moves ``axes`` last and flattens them: (batch_shape, rows of values, rows of masks)."""
     x = np.asarray(x, np.float64)
-    axes = tuple(sorted(a % x.ndim for a in np.atleast_1d(axes)))
+    axes = _axes(x.ndim, axes)
     mask = np.ones(x.shape, bool) if where is None else np.broadcast_to(where, x.shape)
     rest = [a for a in range(x.ndim) if a not in axes]
     order = rest + list(axes)
     batch = [x.shape[a] for a in rest]
     n = int(np.prod([x.shape[a] for a in axes]))
-    flat = np.transpose(x, order).reshape(-1, n)
-    flat_mask = np.transpose(mask, order).reshape(-1, n)
+    rows = int(np.prod(batch))
+    flat = np.transpose(x, order).reshape(rows, n)
+    flat_mask = np.transpose(mask, order).reshape(rows, n)
     return x, axes, order, batch, flat, flat_mask
 
 
@@ -50,17 +80,50 @@ def _row_weights(row, valid, temperature, ties):
     return weights
 
 
-def _per_row(x, axis, where, fn):
+def _per_row(x, axis, where, fn, scalar=False):
     x, axes, order, batch, flat, flat_mask = _rows(x, axis, where)
-    out = np.stack([fn(r, m, i) for i, (r, m) in enumerate(zip(flat, flat_mask, strict=True))])
+    out = [fn(r, m, i) for i, (r, m) in enumerate(zip(flat, flat_mask, strict=True))]
+    if out:
+        out = np.stack(out)
+    else:  # no slices at all
+        out = np.zeros((0,) if scalar else (0, flat.shape[1]))
     return x, axes, order, batch, out
 
 
+def _per_slice(value, x, axes, order):
+    """A scalar or per-slice parameter (size 1 along ``axes``) as one float64 per row."""
+    keep = [1 if a in axes else n for a, n in enumerate(x.shape)]
+    value = np.broadcast_to(np.asarray(value, np.float64), keep)
+    return np.transpose(value, order).reshape(-1)
+
+
 def _row_temperature(temperature, x, axes, order):
-    t = np.broadcast_to(np.asarray(temperature, np.float64), x.shape)
-    return np.transpose(t, order).reshape(-1, int(np.prod([x.shape[a] for a in axes])))[:, 0]
+    return _per_slice(temperature, x, axes, order)
 
 
+def _index_positions(shape, axis):
+    """(positions, axes): each element's row-major position in its slice over ``axis`` (an int
+    or None, the flat index), broadcastable to ``shape``."""
+    if axis is None:
+        return np.arange(int(np.prod(shape))).reshape(shape), tuple(range(len(shape)))
+    view = [1] * len(shape)
+    view[axis] = shape[axis]
+    return np.arange(shape[axis]).reshape(view), axis
+
+
+@_quiet
+def slice_kinds(x, axis=-1, where=None):
+    """The kind of each slice, shaped like ``x`` without ``axis``: NAN_SLICE (an unmasked NaN),
+    EMPTY (no unmasked entry above -inf, or size 0), POSINF (an unmasked +inf) or FINITE."""
+    x, axes, order, batch, flat, mask = _rows(x, axis, where)
+    nan = (np.isnan(flat) & mask).any(1)
+    empty = ~(mask & (flat > -np.inf)).any(1)
+    posinf = (np.isposinf(flat) & mask).any(1)
+    kinds = np.select([nan, empty, posinf], [NAN_SLICE, EMPTY, POSINF], FINITE)
+    return kinds.reshape(batch)
+
+
+@_quiet
 def np_softmax(x, axis=-1, temperature=1.0, where=None):
     x0, axes, order, _, _, _ = _rows(x, axis, where)
     ts = _row_temperature(temperature, x0, axes, order)
@@ -70,6 +133,7 @@ def np_softmax(x, axis=-1, temperature=1.0, where=None):
     return _unrows(out, x, axes, order, batch)
 
 
+@_quiet
 def np_hardmax(x, axis=-1, where=None, ties="first"):
     x, axes, order, batch, out = _per_row(
         x, axis, where, lambda r, m, i: _row_weights(r, m, 1.0, ties)
@@ -77,6 +141,7 @@ def np_hardmax(x, axis=-1, where=None, ties="first"):
     return _unrows(out, x, axes, order, batch)
 
 
+@_quiet
 def np_smooth_max(x, axis=-1, temperature=1.0, where=None, method="logsumexp"):
     x0, axes, order, _, _, _ = _rows(x, axis, where)
     ts = _row_temperature(temperature, x0, axes, order)
@@ -95,34 +160,51 @@ def np_smooth_max(x, axis=-1, temperature=1.0, where=None, method="logsumexp"):
         p = _row_weights(r, m, ts[i], None)
         return float((p[valid] * r[valid]).sum())
 
-    x, axes, order, batch, out = _per_row(x, axis, where, row_value)
+    x, axes, order, batch, out = _per_row(x, axis, where, row_value, scalar=True)
     return out.reshape(batch)
 
 
+@_quiet
 def np_soft_argmax(x, axis=-1, temperature=1.0, where=None):
+    """The expected index; with ``axis=None`` the flat row-major one."""
     p = np_softmax(x, axis, temperature, where)
-    n = p.shape[axis]
-    view = [1] * p.ndim
-    view[axis] = n
-    return (p * np.arange(n).reshape(view)).sum(axis)
+    positions, axes = _index_positions(p.shape, axis)
+    return (p * positions).sum(axes)
 
 
+@_quiet
 def np_argmax(x, axis=-1, where=None):
-    """Index of the first unmasked maximum; 0 for an empty slice; NaN for a NaN slice."""
+    """Index of the first unmasked maximum; 0 for an empty slice; NaN for a NaN slice; with
+    ``axis=None`` the flat row-major index."""
     onehot = np_hardmax(x, axis, where, "first")
-    n = onehot.shape[axis]
-    view = [1] * onehot.ndim
-    view[axis] = n
-    return (onehot * np.arange(n).reshape(view)).sum(axis)
+    positions, axes = _index_positions(onehot.shape, axis)
+    return (onehot * positions).sum(axes)
 
 
+@_quiet
+def np_max(x, axis=-1, where=None):
+    """The exact maximum of the unmasked entries: -inf for an empty slice, NaN for a NaN one."""
+    x, axes, order, batch, out = _per_row(
+        x,
+        axis,
+        where,
+        lambda r, m, i: np.nan if np.isnan(r[m]).any() else np.max(r[m], initial=-np.inf),
+        scalar=True,
+    )
+    return out.reshape(batch)
+
+
+@_quiet
 def np_spatial_soft_argmax(h, temperature=1.0, normalized=True):
     p = np_softmax(h, (-2, -1), temperature)
-    rows, cols = (
-        np.linspace(-1, 1, n) if normalized else np.arange(n, dtype=np.float64)
-        for n in p.shape[-2:]
-    )
+    rows, cols = _spatial_coordinates(p.shape, normalized)
     return np.stack([(p * rows[:, None]).sum((-2, -1)), (p * cols).sum((-2, -1))], -1)
+
+
+def _spatial_coordinates(shape, normalized):
+    return (
+        np.linspace(-1, 1, n) if normalized else np.arange(n, dtype=np.float64) for n in shape[-2:]
+    )
 
 
 # --- adversarial slices shared by the families' tests ---
@@ -190,7 +272,8 @@ def jax_spatial_soft_argmax(h, t, normalized=True):
 
 
 def _sparse_rows(x, axis, temperature, where, row_fn):
-    """Applies ``row_fn`` to the unmasked finite scores z = x / t of each slice (float64)."""
+    """Applies ``row_fn(z, i)`` to the unmasked finite scores z = x / t of each slice i
+    (float64)."""
     x0, axes, order, _, _, _ = _rows(x, axis, where)
     ts = _row_temperature(temperature, x0, axes, order)
 
@@ -205,7 +288,11 @@ def _sparse_rows(x, axis, temperature, where, row_fn):
             top = valid & np.isposinf(row)
             out[top] = 1.0 / top.sum()
             return out
-        out[valid] = row_fn(row[valid] / ts[i])
+        # Shifted before dividing, as the scores are only defined up to a constant: a finite
+        # entry whose gap to the maximum overflows is infinitely far below it (p = 0).
+        z = (row - row[valid].max()) / ts[i]
+        near = valid & (z > -np.inf)
+        out[near] = row_fn(z[near], i)
         return out
 
     x, axes, order, batch, out = _per_row(x, axis, where, one)
@@ -213,6 +300,7 @@ def _sparse_rows(x, axis, temperature, where, row_fn):
 
 
 def _np_sparsemax_row(z):
+    z = z - z.max()  # exact for huge ranges too (the unshifted cumulative sums lose 1 + z)
     descending = np.sort(z)[::-1]
     k = np.arange(1, len(z) + 1)
     cumulative = np.cumsum(descending)
@@ -221,8 +309,8 @@ def _np_sparsemax_row(z):
 
 
 def _np_entmax15_row(z):
-    # Peters, Niculae & Martins 2019, Algorithm 2 (sort-based).
-    z = z / 2
+    # Peters, Niculae & Martins 2019, Algorithm 2 (sort-based), on max-shifted scores.
+    z = (z - z.max()) / 2
     descending = np.sort(z)[::-1]
     k = np.arange(1, len(z) + 1)
     mean = np.cumsum(descending) / k
@@ -233,32 +321,67 @@ def _np_entmax15_row(z):
     return np.maximum(z - tau[support - 1], 0) ** 2
 
 
+def _np_softmax_row(z):
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
 def _np_entmax_bisect_row(z, alpha):
-    a = (alpha - 1) * z
-    a = a - a.max()
-    beta = 1 / (alpha - 1)
-    lo, hi = -1.0, 0.0
-    for _ in range(300):
+    """alpha-entmax of finite scores by bisection, in the log domain so that it stays exact
+    as alpha -> 1 (where ``beta = 1 / (alpha - 1)`` is huge).
+
+    ``p_i = [(alpha - 1)(z_i - max z) + theta]_+ ** beta`` with ``theta`` in
+    ``[n ** -(1 / beta), 1]``; writing ``u = beta log theta`` (in ``[-log n, 0]``),
+    ``log p_i = u + beta log1p((alpha - 1)(z_i - max z) / theta)``, which tends to
+    ``z_i - max z`` (softmax) as alpha -> 1 without cancellation.
+    """
+    if alpha == 1:
+        return _np_softmax_row(z)
+    eps = alpha - 1
+    beta = 1 / eps
+    w = z - z.max()
+
+    def log_mass(u):
+        ratio = eps * w * np.exp(-u / beta)
+        inside = ratio > -1
+        out = np.full(z.shape, -np.inf)
+        out[inside] = u + beta * np.log1p(ratio[inside])
+        return out
+
+    lo, hi = -np.log(len(z)), 0.0
+    for _ in range(200):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if np.sum(np.maximum(a - mid, 0) ** beta) >= 1 else (lo, mid)
-    p = np.maximum(a - lo, 0) ** beta
+        if mid in (lo, hi):
+            break
+        lo, hi = (lo, mid) if np.exp(log_mass(mid)).sum() >= 1 else (mid, hi)
+    p = np.exp(log_mass(hi))
     return p / p.sum()
 
 
+@_quiet
 def np_sparsemax(x, axis=-1, temperature=1.0, where=None):
-    return _sparse_rows(x, axis, temperature, where, _np_sparsemax_row)
+    return _sparse_rows(x, axis, temperature, where, lambda z, i: _np_sparsemax_row(z))
 
 
+@_quiet
 def np_entmax15(x, axis=-1, temperature=1.0, where=None):
-    return _sparse_rows(x, axis, temperature, where, _np_entmax15_row)
+    return _sparse_rows(x, axis, temperature, where, lambda z, i: _np_entmax15_row(z))
 
 
+@_quiet
 def np_entmax(x, alpha, axis=-1, temperature=1.0, where=None):
-    if alpha == 1:
+    """alpha-entmax; ``alpha`` is a scalar or one per slice (size 1 along ``axis``); 1 is
+    softmax."""
+    if np.ndim(alpha) == 0 and alpha == 1:
         return np_softmax(x, axis, temperature, where)
-    return _sparse_rows(x, axis, temperature, where, lambda z: _np_entmax_bisect_row(z, alpha))
+    x0, axes, order, _, _, _ = _rows(x, axis, where)
+    alphas = _per_slice(alpha, x0, axes, order)
+    return _sparse_rows(
+        x, axis, temperature, where, lambda z, i: _np_entmax_bisect_row(z, alphas[i])
+    )
 
 
+@_quiet
 def np_tsallis(q, alpha, axis=-1):
     q = np.asarray(q, np.float64)
     if alpha == 1:
@@ -266,9 +389,329 @@ def np_tsallis(q, alpha, axis=-1):
     return (np.sum(q**alpha, axis) - 1) / (alpha * (alpha - 1))
 
 
+@_quiet
 def np_entmax_loss(x, labels, alpha, axis=-1, temperature=1.0):
     """The Fenchel-Young loss from its definition (finite, unmasked scores)."""
     z = np.asarray(x, np.float64) / temperature
     p = np_entmax(x, alpha, axis, temperature)
     y = np.asarray(labels, np.float64)
     return np_tsallis(y, alpha, axis) - np_tsallis(p, alpha, axis) + np.sum(z * (p - y), axis)
+
+
+# --- closed-form VJPs (float64), on slices of kind FINITE or EMPTY ---
+#
+# Each returns the cotangent of x (x's shape) and of the temperature per slice (x's shape
+# without axis; the caller sums it to the temperature's shape). Empty slices give zeros;
+# slices with NaN or +inf give NaN (their gradients are checked for other properties).
+
+
+def _expand(per_slice, x, axes):
+    """A per-slice array (x's shape without ``axes``) broadcast back to x's shape."""
+    return np.broadcast_to(np.expand_dims(per_slice, axes), x.shape)
+
+
+def _vjp_rows(x, axis, where, row_fn, outputs=2):
+    """Runs ``row_fn(row, valid, i) -> (dx_valid, *per_slice)`` on FINITE rows (``valid``:
+    unmasked and above -inf) and returns (dx, *per_slice arrays)."""
+    x, axes, order, batch, flat, mask = _rows(x, axis, where)
+    kinds = slice_kinds(x, axes, where).reshape(-1)
+    dx = np.zeros(flat.shape)
+    extra = np.zeros((outputs - 1, flat.shape[0]))
+    for i, (row, m) in enumerate(zip(flat, mask, strict=True)):
+        if kinds[i] in (NAN_SLICE, POSINF):
+            dx[i], extra[:, i] = np.nan, np.nan
+        elif kinds[i] == FINITE:
+            valid = m & (row > -np.inf)
+            dx[i, valid], *rest = row_fn(row, valid, i)
+            extra[:, i] = rest
+    return (_unrows(dx, x, axes, order, batch), *(e.reshape(batch) for e in extra))
+
+
+def _softmax_row_vjp(z, cotangent, t):
+    """(p, dx, dt) for p = softmax(z), z = x / t (shifted; -inf where the gap to the maximum
+    overflows), cotangent on p (ignored where p = 0)."""
+    p = _np_softmax_row(z)
+    cotangent = np.where(p > 0, cotangent, 0)
+    dx = p * (cotangent - np.sum(cotangent * p)) / t
+    return p, dx, -np.sum(dx * np.where(p > 0, z, 0))
+
+
+def _family_vjp(x, cotangent_of_p, axis, temperature, where, extra=None):
+    """VJP of a functional of p = softmax(x / t), given the cotangent on p (x's shape) as
+    a function ``cotangent_of_p(row, valid, i)`` of the row; ``extra(p, row, valid, i)``
+    adds direct terms (dx, dt)."""
+    x0, axes, order, _, _, _ = _rows(x, axis, where)
+    ts = _per_slice(temperature, x0, axes, order)
+
+    def row_fn(row, valid, i):
+        z = (row[valid] - row[valid].max()) / ts[i]
+        p, dx, dt = _softmax_row_vjp(z, cotangent_of_p(row, valid, i), ts[i])
+        if extra is not None:
+            more_dx, more_dt = extra(p, z, row, valid, i)
+            dx, dt = dx + more_dx, dt + more_dt
+        return dx, dt
+
+    return _vjp_rows(x, axis, where, row_fn)
+
+
+def _flat_cotangent(cotangent, x, axis, where, per_slice):
+    """The cotangent as rows like _rows' (per-slice cotangents broadcast along the slice)."""
+    x = np.asarray(x, np.float64)
+    axes = _axes(x.ndim, axis)
+    g = np.asarray(cotangent, np.float64)
+    if per_slice:
+        g = _expand(g, x, axes)
+    return _rows(g, axes, None)[4]
+
+
+@_quiet
+def np_softmax_vjp(x, cotangent, axis=-1, temperature=1.0, where=None):
+    """(dx, dt) of softmax(x / t) (also the backward pass of st_hardmax and Gumbel-softmax)."""
+    g = _flat_cotangent(cotangent, x, axis, where, False)
+    return _family_vjp(x, lambda row, valid, i: g[i, valid], axis, temperature, where)
+
+
+@_quiet
+def np_soft_argmax_vjp(x, cotangent, axis=-1, temperature=1.0, where=None):
+    """(dx, dt) of the expected index (flat with ``axis=None``), also st_argmax's."""
+    x = np.asarray(x, np.float64)
+    positions, _ = _index_positions(x.shape, axis)
+    positions = _rows(np.broadcast_to(positions, x.shape), axis, None)[4]
+    g = _flat_cotangent(cotangent, x, axis, where, True)
+    return _family_vjp(
+        x, lambda row, valid, i: g[i, valid] * positions[i, valid], axis, temperature, where
+    )
+
+
+@_quiet
+def np_smooth_max_vjp(x, cotangent, axis=-1, temperature=1.0, where=None, method="logsumexp"):
+    """(dx, dt) of smooth_max (also st_max's backward pass)."""
+    x0, axes, order, _, _, _ = _rows(x, axis, where)
+    ts = _per_slice(temperature, x0, axes, order)
+    g = _flat_cotangent(cotangent, x, axis, where, True)
+    if method == "logsumexp":
+        # d/dx = p, d/dt = the entropy of p.
+        def row_fn(row, valid, i):
+            z = (row[valid] - row[valid].max()) / ts[i]
+            p = _np_softmax_row(z)
+            log_p = z - np.log(np.sum(np.exp(z)))
+            return g[i, valid] * p, -g[i, 0] * np.sum(p * np.where(p > 0, log_p, 0))
+
+        return _vjp_rows(x, axis, where, row_fn)
+
+    # <p, x>: the softmax VJP with cotangent g x (shifted: p's VJP ignores constants), plus g p.
+    def cotangent_of_p(row, valid, i):
+        return g[i, valid] * (row[valid] - row[valid].max())  # -inf only where p = 0
+
+    def direct(p, z, row, valid, i):
+        return g[i, valid] * p, 0.0
+
+    return _family_vjp(x, cotangent_of_p, axis, temperature, where, direct)
+
+
+@_quiet
+def np_spatial_soft_argmax_vjp(h, cotangent, temperature=1.0, normalized=True):
+    """(dx, dt) of spatial_soft_argmax; ``cotangent`` has shape (..., 2)."""
+    h = np.asarray(h, np.float64)
+    rows, cols = _spatial_coordinates(h.shape, normalized)
+    g = np.asarray(cotangent, np.float64)
+    weights = g[..., 0, None, None] * rows[:, None] + g[..., 1, None, None] * cols
+    weights = _rows(np.broadcast_to(weights, h.shape), (-2, -1), None)[4]
+    return _family_vjp(h, lambda row, valid, i: weights[i, valid], (-2, -1), temperature, None)
+
+
+@_quiet
+def np_entmax_vjp(x, cotangent, alpha, axis=-1, temperature=1.0, where=None, p=None):
+    """(dx, dt, dalpha) of alpha-entmax, alpha > 1 or = 1 (softmax; dalpha is then the limit
+    alpha -> 1+), scalar or per slice; dalpha per slice.
+
+    On the support S of p, with s = p ** (2 - alpha) and g_hat = sum(s g) / sum(s):
+    dx = s (g - g_hat) / t, dt = -beta sum(p (g - g_hat)) / t, and from implicit
+    differentiation of p_i = [(alpha - 1) z_i - tau]_+ ** beta with sum(p) = 1:
+    dalpha = beta (sum((g - g_hat) s z) - sum((g - g_hat) p log p)); as alpha -> 1,
+    dp/dalpha -> -p (log(p)**2 - <p, log(p)**2>) / 2.
+
+    ``p`` (x's shape) replaces the reference output when given (for alpha > 2, whose
+    gradient magnifies the rounding of p at the support's edge without bound).
+    """
+    x0, axes, order, _, _, _ = _rows(x, axis, where)
+    ts = _per_slice(temperature, x0, axes, order)
+    alphas = _per_slice(alpha, x0, axes, order)
+    g = _flat_cotangent(cotangent, x, axis, where, False)
+    given = None if p is None else _rows(p, axes, None)[4]
+
+    def row_fn(row, valid, i):
+        t, a, gv = ts[i], alphas[i], g[i, valid]
+        z = (row[valid] - row[valid].max()) / t
+        if a == 1:
+            q, dx, dt = _softmax_row_vjp(z, gv, t)
+            log_q = np.where(q > 0, z - np.log(np.sum(np.exp(z))), 0)
+            sq = log_q**2
+            return dx, dt, -0.5 * np.sum(gv * q * (sq - np.sum(q * sq)))
+        if given is not None:
+            q = given[i, valid]
+        else:
+            q = np.zeros_like(z)
+            q[z > -np.inf] = _np_entmax_bisect_row(z[z > -np.inf], a)
+        support = q > 0
+        s = np.zeros_like(q)
+        s[support] = q[support] ** (2 - a)
+        centred = gv - np.sum(s * gv) / np.sum(s)
+        beta = 1 / (a - 1)
+        q_log_q = np.where(support, q * np.log(np.where(support, q, 1)), 0)
+        s_z = s * np.where(support, z, 0)
+        dalpha = beta * (np.sum(centred * s_z) - np.sum(centred * q_log_q))
+        return s * centred / t, -beta * np.sum(q * centred) / t, dalpha
+
+    return _vjp_rows(x, axis, where, row_fn, outputs=3)
+
+
+# --- Fenchel-Young losses, with masks ---
+
+
+def _omega(q, alpha):
+    """Omega_alpha(q) = (sum q**alpha - 1) / (alpha (alpha - 1)); sum q log q at alpha = 1."""
+    if alpha == 1:
+        return np.sum(np.where(q > 0, q * np.log(np.where(q > 0, q, 1)), 0))
+    return (np.sum(q**alpha) - 1) / (alpha * (alpha - 1))
+
+
+def _omega_dalpha(q, alpha):
+    """d Omega_alpha(q) / d alpha (at alpha = 1, its limit)."""
+    log_q = np.log(np.where(q > 0, q, 1))
+    if alpha == 1:
+        return np.sum(q * log_q**2) / 2 - np.sum(q * log_q)
+    d = alpha * (alpha - 1)
+    return np.sum(q**alpha * log_q) / d - (np.sum(q**alpha) - 1) * (2 * alpha - 1) / d**2
+
+
+@_quiet
+def np_fenchel_young_loss(x, labels, alpha, axis=-1, temperature=1.0, where=None):
+    """The alpha-entmax loss per slice, with the semantics of masks and infinities.
+
+    Label mass on masked entries and on -inf entries is ignored (they take no part); an
+    empty slice gives 0; an unmasked NaN gives NaN; a slice with an unmasked +inf gives NaN
+    here (not specified: the caller checks it otherwise).
+    """
+    return _loss_rows(x, labels, alpha, axis, temperature, where, None)[0]
+
+
+@_quiet
+def np_fenchel_young_loss_vjp(x, labels, cotangent, alpha, axis=-1, temperature=1.0, where=None):
+    """(dx, dlabels, dt, dalpha) of np_fenchel_young_loss: dx = g (p - y) / t,
+    dlabels = g (grad Omega(y) - z), dt = -g <z, p - y> / t, dalpha = g (dOmega(y) - dOmega(p))
+    (envelope theorem). dlabels is NaN (unspecified) where the label is 0 and alpha = 1, and
+    at unmasked -inf entries."""
+    return _loss_rows(x, labels, alpha, axis, temperature, where, cotangent)[1:]
+
+
+def _loss_rows(x, labels, alpha, axis, temperature, where, cotangent):
+    x0, axes, order, batch, flat, mask = _rows(x, axis, where)
+    y = _rows(labels, axes, None)[4]
+    ts = _per_slice(temperature, x0, axes, order)
+    alphas = _per_slice(alpha, x0, axes, order)
+    kinds = slice_kinds(x0, axes, where).reshape(-1)
+    g = np.zeros(len(ts)) if cotangent is None else np.asarray(cotangent, np.float64).reshape(-1)
+    loss = np.zeros(len(ts))
+    dx, dlabels = np.zeros(flat.shape), np.zeros(flat.shape)
+    dt, dalpha = np.zeros(len(ts)), np.zeros(len(ts))
+    for i, (row, m) in enumerate(zip(flat, mask, strict=True)):
+        if kinds[i] in (NAN_SLICE, POSINF):
+            loss[i] = dt[i] = dalpha[i] = np.nan
+            dx[i] = dlabels[i] = np.nan
+            continue
+        dlabels[i, m & np.isneginf(row)] = np.nan
+        if kinds[i] == EMPTY:
+            continue
+        valid = m & (row > -np.inf)
+        t, a = ts[i], alphas[i]
+        x_valid = row[valid]
+        shifted = (x_valid - x_valid.max()) / t
+        q = np.zeros_like(shifted)
+        near = shifted > -np.inf
+        q[near] = _np_entmax_bisect_row(shifted[near], a)
+        yv = y[i, valid]
+        linear = _dot_over(x_valid, q - yv, t)  # <z, p - y>, without overflowing z = x / t
+        loss[i] = _omega(yv, a) - _omega(q, a) + linear
+        if cotangent is None:
+            continue
+        dx[i, valid] = g[i] * (q - yv) / t
+        dt[i] = -g[i] * linear / t
+        dalpha[i] = g[i] * (_omega_dalpha(yv, a) - _omega_dalpha(q, a))
+        with np.errstate(divide="ignore"):
+            grad_omega = np.log(yv) + 1 if a == 1 else yv ** (a - 1) / (a - 1)
+        z = x_valid / t
+        with np.errstate(invalid="ignore"):
+            d = g[i] * (grad_omega - z)
+        dlabels[i, valid] = np.where(np.isfinite(grad_omega), d, np.nan)
+    shape = batch + [x0.shape[a] for a in axes]
+    unflat = lambda v: np.transpose(v.reshape(shape), np.argsort(order))  # noqa: E731
+    return (
+        loss.reshape(batch),
+        unflat(dx),
+        unflat(dlabels),
+        dt.reshape(batch),
+        dalpha.reshape(batch),
+    )
+
+
+def _dot_over(x, d, t):
+    """sum(x d) / t in float64, scaled by a power of two where x d could overflow."""
+    big = np.max(np.abs(x), initial=0) > 1e300
+    scale = 2.0**-600 if big else 1.0
+    return np.sum((x * scale) * d) / t / scale
+
+
+# --- samplers: the noise is given (drawn with jax.random, as the functions document) ---
+
+
+@_quiet
+def sampler_perturbed(logits, noise, axis=-1, where=None):
+    """The perturbed logits ``logits + g`` of a Gumbel sampler, exactly (float64), shifted by
+    each slice's maximum (which changes neither the sample nor its softmax, and keeps the
+    noise of huge logits); in slices with an unmasked +inf, the +inf logits are 0 and all
+    others -inf (the limit of equal huge logits, so that the noise still chooses among
+    them). Masked entries are -inf."""
+    x = np.asarray(logits, np.float64)
+    axes = _axes(x.ndim, axis)
+    mask = np.ones(x.shape, bool) if where is None else np.broadcast_to(where, x.shape)
+    kinds = _expand(slice_kinds(x, axes, where), x, axes)
+    valid = mask & (x > -np.inf)
+    top = np.max(np.where(valid, x, -np.inf), axis=axes, keepdims=True, initial=-np.inf)
+    top = np.where(np.isfinite(top), top, 0)
+    shifted = np.where(mask, x - top, -np.inf)
+    limit = np.where(mask & np.isposinf(x), 0, -np.inf)
+    return np.where(kinds == POSINF, limit, shifted) + np.asarray(noise, np.float64)
+
+
+@_quiet
+def np_gumbel_softmax(logits, noise, axis=-1, temperature=1.0, where=None, hard=False):
+    """softmax((logits + g) / t), or the one-hot of the first argmax of logits + g (exact: see
+    sampler_perturbed)."""
+    perturbed = sampler_perturbed(logits, noise, axis, where)
+    if hard:
+        return np_hardmax(perturbed, axis, where, "first")
+    return np_softmax(perturbed, axis, temperature, where)
+
+
+@_quiet
+def np_binary_concrete(logits, noise, temperature=1.0, hard=False):
+    """sigmoid((logits + L) / t), or [logits + L > 0] (NaN stays NaN); the sum in the compute
+    dtype (that of ``noise``)."""
+    z = (np.asarray(logits).astype(noise.dtype) + noise).astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if hard:
+            return np.where(np.isnan(z), np.nan, (z > 0).astype(np.float64))
+        return 1 / (1 + np.exp(-z / np.asarray(temperature, np.float64)))
+
+
+@_quiet
+def np_binary_concrete_vjp(logits, noise, cotangent, temperature=1.0):
+    """(dlogits, dt) elementwise (dt not yet summed to the temperature's shape): g y (1 - y) / t
+    and -g y (1 - y) z / t**2, zero where z = logits + L is infinite."""
+    z = (np.asarray(logits).astype(noise.dtype) + noise).astype(np.float64)
+    t = np.asarray(temperature, np.float64)
+    y = np_binary_concrete(logits, noise, temperature)
+    slope = np.asarray(cotangent, np.float64) * y * (1 - y)
+    finite = np.isfinite(z)
+    return slope / t, np.where(finite, -slope * np.where(finite, z, 0) / t**2, 0)
