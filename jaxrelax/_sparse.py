@@ -223,8 +223,8 @@ def sparsemax_loss(
       Losses, 2020, https://arxiv.org/abs/1901.02324
 
     Note:
-      Masked classes take no part (label mass on them is ignored); a slice with no unmasked
-      class gives 0. Label mass on a ``-inf`` score gives ``+inf``. ``+inf`` scores are the
+      Masked classes and ``-inf`` scores take no part (label mass on them is ignored, and
+      their gradient is 0); a slice with no class left gives 0. ``+inf`` scores are the
       limit of equal, ever larger scores: the loss is finite (``Omega(labels) - Omega(p)``)
       when the labels put all their mass on them, ``+inf`` otherwise; the gradient
       ``(p - labels) / t`` stays finite. NaN scores give NaN.
@@ -278,8 +278,8 @@ def entmax_loss(
       Peters, Niculae & Martins, 2019; Blondel, Martins & Niculae, 2020.
 
     Note:
-      Masked classes take no part (label mass on them is ignored); a slice with no unmasked
-      class gives 0. Label mass on a ``-inf`` score gives ``+inf``. ``+inf`` scores are the
+      Masked classes and ``-inf`` scores take no part (label mass on them is ignored, and
+      their gradient is 0); a slice with no class left gives 0. ``+inf`` scores are the
       limit of equal, ever larger scores: the loss is finite (``Omega(labels) - Omega(p)``)
       when the labels put all their mass on them, ``+inf`` otherwise; the gradient
       ``(p - labels) / t`` stays finite. NaN scores give NaN.
@@ -638,7 +638,8 @@ def _total(q, axes, on_simplex):
 
 def _fenchel_young_fwd(x, labels, temperature, alpha, where, axes, kind):
     p = _value(x, temperature, alpha, where, axes, kind)
-    keep = jnp.ones_like(x, bool) if where is None else jnp.broadcast_to(where, x.shape)
+    keep = x > -jnp.inf if where is None else where & (x > -jnp.inf)  # NaN stays, to poison
+    keep = keep | jnp.isnan(x)
     labels = jnp.where(keep, labels, 0)
     loss = (
         _tsallis(labels, alpha, axes, kind)
@@ -651,11 +652,11 @@ def _fenchel_young_fwd(x, labels, temperature, alpha, where, axes, kind):
 def _linear_term(x, p, labels, keep, axes):
     """``x . (p - labels)`` per slice, where ``x`` may hold infinities.
 
-    Entries with no difference add nothing, even where ``x`` is infinite or NaN. The ``+inf``
-    entries of a slice hold ``p``'s whole mass and are taken as equal, ever larger scores
-    (their limit): together they add 0 when ``labels`` put all their mass on them, and
-    ``+inf`` when some label mass lies elsewhere (then the loss is ``+inf``, as it is for
-    label mass on a ``-inf`` score).
+    Entries with no difference add nothing, even where ``x`` is infinite or NaN (masked and
+    ``-inf`` entries are out of ``keep``, and their labels already 0). The ``+inf`` entries of
+    a slice hold ``p``'s whole mass and are taken as equal, ever larger scores (their limit):
+    together they add 0 when ``labels`` put all their mass on them, and ``+inf`` when some
+    label mass lies elsewhere (then the loss is ``+inf``).
     """
     difference = p - labels
     top = keep & (x == jnp.inf)
@@ -676,7 +677,7 @@ def _fenchel_young_bwd(axes, kind, residuals, cotangent):
     difference = p - labels
     dx = jnp.where(keep, cotangent * difference / temperature, 0)
     linear = jnp.where(keep & (difference != 0) & jnp.isfinite(x), x * difference, 0)
-    dt = -cotangent * jnp.sum(linear, axes, keepdims=True) / temperature**2
+    dt = -(jnp.sum(linear / temperature, axes, keepdims=True) / temperature) * cotangent
     shannon_slope = 1 + _safe_log(labels)
     if kind == "softmax":
         d_labels = shannon_slope

@@ -338,7 +338,8 @@ def shift_by_max(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...], s
     x = fill_masked(x, where)
     top = _scaled_top(x, axes, 0.5)  # the largest finite value when the slice holds +inf
     m = jnp.where(top == jnp.finfo(x.dtype).max, jnp.inf, 2 * top)
-    factor = 2 if scale is None else jnp.maximum(2 * scale, jnp.finfo(x.dtype).tiny)
+    finfo = jnp.finfo(x.dtype)
+    factor = 2 if scale is None else jnp.clip(2 * scale, finfo.tiny, finfo.max)
     return m, (_scaled_or_top(x, 0.5) - top) * factor
 
 

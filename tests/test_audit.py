@@ -74,10 +74,8 @@ def test_empty_reductions_of_length_one(name, dtype):
     x = jnp.array([[2.0], [3.0], [-INF]], dtype)
     where = jnp.array([[True], [False], [True]])
     value = np.asarray(fn(x, where=where).astype(jnp.float32))
-    # A loss whose label puts mass on a -inf score is +inf (label mass on masked entries is
-    # ignored).
-    expected = [empty, INF] if name.endswith("loss") else [empty, empty]
-    np.testing.assert_array_equal(value[1:], expected)
+    # (a loss ignores label mass on masked and -inf classes alike)
+    np.testing.assert_array_equal(value[1:], [empty, empty])
     grad = _grad(lambda x: fn(x, where=where), x)
     np.testing.assert_array_equal(grad[1:], 0)
 
@@ -301,11 +299,30 @@ def test_fenchel_young_loss_with_the_label_on_an_infinite_score():
     x = jnp.array([[INF, 0.0, 1.0], [INF, INF, 1.0], [INF, INF, 1.0]])
     labels = jnp.array([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
     # The limit of equal, ever larger scores: 0 when p is the label; Omega(y) - Omega(p) when
-    # all label mass is on the +inf scores; +inf otherwise. Gradients (p - y) / t.
+    # all label mass is on the +inf scores; +inf otherwise. Gradients (p - y) / t. Label mass
+    # on -inf scores is ignored, as on masked ones.
     loss = jaxrelax.sparsemax_loss(x, labels)
     np.testing.assert_array_equal(loss, [0.0, 0.25, INF])
     grad = jax.grad(lambda x: jnp.sum(jaxrelax.sparsemax_loss(x, labels)[:2]))(x)
     np.testing.assert_array_equal(grad[:2], [[0, 0, 0], [-0.5, 0.5, 0]])
+    minus = jnp.array([0.0, -INF])
+    # labels (0.5, 0): Omega = (0.25 - 1) / 2, p = (1, 0): Omega = 0, x . (p - y) = 0
+    assert jaxrelax.sparsemax_loss(minus, jnp.array([0.5, 0.5])) == -0.375
+    grad = jax.grad(lambda x: jaxrelax.sparsemax_loss(x, jnp.array([0.0, 1.0])))(minus)
+    np.testing.assert_array_equal(grad, [1.0, 0.0])
+
+
+@pytest.mark.parametrize("temperature", [1e-20, 1e-3, 1.0])
+def test_loss_temperature_gradient_at_extreme_temperatures(temperature, x64):
+    x, labels = jnp.array([3.0, 0.0, -1.0]), jnp.array([0.0, 1.0, 0.0])
+    grad = jax.grad(lambda t: jaxrelax.sparsemax_loss(x, labels, temperature=t))(temperature)
+    # p is one-hot at 0 for these scores and temperatures, so the loss is x . (p - y) / t
+    np.testing.assert_allclose(grad, -3.0 / temperature**2, rtol=1e-12)
+
+
+def test_alpha_above_two_at_the_smallest_temperature():
+    tiny = float(jnp.finfo(jnp.float32).tiny)
+    np.testing.assert_allclose(jaxrelax.entmax(jnp.zeros(5), 3.0, temperature=tiny), 0.2, 1e-6)
 
 
 def test_binary_concrete_saturates_in_float32():
