@@ -638,19 +638,20 @@ def _total(q, axes, on_simplex):
 
 def _fenchel_young_fwd(x, labels, temperature, alpha, where, axes, kind):
     p = _value(x, temperature, alpha, where, axes, kind)
-    keep = x > -jnp.inf if where is None else where & (x > -jnp.inf)  # NaN stays, to poison
-    keep = keep | jnp.isnan(x)
+    takes_part = ~jnp.isneginf(x)  # NaN takes part, to poison its slice
+    keep = takes_part if where is None else where & takes_part
     labels = jnp.where(keep, labels, 0)
     loss = (
         _tsallis(labels, alpha, axes, kind)
         - _tsallis(p, alpha, axes, kind, on_simplex=True)
-        + _linear_term(x, p, labels, keep, axes) / temperature
+        + _linear_term(x, p, labels, temperature, keep, axes)
     )
     return loss, (x, p, labels, temperature, alpha, keep)
 
 
-def _linear_term(x, p, labels, keep, axes):
-    """``x . (p - labels)`` per slice, where ``x`` may hold infinities.
+def _linear_term(x, p, labels, temperature, keep, axes):
+    """``x . (p - labels) / t`` per slice, where ``x`` may hold infinities and huge values
+    (each term is ``(x (p - labels)) / t``, at most ``|x| / t``).
 
     Entries with no difference add nothing, even where ``x`` is infinite or NaN (masked and
     ``-inf`` entries are out of ``keep``, and their labels already 0). The ``+inf`` entries of
@@ -660,11 +661,11 @@ def _linear_term(x, p, labels, keep, axes):
     """
     difference = p - labels
     top = keep & (x == jnp.inf)
-    finite_part = jnp.where(keep & ~top & (difference != 0), x * difference, 0)
+    finite_part = jnp.where(keep & ~top & (difference != 0), x * difference / temperature, 0)
     mass_elsewhere = jnp.sum(jnp.where(keep & ~top, labels, 0), axes, keepdims=True)
     has_top = jnp.any(top, axes, keepdims=True)
-    infinite_part = jnp.where(has_top & (mass_elsewhere != 0), jnp.inf, 0)
-    return jnp.sum(finite_part, axes, keepdims=True) + infinite_part
+    finite_sum = jnp.sum(finite_part, axes, keepdims=True)
+    return jnp.where(has_top & (mass_elsewhere != 0), jnp.inf, finite_sum)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
@@ -676,8 +677,10 @@ def _fenchel_young_bwd(axes, kind, residuals, cotangent):
     x, p, labels, temperature, alpha, keep = residuals
     difference = p - labels
     dx = jnp.where(keep, cotangent * difference / temperature, 0)
-    linear = jnp.where(keep & (difference != 0) & jnp.isfinite(x), x * difference, 0)
-    dt = -(jnp.sum(linear / temperature, axes, keepdims=True) / temperature) * cotangent
+    linear = jnp.where(keep & (difference != 0) & jnp.isfinite(x), x * difference / temperature, 0)
+    dt = -(jnp.sum(linear, axes, keepdims=True) / temperature) * cotangent
+    # With +inf scores the loss is +inf, or Omega(labels) - Omega(p): constant in t.
+    dt = jnp.where(jnp.any(keep & (x == jnp.inf), axes, keepdims=True), 0, dt)
     shannon_slope = 1 + _safe_log(labels)
     if kind == "softmax":
         d_labels = shannon_slope
@@ -693,7 +696,10 @@ def _fenchel_young_bwd(axes, kind, residuals, cotangent):
             _dtsallis_dalpha(labels, alpha, axes)
             - _dtsallis_dalpha(p, alpha, axes, on_simplex=True)
         )
-    d_labels = jnp.where(keep, cotangent * (d_labels - jnp.where(keep, x, 0) / temperature), 0)
+    # x (g / t) rather than g (x / t): the per-slice factor first, so that only a true overflow
+    # overflows.
+    d_labels = cotangent * d_labels - jnp.where(keep, x, 0) * (cotangent / temperature)
+    d_labels = jnp.where(keep, d_labels, 0)
     return (
         dx,
         d_labels,
