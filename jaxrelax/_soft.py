@@ -61,7 +61,7 @@ def softmax(
       values, NaN or infinities; a slice with no unmasked finite entry is all zeros (not NaN).
       ``+inf`` entries share the mass equally (the limit of large finite values). A NaN in an
       unmasked entry makes its slice NaN. A concrete ``temperature <= 0`` raises ValueError;
-      a traced one is not checked and gives meaningless values if it is not positive. A
+      a traced one is not checked and gives NaN if it is negative (0 gives the limit). A
       temperature beyond about ``1e38`` (float32) gives the uniform distribution, and its
       gradients underflow to 0.
       Forward mode (``jax.jvp``, ``jax.jacfwd``) is not supported: the gradient is a ``custom_vjp``.

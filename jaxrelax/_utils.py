@@ -338,9 +338,36 @@ def shift_by_max(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...], s
     x = fill_masked(x, where)
     top = _scaled_top(x, axes, 0.5)  # the largest finite value when the slice holds +inf
     m = jnp.where(top == jnp.finfo(x.dtype).max, jnp.inf, 2 * top)
+    if scale is None:
+        return m, _shift_halves(x, top, jnp.asarray(2, x.dtype))
+    # Clipped so that a huge temperature gives the uniform limit, never 0 * -inf at a masked
+    # entry, and a tiny one the hard limit, never inf * 0 at the maximum; a (traced) negative
+    # scale gives NaN.
     finfo = jnp.finfo(x.dtype)
-    factor = 2 if scale is None else jnp.clip(2 * scale, finfo.tiny, finfo.max)
-    return m, (_scaled_or_top(x, 0.5) - top) * factor
+    factor = jnp.where(scale >= 0, jnp.clip(2 * scale, finfo.tiny, finfo.max), jnp.nan)
+    return m, _shift_halves(x, top, factor.astype(x.dtype))
+
+
+@jax.custom_jvp
+def _shift_halves(x, top, factor):
+    """``(min(x / 2, fmax) - top) * factor``, with the derivative ``factor / 2`` in ``x`` (as
+    if uncapped: the backward pass keeps no mask of the capped entries) and none in ``top``."""
+    return (_scaled_or_top(x, 0.5) - top) * factor
+
+
+def _shift_halves_jvp(primals, tangents):
+    x, top, factor = primals
+    dx, _, dfactor = tangents
+    value = _shift_halves(x, top, factor)
+    tangent = jnp.zeros_like(value)
+    if not isinstance(dx, jax.custom_derivatives.SymbolicZero):
+        tangent = dx * (factor / 2)
+    if not isinstance(dfactor, jax.custom_derivatives.SymbolicZero):
+        tangent = tangent + (_scaled_or_top(x, 0.5) - top) * dfactor
+    return value, tangent
+
+
+_shift_halves.defjvp(_shift_halves_jvp, symbolic_zeros=True)
 
 
 def _scaled_top(x: jax.Array, axes: tuple[int, ...], factor: float) -> jax.Array:

@@ -13,7 +13,7 @@ import jaxrelax
 FMAX = float(np.finfo(np.float32).max)
 INF = np.inf
 KEY = jax.random.key(0)
-DTYPES = [jnp.bfloat16, jnp.float32]  # float16 takes the bfloat16 path (computed in float32)
+DTYPES = [jnp.bfloat16, jnp.float32]  # float16 takes the bfloat16 path; test_fuzz.py has all
 
 # Every distribution-valued function, as f(x, where=...).
 DISTRIBUTIONS = {

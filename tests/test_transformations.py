@@ -133,10 +133,15 @@ def test_hessian_of_smooth_functions(name, x64, rng):
 
 
 def test_traced_temperature_is_not_checked_under_jit():
-    # A traced temperature cannot be checked: -1 silently computes softmax(-x).
+    # A traced temperature cannot be checked: a negative one gives NaN, not a plausible
+    # distribution (and 0 the limit t -> 0).
     x = jnp.array([1.0, 2.0, 0.5])
-    out = jax.jit(lambda t: jaxrelax.softmax(x, temperature=t))(jnp.float32(-1.0))
-    np.testing.assert_allclose(out, jax.nn.softmax(-x), rtol=1e-6)
+    np.testing.assert_array_equal(
+        jax.jit(lambda t: jaxrelax.softmax(x, temperature=t))(0.0), [0, 1, 0]
+    )
+    for t in [-1.0, -1e-30]:
+        assert np.isnan(jax.jit(lambda t: jaxrelax.softmax(x, temperature=t))(t)).all()
+        assert np.isnan(jax.jit(lambda t: jaxrelax.sparsemax(x, temperature=t))(t)).all()
 
 
 @pytest.mark.parametrize("name", [n for n in FUNCTIONS if n != "spatial_soft_argmax"])
