@@ -1221,3 +1221,35 @@ FAMILIES = {
     "samplers": _samplers,
     "binary": _binary,
 }
+
+
+# --- the generic straight-through builder ---
+
+_ST_ROUND = jaxrelax.straight_through(lambda x, w: jnp.round(x), lambda x, w: x * w)
+_ST_HARDMAX = jaxrelax.straight_through(
+    lambda x, t: jaxrelax.hardmax(x), lambda x, t: jaxrelax.softmax(x, temperature=t)
+)
+
+
+@given(
+    x=arrays(
+        np.float32,
+        st.sampled_from([(1,), (3,), (2, 4)]),
+        elements=st.floats(-1e6, 1e6, width=32, allow_subnormal=False),
+    ),
+    scale=st.floats(0.5, 4.0, width=32),
+)
+def test_straight_through_builder(x, scale):
+    # Forward: the hard function exactly; backward: the VJP of the soft one, for every argument.
+    w = np.float32(scale)
+    np.testing.assert_array_equal(_ST_ROUND(x, w), np.round(x))
+    cotangent = np.linspace(-1, 1, x.size, dtype=np.float32).reshape(x.shape)
+    dx, dw = jax.vjp(_ST_ROUND, x, w)[1](cotangent)
+    np.testing.assert_array_equal(dx, cotangent * w)
+    terms = cotangent.astype(np.float64) * x  # a float32 sum: rounding relative to sum |terms|
+    np.testing.assert_allclose(dw, terms.sum(), atol=1e-6 * np.abs(terms).sum() + 1e-30)
+    np.testing.assert_array_equal(_ST_HARDMAX(x, w), jaxrelax.hardmax(x))
+    got = jax.vjp(_ST_HARDMAX, x, w)[1](cotangent)
+    want = jax.vjp(lambda x, t: jaxrelax.softmax(x, temperature=t), x, w)[1](cotangent)
+    for g, e in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, e)
