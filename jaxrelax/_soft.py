@@ -261,11 +261,6 @@ def softmax_value(x, temperature, where, axes):
     return e / _normaliser(total)
 
 
-def _safe_log(p):
-    """log p with log 0 replaced by a finite value (always multiplied by p = 0)."""
-    return jnp.log(jnp.maximum(p, jnp.finfo(p.dtype).tiny))
-
-
 def softmax_vjp(e, scale, temperature, cotangent, axes):
     """The VJP of ``p = softmax(x / t)`` from its factors ``p = e * scale``.
 
@@ -275,7 +270,7 @@ def softmax_vjp(e, scale, temperature, cotangent, axes):
     """
     centred = cotangent - jnp.sum(cotangent * e, axes, keepdims=True) * scale
     dx = e * (scale / temperature) * centred  # = p (g - <g, p>) / t
-    dt = -jnp.sum(dx * _safe_log(e * scale), axes, keepdims=True)
+    dt = -jnp.sum(dx * _utils.safe_log(e * scale), axes, keepdims=True)
     return dx, _utils.sum_to_shape(dt, temperature.shape)
 
 
@@ -322,7 +317,7 @@ def _smooth_max_bwd(axes, method, residuals, cotangent):
     # With z = (x - c) / t = log p + const: d lse / dx = p, d lse / dt = H(p); for the
     # softmax-weighted mean m = <p, x>: dm/dx = p (1 + log p + H(p)), dm/dt = -Var_p(log p).
     p, temperature = residuals
-    log_p = _safe_log(p)
+    log_p = _utils.safe_log(p)
     p_log_p = p * log_p
     neg_entropy = jnp.sum(p_log_p, axes, keepdims=True)
     if method == "logsumexp":

@@ -373,9 +373,8 @@ def _mass_slope(kind, beta, d):
     return beta * _power(1 + d, beta - 1)
 
 
-def _mass_log_weight(kind, d):
+def _mass_log_weight(d):
     """d mass / d beta divided by mass: log of the base (general alphas only)."""
-    del kind
     return jnp.log1p(jnp.maximum(d, jnp.finfo(d.dtype).eps - 1))
 
 
@@ -445,7 +444,7 @@ def _threshold_jvp(kind, axes, primals, tangents):
     change = jnp.sum(slope * d_v, axes, keepdims=True)
     if kind == "general":
         zero = _utils.slice_zero(beta)
-        weight = _mass(kind, beta, d, zero) * _mass_log_weight(kind, d)
+        weight = _mass(kind, beta, d, zero) * _mass_log_weight(d)
         change = change + jnp.sum(weight, axes, keepdims=True) * d_beta
     total = jnp.sum(slope, axes, keepdims=True)
     return tau, change / jnp.maximum(total, jnp.finfo(v.dtype).tiny)
@@ -504,10 +503,6 @@ def _entmax_fwd(x, temperature, alpha, where, axes, kind):
     return p, (p, temperature, alpha)
 
 
-def _safe_log(p):
-    return jnp.log(jnp.maximum(p, jnp.finfo(p.dtype).tiny))
-
-
 def _entmax_vjp(p, temperature, alpha, cotangent, axes, kind):
     """Cotangents of (x, temperature, alpha) from the output alone.
 
@@ -531,7 +526,7 @@ def _entmax_vjp(p, temperature, alpha, cotangent, axes, kind):
     )
     centred = cotangent - g_hat
     p_centred = p * centred
-    log_p = _safe_log(p)
+    log_p = _utils.safe_log(p)
     beta = 1 / (jnp.where(alpha == 1, 2, alpha) - 1)  # alpha = 1: see below
     dt = -beta * jnp.sum(p_centred, axes, keepdims=True)
     dalpha = beta**2 * jnp.sum(p_centred * (1 - (alpha - 1) * log_p), axes, keepdims=True)
@@ -597,7 +592,7 @@ def _tsallis(q, alpha, axes, kind, on_simplex=False):
     ``on_simplex``: its rounding would be magnified by ``1 / (alpha - 1)``), which keeps its
     digits as alpha -> 1.
     """
-    shannon = jnp.sum(q * _safe_log(q), axes, keepdims=True)
+    shannon = jnp.sum(q * _utils.safe_log(q), axes, keepdims=True)
     if kind == "softmax":
         return shannon
     if kind == "sparsemax":
@@ -606,7 +601,7 @@ def _tsallis(q, alpha, axes, kind, on_simplex=False):
         return (jnp.sum(_power(q, 1.5), axes, keepdims=True) - 1) / 0.75
     is_one = alpha == 1
     alpha = jnp.where(is_one, 2, alpha)
-    gain = jnp.where(q > 0, q * jnp.expm1((alpha - 1) * _safe_log(q)), 0)
+    gain = jnp.where(q > 0, q * jnp.expm1((alpha - 1) * _utils.safe_log(q)), 0)
     excess = jnp.sum(gain, axes, keepdims=True) + (_total(q, axes, on_simplex) - 1)
     return jnp.where(is_one, shannon, excess / (alpha * (alpha - 1)))
 
@@ -619,7 +614,7 @@ def _dtsallis_dalpha(q, alpha, axes, on_simplex=False):
     / alpha**2`` less ``(2 alpha - 1) (sum q - 1) / (alpha e)**2``; at alpha = 1 it tends to
     ``H_2 / 2 - H_1``.
     """
-    log_q = _safe_log(q)
+    log_q = _utils.safe_log(q)
     epsilon = alpha - 1
     q_l = jnp.where(q > 0, q * log_q, 0)
     h1 = jnp.sum(q_l, axes, keepdims=True)
@@ -681,7 +676,7 @@ def _fenchel_young_bwd(axes, kind, residuals, cotangent):
     dt = -(jnp.sum(linear, axes, keepdims=True) / temperature) * cotangent
     # With +inf scores the loss is +inf, or Omega(labels) - Omega(p): constant in t.
     dt = jnp.where(jnp.any(keep & (x == jnp.inf), axes, keepdims=True), 0, dt)
-    shannon_slope = 1 + _safe_log(labels)
+    shannon_slope = 1 + _utils.safe_log(labels)
     if kind == "softmax":
         d_labels = shannon_slope
         dalpha = jnp.zeros_like(dt)

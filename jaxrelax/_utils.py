@@ -311,6 +311,11 @@ def slice_max(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
     return jnp.maximum(largest, jnp.finfo(x.dtype).min)
 
 
+def safe_log(p: jax.Array) -> jax.Array:
+    """log p with log 0 replaced by a finite value (always multiplied by p = 0)."""
+    return jnp.log(jnp.maximum(p, jnp.finfo(p.dtype).tiny))
+
+
 def slice_zero(per_slice: jax.Array) -> jax.Array:
     """0 of ``per_slice``'s shape (NaN where it is NaN), computed from it.
 
