@@ -7,6 +7,7 @@ from . import schedules as schedules
 from ._gumbel import binary_concrete as binary_concrete
 from ._gumbel import gumbel_rao as gumbel_rao
 from ._gumbel import gumbel_softmax as gumbel_softmax
+from ._gumbel import gumbel_topk as gumbel_topk
 from ._hard import hardmax as hardmax
 from ._soft import smooth_max as smooth_max
 from ._soft import soft_argmax as soft_argmax
@@ -20,7 +21,11 @@ from ._sparse import sparsemax_loss as sparsemax_loss
 from ._straight_through import st_argmax as st_argmax
 from ._straight_through import st_hardmax as st_hardmax
 from ._straight_through import st_max as st_max
+from ._straight_through import st_topk as st_topk
 from ._straight_through import straight_through as straight_through
+from ._topk import soft_topk as soft_topk
+from ._topk import sparse_topk as sparse_topk
+from ._topk import topk_mask as topk_mask
 
 try:
     __version__ = version("jaxrelax")
@@ -35,16 +40,21 @@ __all__ = [
     "entmax_loss",
     "gumbel_rao",
     "gumbel_softmax",
+    "gumbel_topk",
     "hardmax",
     "schedules",
     "smooth_max",
     "soft_argmax",
+    "soft_topk",
     "softmax",
+    "sparse_topk",
     "sparsemax",
     "sparsemax_loss",
     "spatial_soft_argmax",
     "st_argmax",
     "st_hardmax",
     "st_max",
+    "st_topk",
     "straight_through",
+    "topk_mask",
 ]

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import ArrayLike
 
-from . import _soft, _straight_through, _utils
+from . import _soft, _straight_through, _topk, _utils
 
 
 def gumbel_softmax(
@@ -89,6 +89,83 @@ def gumbel_softmax(
         )
     else:
         value = _soft.softmax_rule(perturbed, a.temperature, a.where, axes=a.axes)
+    return value.astype(a.dtype)
+
+
+def gumbel_topk(
+    key: ArrayLike,
+    logits: ArrayLike,
+    k: int,
+    axis: int | tuple[int, ...] = -1,
+    *,
+    temperature: ArrayLike = 1.0,
+    hard: bool = False,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    r"""A k-subset sampled without replacement, relaxed, or straight-through with ``hard=True``.
+
+    .. math::
+        y = \mathrm{soft\_topk}(\ell + g, k, t), \qquad g_i \sim \mathrm{Gumbel}(0, 1)
+
+    The top ``k`` of ``logits + g`` are a sample of the Plackett-Luce distribution: ``k``
+    classes drawn one after another without replacement, each with probability proportional
+    to ``exp(logits)`` among those left (the Gumbel-top-k trick). With ``hard=True`` the
+    forward value is that exact k-hot sample and the backward pass is the vector-Jacobian
+    product of the relaxed sample ``y`` with the same noise; only ``y`` is saved for it. The
+    gradient reaches ``logits`` and ``temperature``; the noise is ``jax.random.gumbel(key,
+    logits.shape)``. ``k = 1`` is distributed as ``gumbel_softmax(hard=True)``.
+
+    Args:
+      key: a PRNG key (``jax.random.key`` or a legacy ``jax.random.PRNGKey``).
+      logits: unnormalised log-probabilities, a float array (half precision computed in
+        float32).
+      k: the subset's size, a Python int in ``[0, n]``.
+      axis: the axis, or tuple of axes (``None``: all of them), of the classes (one sample
+        per slice).
+      temperature: the relaxation's temperature; it receives a gradient.
+      hard: whether to return the exact k-hot sample (straight-through).
+      where: optional boolean mask broadcastable to ``logits``; masked classes are never
+        sampled.
+
+    Returns:
+      The relaxed sample (in ``[0, 1]``, summing to ``k``) or the k-hot sample, of
+      ``logits``' shape and dtype.
+
+    Examples:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import jaxrelax
+      >>> logits = jnp.log(jnp.array([0.1, 0.2, 0.3, 0.4]))
+      >>> sample = jaxrelax.gumbel_topk(jax.random.key(0), logits, 2, hard=True)
+      >>> float(sample.sum())
+      2.0
+
+    References:
+      Kool, van Hoof & Welling, Stochastic Beams and Where to Find Them: The Gumbel-Top-k
+      Trick for Sampling Sequences Without Replacement, 2019, https://arxiv.org/abs/1903.06059;
+      Xie & Ermon, Reparameterizable Subset Sampling via Continuous Relaxations, 2019,
+      https://arxiv.org/abs/1901.10517
+
+    Note:
+      Masked classes and ``-inf`` logits are never sampled and get zero gradient; with fewer
+      than ``k`` classes left, all of them are taken; a slice with none gives zeros. Among
+      several ``+inf`` logits the noise decides. A NaN logit makes its slice NaN.
+      Forward mode (``jax.jvp``, ``jax.jacfwd``) is not supported: the gradient is a
+      ``custom_vjp``. Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives
+      (``jax.hessian``, grad of grad) work.
+    """
+    key = _utils.check_key(key)
+    hard = _utils.check_flag(hard, "hard")
+    a = _utils.prepare(logits, axis, temperature, where, name="logits", integers=False)
+    k = _topk.check_count(k, _utils.slice_size(a.x.shape, a.axes))
+    perturbed = _limit_logits(a) + jax.random.gumbel(key, a.x.shape, a.x.dtype)
+    if hard:
+        value = _straight_through.st_topk_rule(
+            perturbed, a.temperature, a.where, a.axes, k, "first", "soft"
+        )
+    else:
+        k = jnp.asarray(k, a.x.dtype)
+        value = _topk.relaxed_rule(perturbed, k, a.temperature, a.where, a.axes, "soft")
     return value.astype(a.dtype)
 
 

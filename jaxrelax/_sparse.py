@@ -1,17 +1,12 @@
 """Sparse relaxations: sparsemax, 1.5-entmax and alpha-entmax, and their Fenchel-Young losses.
 
 alpha-entmax of scores ``z = x / t`` is ``p_i = [(alpha - 1) z_i - tau]_+ ** beta`` with
-``beta = 1 / (alpha - 1)`` and the threshold ``tau`` set so that ``sum(p) = 1``. Rather than
-sorting, the threshold is the root of the convex, decreasing function
-``f(tau) = sum_i [u_i - tau]_+ ** beta - C`` of the max-shifted scores ``u`` (``C`` absorbs
-the temperature), found by secant steps from a point where ``f >= 0``, the entry at the
-maximum alone: on a convex decreasing ``f`` the iterates rise monotonically to the root. For
-sparsemax (beta = 1) ``f`` is piecewise linear and a secant through two points of the root's
-linear piece lands on it exactly, which is the exact answer (the idea behind Michelot's
-algorithm, 1986); for 1.5-entmax (beta = 2) convergence is superlinear. Each step is one fused
-reduction over the scores (a Newton step would need two, which costs twice as much on XLA's
-CPU backend); random inputs need 6 to 16 steps, whatever their size. For alpha > 2
-(beta < 1), where ``f`` is concave, the steps are safeguarded by bisection.
+``beta = 1 / (alpha - 1)`` and the threshold ``tau`` set so that ``sum(p) = 1``, found without
+sorting by the shared solver of :mod:`jaxrelax._threshold` on the max-shifted scores. For
+sparsemax (beta = 1) its secant steps land exactly on the root (Michelot's idea, 1986); for
+1.5-entmax (beta = 2) convergence is superlinear; random inputs need 6 to 16 steps, whatever
+their size, each one fused reduction over the scores. For alpha > 2 (beta < 1), where the
+function is concave, the steps are safeguarded by bisection.
 
 References: Martins & Astudillo, From Softmax to Sparsemax, 2016,
 https://arxiv.org/abs/1602.02068; Peters, Niculae & Martins, Sparse Sequence-to-Sequence
@@ -28,12 +23,9 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 from jax.typing import ArrayLike
 
-from . import _soft, _utils
-
-MAX_STEPS = 200
+from . import _soft, _threshold, _utils
 
 
 def sparsemax(
@@ -346,108 +338,54 @@ def _power(q, exponent):
     return jnp.where(positive, jnp.power(jnp.where(positive, q, 1), exponent), 0)
 
 
-# The mass of an entry ``d = v - tau`` below its score ``v`` and its slope. For sparsemax and
-# 1.5-entmax it is ``[d]_+ ** beta`` and the root lies in ``[-1, 0]``; for other alphas the
-# threshold is offset by 1, ``(1 + d) ** beta`` for ``d > -1``, root in ``[0, 1]``, and computed
-# as ``exp(beta log1p(d))``: as alpha -> 1, ``beta`` grows and ``d`` shrinks together, and this
-# form keeps every digit of ``d`` (softmax is the limit).
+# The mass of an entry ``d = v - tau`` below its score ``v`` (the solver's ``param`` is
+# ``beta``). For sparsemax and 1.5-entmax it is ``[d]_+ ** beta`` and the root lies in
+# ``[-1, 0]``; for other alphas the threshold is offset by 1, ``(1 + d) ** beta`` for
+# ``d > -1``, root in ``[0, 1]``, and computed as ``exp(beta log1p(d))``: as alpha -> 1,
+# ``beta`` grows and ``d`` shrinks together, and this form keeps every digit of ``d``
+# (softmax is the limit).
 _BRACKETS = {"sparsemax": (-1.0, 0.0), "entmax15": (-1.0, 0.0), "general": (0.0, 1.0)}
 
 
-def _mass(kind, beta, d, zero):
-    if kind == "sparsemax":
-        return jnp.maximum(d, zero)
-    if kind == "entmax15":
-        r = jnp.maximum(d, zero)
-        return r * r
+def _general_mass(d, beta, zero):
     inside = d > zero - 1  # with a finite derivative outside (double where)
     return jnp.where(inside, jnp.exp(beta * jnp.log1p(jnp.where(inside, d, zero))), zero)
 
 
-def _mass_slope(kind, beta, d):
-    """d mass / d d (0 outside the support; the support's indicator when beta = 1)."""
-    if kind == "sparsemax":
-        return jnp.minimum(jnp.ceil(jnp.maximum(d, 0)), 1)
-    if kind == "entmax15":
-        return 2 * jnp.maximum(d, 0)
-    return beta * _power(1 + d, beta - 1)
+def _general_mass_beta_slope(d, beta, zero):
+    """d mass / d beta: the mass times the log of its base."""
+    return _general_mass(d, beta, zero) * jnp.log1p(jnp.maximum(d, jnp.finfo(d.dtype).eps - 1))
 
 
-def _mass_log_weight(d):
-    """d mass / d beta divided by mass: log of the base (general alphas only)."""
-    return jnp.log1p(jnp.maximum(d, jnp.finfo(d.dtype).eps - 1))
+def _squared_hinge(d, beta, zero):
+    del beta
+    r = jnp.maximum(d, zero)
+    return r * r
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def _threshold(v, beta, kind, axes):
-    """tau with ``sum mass(v - tau) = 1`` per slice, for scores ``v <= 0`` with a maximum of 0.
+_MASSES = {
+    "sparsemax": _threshold.Mass(
+        lambda d, beta, zero: jnp.maximum(d, zero),
+        lambda d, beta: jnp.minimum(jnp.ceil(jnp.maximum(d, 0)), 1),
+    ),
+    "entmax15": _threshold.Mass(_squared_hinge, lambda d, beta: 2 * jnp.maximum(d, 0)),
+    "general": _threshold.Mass(
+        _general_mass,
+        lambda d, beta: beta * _power(1 + d, beta - 1),
+        _general_mass_beta_slope,
+    ),
+}
 
-    Secant steps through the last two iterates, from ``lo`` (the bracket's left end, where the
-    entry at 0 alone gives ``f >= 0``) and a point a bounded Newton step to its right. On a
-    convex decreasing ``f`` (beta >= 1) every iterate stays left of the root and they rise to
-    it, exactly for sparsemax once two of them share its linear piece. Each step is one
-    reduction over the scores. A step that would leave the bracket ``[lo, hi]`` (possible only
-    for beta < 1, where ``f`` is concave) bisects instead. Stops when every slice's step moves
-    tau by two ulps or leaves two ulps of mass; a slice with NaN stops at once.
-    """
-    eps = jnp.finfo(v.dtype).eps
-    tolerance = 2 * eps  # on the mass
-    slices = _slice_shape(v.shape, axes)
-    zero = jnp.broadcast_to(_utils.slice_zero(beta), slices)  # per slice: see slice_zero
-    lo0, hi0 = _BRACKETS[kind]
 
-    def excess(tau):
-        return jnp.sum(_mass(kind, beta, v - tau, zero), axes, keepdims=True) - 1
-
-    # |f'| <= beta * n on the bracket for beta >= 1: a first step that stays left of the root.
+def _threshold_of(v, beta, kind, axes):
+    """tau with ``sum mass(v - tau) = 1`` per slice, for scores ``v <= 0`` with a maximum of 0:
+    the bracket's left end is where the entry at 0 alone gives mass 1. For beta >= 1, ``|f'|
+    <= beta * n`` on the bracket, a first step that stays left of the root."""
+    lo, hi = _BRACKETS[kind]
     size = _utils.slice_size(v.shape, axes)
     max_slope = jnp.where(beta >= 1, beta * size, jnp.inf)
-
-    def step(state):
-        count, previous, excess_previous, tau, lo, hi, _ = state
-        excess_tau = excess(tau)
-        lo = jnp.where(excess_tau >= 0, tau, lo)
-        hi = jnp.where(excess_tau < 0, tau, hi)
-        drop = excess_previous - excess_tau
-        secant = tau + excess_tau * (tau - previous) / jnp.where(drop != 0, drop, 1)
-        inside = (secant > lo) & (secant < hi) & (drop != 0)
-        new_tau = jnp.where(inside, secant, (lo + hi) / 2)
-        # The first step, from lo, has no secant: a bounded Newton step.
-        new_tau = jnp.where(count == 0, tau + jnp.maximum(excess_tau, 0) / max_slope, new_tau)
-        done = (
-            (jnp.abs(excess_tau) <= tolerance)
-            | ((jnp.abs(new_tau - tau) <= 2 * eps * jnp.abs(tau)) & (count > 0))  # two ulps
-            | jnp.isnan(excess_tau)
-            | (excess_tau == -1)  # nothing finite in the slice: stays all zeros
-        )
-        new_tau = jnp.where(done, tau, new_tau)
-        return count + 1, tau, excess_tau, new_tau, lo, hi, jnp.all(done)
-
-    def keep_going(state):
-        return (state[0] < MAX_STEPS) & ~state[6]
-
-    lo = zero + lo0
-    init = (0, lo, zero + 1, lo, lo, zero + hi0, False)
-    return lax.while_loop(keep_going, step, init)[3]
-
-
-@_threshold.defjvp
-def _threshold_jvp(kind, axes, primals, tangents):
-    """The implicit-function derivative of tau, so that the forward pass can be differentiated
-    without going through the loop: from ``sum mass(v - tau) = 1``,
-    ``dtau = (sum mass' dv + sum d mass / d beta  dbeta) / sum mass'``."""
-    v, beta = primals
-    d_v, d_beta = tangents
-    tau = _threshold(v, beta, kind, axes)
-    d = v - tau
-    slope = _mass_slope(kind, beta, d)
-    change = jnp.sum(slope * d_v, axes, keepdims=True)
-    if kind == "general":
-        zero = _utils.slice_zero(beta)
-        weight = _mass(kind, beta, d, zero) * _mass_log_weight(d)
-        change = change + jnp.sum(weight, axes, keepdims=True) * d_beta
-    total = jnp.sum(slope, axes, keepdims=True)
-    return tau, change / jnp.maximum(total, jnp.finfo(v.dtype).tiny)
+    one = jnp.ones_like(beta)
+    return _threshold.solve(v, one, lo, hi, _MASSES[kind], axes, beta, max_slope)
 
 
 @functools.partial(jax.jit, static_argnums=(4, 5))  # eager calls reuse the compiled loop
@@ -459,8 +397,8 @@ def _entmax_value(x, temperature, alpha, where, axes, kind):
     # limit, never 0 * -inf at a masked entry.
     scale = jnp.broadcast_to((alpha - 1) / temperature, slices).astype(x.dtype)
     _, v = _utils.shift_by_max(x, where, axes, scale)
-    tau = _threshold(v, beta, kind, axes)
-    mass = _mass(kind, beta, v - tau, _utils.slice_zero(tau))
+    tau = _threshold_of(v, beta, kind, axes)
+    mass = _MASSES[kind].value(v - tau, beta, _utils.slice_zero(tau))
     if kind != "general":
         return mass
     # For alpha > 2 (beta < 1) an entry at the support's edge magnifies the threshold's

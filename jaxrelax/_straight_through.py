@@ -13,9 +13,10 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from . import _hard, _soft, _utils
+from . import _hard, _soft, _topk, _utils
 
 BACKWARDS = ("softmax", "identity")
+TOPK_BACKWARDS = ("soft", "sparse", "identity")
 
 
 def straight_through(hard_fn: Callable, soft_fn: Callable) -> Callable:
@@ -157,6 +158,79 @@ def st_hardmax(
         hard = functools.partial(_hard.hardmax_rule, axes=a.axes, ties=ties)
         value = straight_through_rule(hard, _masked_identity, a.x, a.temperature, a.where)
     return value.astype(a.dtype)
+
+
+def st_topk(
+    x: ArrayLike,
+    k: int,
+    axis: int | tuple[int, ...] = -1,
+    *,
+    temperature: ArrayLike = 1.0,
+    where: ArrayLike | None = None,
+    ties: str = "first",
+    backward: str = "soft",
+) -> jax.Array:
+    r"""Straight-through top-k: the exact k-hot forward, a relaxed top-k's gradient backward.
+
+    The forward pass is ``topk_mask(x, k, axis, where=where, ties=ties)`` exactly; the
+    backward pass is the vector-Jacobian product of ``soft_topk(x, k, axis,
+    temperature=temperature, where=where)`` (``backward="soft"``), of ``sparse_topk`` with the
+    same arguments (``"sparse"``), or passes the cotangent through unchanged (``"identity"``,
+    zero at masked and ``-inf`` entries). Only the relaxation's output is saved for the
+    backward pass (with ``"identity"``, a boolean array of the entries that take part).
+
+    Args:
+      x: the scores, any real dtype (see :func:`jaxrelax.soft_topk`).
+      k: how many to choose, a Python int in ``[0, n]``.
+      axis: the axis, or tuple of axes (``None``: all of them), of the choice.
+      temperature: the relaxation's temperature in the backward pass; it receives a gradient.
+      where: optional boolean mask broadcastable to ``x``.
+      ties: the forward tie policy, as in :func:`jaxrelax.topk_mask`.
+      backward: ``"soft"``, ``"sparse"`` or ``"identity"``.
+
+    Returns:
+      The k-hot mask, of ``x``'s shape and float dtype.
+
+    Examples:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import jaxrelax
+      >>> x = jnp.array([3.0, 1.0, 0.5, -2.0])
+      >>> print(jaxrelax.st_topk(x, 2))
+      [1. 1. 0. 0.]
+      >>> print(jax.grad(lambda x: jaxrelax.st_topk(x, 2, backward="sparse")[1])(x))
+      [ 0.   0.5 -0.5  0. ]
+
+    References:
+      Bengio et al., Estimating or Propagating Gradients Through Stochastic Neurons for
+      Conditional Computation, 2013, https://arxiv.org/abs/1308.3432; Amos et al., 2019 and
+      Sander et al., 2023 (see :func:`jaxrelax.soft_topk` and :func:`jaxrelax.sparse_topk`).
+
+    Note:
+      Masks, infinities, NaN and ties behave in the forward pass as in
+      :func:`jaxrelax.topk_mask` and in the backward pass as in the relaxation.
+      Forward mode (``jax.jvp``, ``jax.jacfwd``) is not supported: the gradient is a
+      ``custom_vjp``. Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives
+      (``jax.hessian``, grad of grad) work.
+    """
+    ties = _utils.check_choice(ties, "ties", _topk.TIES)
+    backward = _utils.check_choice(backward, "backward", TOPK_BACKWARDS)
+    a = _utils.prepare(x, axis, temperature, where)
+    k = _topk.check_count(k, _utils.slice_size(a.x.shape, a.axes))
+    return st_topk_rule(a.x, a.temperature, a.where, a.axes, k, ties, backward).astype(a.dtype)
+
+
+def st_topk_rule(x, temperature, where, axes, k, ties, backward):
+    """st_topk on prepared arguments, ``k`` a Python int."""
+    hard = functools.partial(_topk.topk_mask_rule, axes=axes, k=k, ties=ties)
+    if backward == "identity":
+        return straight_through_rule(hard, _masked_identity, x, temperature, where)
+    soft = functools.partial(_relaxed_topk, k=k, axes=axes, kind=backward)
+    return straight_through_rule(hard, soft, x, temperature, where)
+
+
+def _relaxed_topk(x, temperature, where, *, k, axes, kind):
+    return _topk.relaxed_rule(x, jnp.asarray(k, x.dtype), temperature, where, axes, kind)
 
 
 def st_argmax(

@@ -1,0 +1,120 @@
+"""The threshold solver shared by the sparse and top-k families.
+
+Each of their relaxations is ``p_i = mass(v_i - tau)`` for a nondecreasing ``mass`` and a
+per-slice threshold ``tau`` such that ``sum_i p_i = capacity``: sparsemax's ``[d]_+`` and
+entmax's ``[d]_+ ** beta`` with capacity 1, the sigmoid (soft top-k) and a clip to [0, 1]
+(sparse top-k) with capacity k. Rather than sorting, the threshold is the root of the
+decreasing function ``f(tau) = sum_i mass(v_i - tau) - capacity``, found by secant steps
+from the left end of a bracket ``[lo, hi]`` with ``f(lo) >= 0 >= f(hi)``, each step one fused
+reduction over the scores. On a convex ``f`` (entmax with alpha <= 2) the iterates rise
+monotonically to the root, and where ``f`` is piecewise linear (sparsemax, sparse top-k) a
+secant through two points of the root's linear piece lands on it exactly (the idea behind
+Michelot's algorithm, 1986). A step that would leave the bracket bisects instead, which
+keeps the method safe where ``f`` is not convex.
+
+The derivative of ``tau`` is the implicit-function one, so the forward pass can be
+differentiated (for second derivatives) without going through the loop.
+
+Reference: Michelot, A finite algorithm for finding the projection of a point onto the
+canonical simplex of R^n, 1986.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from . import _utils
+
+MAX_STEPS = 200
+
+
+class Mass(NamedTuple):
+    """A relaxation's mass as a function of ``d = v - tau``.
+
+    ``value(d, param, zero)`` is the mass (``zero`` is 0 per slice, see
+    :func:`jaxrelax._utils.slice_zero`); ``slope(d, param)`` its derivative in ``d``;
+    ``param_slope(d, param, zero)``, if the mass has a parameter with a gradient, its
+    derivative in that parameter.
+    """
+
+    value: Callable
+    slope: Callable
+    param_slope: Callable | None = None
+
+
+def solve(v, capacity, lo, hi, mass: Mass, axes, param=None, max_slope=jnp.inf):
+    """tau with ``sum mass(v - tau) = capacity`` over ``axes`` (a per-slice array).
+
+    ``lo`` and ``hi`` bracket the root (``f(lo) >= 0 >= f(hi)``), ``param`` is the mass's
+    parameter (per slice) and ``max_slope`` a bound on ``|f'|`` right of ``lo``, which makes
+    the first step a safe Newton step (without one it bisects). A slice holding NaN stops at
+    once, with a NaN threshold.
+    """
+    param = jnp.zeros((), v.dtype) if param is None else param
+    slices = capacity.shape
+    lo, hi, max_slope = (jnp.broadcast_to(a, slices).astype(v.dtype) for a in (lo, hi, max_slope))
+    return _solve(v, param, capacity, lo, hi, max_slope, mass, axes)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(6, 7))
+def _solve(v, param, capacity, lo, hi, max_slope, mass, axes):
+    """Secant steps through the last two iterates, from ``lo`` and a bounded Newton step to
+    its right; a step leaving the bracket bisects. Stops when every slice's step moves tau by
+    two ulps or leaves two ulps of mass (relative to the capacity)."""
+    eps = jnp.finfo(v.dtype).eps
+    tolerance = 2 * eps * jnp.maximum(capacity, 1)
+    zero = _utils.slice_zero(lo)
+
+    def excess(tau):
+        return jnp.sum(mass.value(v - tau, param, zero), axes, keepdims=True) - capacity
+
+    def step(state):
+        count, previous, excess_previous, tau, lo, hi, _ = state
+        excess_tau = excess(tau)
+        lo = jnp.where(excess_tau >= 0, tau, lo)
+        hi = jnp.where(excess_tau < 0, tau, hi)
+        drop = excess_previous - excess_tau
+        secant = tau + excess_tau * (tau - previous) / jnp.where(drop != 0, drop, 1)
+        inside = (secant > lo) & (secant < hi) & (drop != 0)
+        new_tau = jnp.where(inside, secant, (lo + hi) / 2)
+        # The first step, from lo, has no secant: a bounded Newton step.
+        new_tau = jnp.where(count == 0, tau + jnp.maximum(excess_tau, 0) / max_slope, new_tau)
+        done = (
+            (jnp.abs(excess_tau) <= tolerance)
+            | ((jnp.abs(new_tau - tau) <= 2 * eps * jnp.abs(tau)) & (count > 0))  # two ulps
+            | (hi - lo <= 2 * eps * jnp.maximum(jnp.abs(lo), jnp.abs(hi)))
+            | jnp.isnan(excess_tau)
+            | (excess_tau == -capacity)  # nothing in the slice: stays all zeros
+        )
+        new_tau = jnp.where(done, tau, new_tau)
+        new_tau = jnp.where(jnp.isnan(excess_tau), jnp.nan, new_tau)  # NaN poisons its slice
+        return count + 1, tau, excess_tau, new_tau, lo, hi, jnp.all(done)
+
+    def keep_going(state):
+        return (state[0] < MAX_STEPS) & ~state[6]
+
+    init = (0, lo, zero + capacity, lo, lo, hi, False)
+    return lax.while_loop(keep_going, step, init)[3]
+
+
+@_solve.defjvp
+def _solve_jvp(mass, axes, primals, tangents):
+    """From ``sum mass(v - tau) = capacity``: ``dtau = (sum mass' dv + sum dmass/dparam dparam
+    - dcapacity) / sum mass'``."""
+    v, param, capacity, lo, hi, max_slope = primals
+    d_v, d_param, d_capacity = tangents[:3]
+    tau = _solve(v, param, capacity, lo, hi, max_slope, mass, axes)
+    d = v - tau
+    slope = mass.slope(d, param)
+    change = jnp.sum(slope * d_v, axes, keepdims=True) - d_capacity
+    if mass.param_slope is not None:
+        weight = mass.param_slope(d, param, _utils.slice_zero(tau))
+        change = change + jnp.sum(weight, axes, keepdims=True) * d_param
+    total = jnp.sum(slope, axes, keepdims=True)
+    return tau, change / jnp.maximum(total, jnp.finfo(v.dtype).tiny)
