@@ -231,22 +231,140 @@ def topk_mask_rule(x, temperature, where, *, axes, k, ties):
     if k == 1:
         return _hard.hardmax_rule(x, None, where, axes=axes, ties=ties)
     x = _utils.fill_masked(x, where)
-    keys = _ordered_keys(x)
-    # Entries that compete: not masked (filled with -inf), not -inf; NaN poisons below.
-    competing = x > -jnp.inf
-    count = jnp.minimum(jnp.sum(competing, axes, keepdims=True, dtype=jnp.int32), k)
-    threshold = _kth_largest(keys, count, axes)
-    above = keys > threshold
-    tied = (keys == threshold) & competing
-    still_needed = count - jnp.sum(above, axes, keepdims=True, dtype=jnp.int32)
-    if ties == "uniform":
-        m = jnp.sum(tied, axes, keepdims=True, dtype=jnp.int32)
-        share = still_needed.astype(x.dtype) / jnp.maximum(m, 1).astype(x.dtype)
-        mask = above.astype(x.dtype) + jnp.where(tied, share, 0)
+    competing = x > -jnp.inf  # not masked (now -inf), not -inf; NaN poisons below
+    needed = jnp.minimum(_count(competing, axes), k)
+    if k <= SMALL_K and ties == "first":
+        return _scatter_top_k(x, needed, axes, k) + _utils.nan_poison(x, axes)
+    if k <= SMALL_K:
+        above, band, chosen, in_band = _bracket_by_top_k(x, needed, axes, k)
     else:
-        mask = (above | _first_of(tied, still_needed, axes)).astype(x.dtype)
-    mask = jnp.where(count > 0, mask, 0)
-    return mask + _utils.nan_poison(x, axes)
+        above, band, chosen, in_band = _bracket_by_counting(x, competing, needed, axes)
+    # Every entry of the band ties when it holds more than the still needed ones.
+    still_needed = needed - chosen
+    if ties == "uniform":
+        share = still_needed.astype(x.dtype) / jnp.maximum(in_band, 1).astype(x.dtype)
+        mask = above.astype(x.dtype) + jnp.where(band, share, 0)
+    else:
+        mask = (above | _first_of(band, still_needed, in_band, axes)).astype(x.dtype)
+    return jnp.where(needed > 0, mask, 0) + _utils.nan_poison(x, axes)
+
+
+SMALL_K = 64  # below this, XLA's TopK finds the k-th largest score faster than counting
+
+
+def _count(mask, axes):
+    return jnp.sum(mask, axes, keepdims=True, dtype=jnp.int32)
+
+
+def _rows(x, axes):
+    """``x`` with the reduced axes moved last and flattened into one, and the inverse."""
+    kept = [a for a in range(x.ndim) if a not in axes]
+    moved = jnp.transpose(x, kept + list(axes))
+    rows = moved.reshape(*moved.shape[: len(kept)], -1)
+
+    def back(y):
+        return jnp.transpose(y.reshape(moved.shape), np.argsort(kept + list(axes)))
+
+    return rows, back
+
+
+def _scatter_top_k(x, needed, axes, k):
+    """The k-hot of the first ``needed`` of ``lax.top_k``'s indices (lowest index first on
+    ties)."""
+    rows, back = _rows(jnp.where(x == 0, 0, x), axes)  # -0.0 ties with 0.0
+    _, indices = lax.top_k(rows, k)
+    chosen = jnp.arange(k) < needed.reshape(*rows.shape[:-1], 1)
+    return back(jnp.put_along_axis(jnp.zeros_like(rows), indices, chosen, -1, inplace=False))
+
+
+def _bracket_by_top_k(x, needed, axes, k):
+    """(above, band, count above, count in band): the entries above the ``needed``-th
+    largest score and those equal to it, from ``lax.top_k`` along the reduced axes moved
+    last. (Its values pass an optimisation barrier: comparing the scores with them otherwise
+    makes XLA sort the whole slice.)"""
+    rows, _ = _rows(x, axes)
+    largest = lax.optimization_barrier(lax.top_k(rows, k)[0])
+    kth = jnp.take_along_axis(
+        largest, jnp.maximum(needed.reshape(rows.shape[:-1] + (1,)), 1) - 1, -1
+    )
+    kth = kth.reshape(needed.shape)
+    above = x > kth
+    band = x == kth
+    return above, band, _count(above, axes), _count(band, axes)
+
+
+def _bracket_by_counting(x, competing, needed, axes):
+    """The same by a counting search on the scores' order-preserving integer keys (exact):
+    interpolation on the scores' values, safeguarded by bisection on the keys."""
+    keys = _ordered_keys(x)
+    lowest = jnp.min(jnp.where(competing, x, jnp.inf), axes, keepdims=True)
+    highest = _utils.slice_max(x, axes)
+    lo = _ordered_keys(jnp.minimum(lowest, highest))
+    hi = _ordered_keys(highest) + 1  # at or above: nothing
+    count_lo = _count(competing, axes)
+    lo, hi, count_lo, count_hi = _search(
+        keys, needed, lo, hi, count_lo, jnp.zeros_like(count_lo), axes, _key_value(x.dtype)
+    )
+    above = keys >= hi
+    band = (keys >= lo) & ~above
+    return above, band, count_hi, count_lo - count_hi
+
+
+def _search(keys, needed, lo, hi, count_lo, count_hi, axes, value_of=None):
+    """Narrows ``[lo, hi)`` (unsigned keys, per slice) around the ``needed``-th largest key,
+    where ``count_lo = #(keys >= lo) >= needed > count_hi = #(keys >= hi)``, until ``lo`` is
+    that key and ``hi = lo + 1``, or ``count_lo = needed``: then the keys in ``[lo, hi)`` are
+    those still needed, or the ties at the boundary.
+
+    Each step counts the keys at or above one candidate (one pass). With ``value_of`` (the
+    score of a key, per slice) the candidate interpolates the bracket's counts linearly in
+    the scores, aimed between the needed-th and the next largest score (a count of
+    ``needed + 1/2``), with the Illinois rule (an end kept twice has its weight halved), which
+    converges superlinearly; where that makes no progress, or without ``value_of``, it is the
+    midpoint of the keys (bisection).
+    """
+    bits = jnp.iinfo(keys.dtype).bits
+
+    def done(lo, hi, count_lo, count_hi):
+        return (count_lo <= needed) | (hi - lo <= 1) | (count_hi >= needed)
+
+    def step(state):
+        i, lo, hi, count_lo, count_hi, excess_lo, excess_hi, side = state
+        candidate = lo + (hi - lo) // 2
+        if value_of is not None:
+            v_lo, v_hi = value_of(lo), value_of(hi - 1)
+            guess = v_lo + (v_hi - v_lo) * (excess_lo / (excess_lo - excess_hi))
+            key = _ordered_keys(jnp.where(jnp.isfinite(guess), guess, 0))
+            inside = jnp.isfinite(guess) & (key > lo) & (key < hi)
+            candidate = jnp.where(inside, key, candidate)
+        at_or_above = _count(keys >= candidate, axes)
+        excess = (at_or_above - needed).astype(jnp.float32) - 0.5
+        up = (at_or_above >= needed) & ~done(lo, hi, count_lo, count_hi)
+        down = (at_or_above < needed) & ~done(lo, hi, count_lo, count_hi)
+        # Illinois: an end kept for a second step in a row counts half.
+        excess_hi = jnp.where(up & (side == 1), excess_hi / 2, excess_hi)
+        excess_lo = jnp.where(down & (side == -1), excess_lo / 2, excess_lo)
+        return (
+            i + 1,
+            jnp.where(up, candidate, lo),
+            jnp.where(down, candidate, hi),
+            jnp.where(up, at_or_above, count_lo),
+            jnp.where(down, at_or_above, count_hi),
+            jnp.where(up, excess, excess_lo),
+            jnp.where(down, excess, excess_hi),
+            jnp.where(up, 1, jnp.where(down, -1, side)),
+        )
+
+    def keep_going(state):
+        i, lo, hi, count_lo, count_hi = state[:5]
+        return (i < 2 * bits + 2) & ~jnp.all(done(lo, hi, count_lo, count_hi))
+
+    def excess_of(count):
+        return (count - needed).astype(jnp.float32) - 0.5
+
+    side = jnp.zeros(lo.shape, jnp.int32)
+    init = (0, lo, hi, count_lo, count_hi, excess_of(count_lo), excess_of(count_hi), side)
+    return lax.while_loop(keep_going, step, init)[1:5]
 
 
 def _ordered_keys(x):
@@ -260,39 +378,38 @@ def _ordered_keys(x):
     return pattern ^ ((jnp.asarray(0, unsigned) - sign) | high)  # 0 - 1 wraps to all ones
 
 
+def _key_value(dtype):
+    """The inverse of :func:`_ordered_keys`, for the per-slice keys of the search."""
+    unsigned = _unsigned(dtype)
+    bits = jnp.iinfo(unsigned).bits
+    high = jnp.asarray(1, unsigned) << (bits - 1)
+
+    def value_of(key):
+        negative = key < high
+        pattern = jnp.where(negative, ~key, key ^ high)
+        return lax.bitcast_convert_type(pattern, dtype)
+
+    return value_of
+
+
 def _unsigned(dtype):
     return {4: jnp.uint32, 8: jnp.uint64}[jnp.dtype(dtype).itemsize]
 
 
-def _kth_largest(keys, count, axes):
-    """The ``count``-th largest key per slice (``count >= 1``; 0 gives the largest possible
-    key), bit by bit: the largest ``t`` with at least ``count`` keys at or above it."""
-    dtype = keys.dtype
-    bits = jnp.iinfo(dtype).bits
+def _first_of(band, needed, in_band, axes):
+    """The first ``needed`` entries of the ``band`` of each slice in row-major order: a search
+    on positions, run only when some slice's band holds more than it needs."""
+    positions = _utils.slice_positions(band.shape, axes, jnp.int32)
+    size = _utils.slice_size(band.shape, axes)
 
-    def keep_bit(i, threshold):
-        candidate = threshold | (jnp.asarray(1, dtype) << (bits - 1 - i).astype(dtype))
-        at_or_above = jnp.sum(keys >= candidate, axes, keepdims=True, dtype=jnp.int32)
-        return jnp.where(at_or_above >= count, candidate, threshold)
+    def break_ties(band):
+        # Earlier positions get larger keys; entries out of the band get 0, below all others.
+        keys = jnp.where(band, size - positions, 0).astype(jnp.uint32)
+        one = jnp.ones(needed.shape, jnp.uint32)
+        lo, _, _, _ = _search(keys, needed, one, one + size, in_band, 0 * in_band, axes)
+        return band & (keys >= lo) & (needed > 0)
 
-    return lax.fori_loop(0, bits, keep_bit, jnp.zeros(count.shape, dtype))
-
-
-def _first_of(tied, needed, axes):
-    """The first ``needed`` of the ``tied`` entries of each slice in row-major order: a second
-    count-based selection, on positions, run only when some slice has more ties than it
-    needs."""
-    positions = _utils.slice_positions(tied.shape, axes, jnp.int32)
-    size = _utils.slice_size(tied.shape, axes)
-    surplus = jnp.any(jnp.sum(tied, axes, keepdims=True, dtype=jnp.int32) > needed)
-
-    def break_ties(tied):
-        # Earlier positions get larger keys; untied entries get 0, below every tied one.
-        keys = jnp.where(tied, size - positions, 0).astype(jnp.uint32)
-        last = _kth_largest(keys, jnp.maximum(needed, 1), axes)
-        return tied & (keys >= last) & (needed > 0)
-
-    return lax.cond(surplus, break_ties, lambda tied: tied, tied)
+    return lax.cond(jnp.any(in_band > needed), break_ties, lambda band: band, band)
 
 
 # --- the relaxations ---
