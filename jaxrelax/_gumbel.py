@@ -148,8 +148,9 @@ def gumbel_topk(
 
     Note:
       Masked classes and ``-inf`` logits are never sampled and get zero gradient; with fewer
-      than ``k`` classes left, all of them are taken; a slice with none gives zeros. Among
-      several ``+inf`` logits the noise decides. A NaN logit makes its slice NaN.
+      than ``k`` classes left, all of them are taken; a slice with none gives zeros. ``+inf``
+      logits are drawn first, and among more than ``k`` of them the noise decides. A NaN
+      logit makes its slice NaN.
       Forward mode (``jax.jvp``, ``jax.jacfwd``) is not supported: the gradient is a
       ``custom_vjp``. Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives
       (``jax.hessian``, grad of grad) work.
@@ -158,7 +159,10 @@ def gumbel_topk(
     hard = _utils.check_flag(hard, "hard")
     a = _utils.prepare(logits, axis, temperature, where, name="logits", integers=False)
     k = _topk.check_count(k, _utils.slice_size(a.x.shape, a.axes))
-    perturbed = _limit_logits(a) + jax.random.gumbel(key, a.x.shape, a.x.dtype)
+    # +inf logits are drawn first; where there are more than k of them, the noise decides.
+    v, top, top_count = _topk.limit_scores(a.x, a.where, a.axes)
+    limit = jnp.where(top_count > k, jnp.where(top, 0, -jnp.inf), v)
+    perturbed = limit + jax.random.gumbel(key, a.x.shape, a.x.dtype)
     if hard:
         value = _straight_through.st_topk_rule(
             perturbed, a.temperature, a.where, a.axes, k, "first", "soft"

@@ -231,6 +231,8 @@ def topk_mask_rule(x, temperature, where, *, axes, k, ties):
     if k == 1:
         return _hard.hardmax_rule(x, None, where, axes=axes, ties=ties)
     x = _utils.fill_masked(x, where)
+    if k == 0:
+        return jnp.zeros_like(x) + _utils.nan_poison(x, axes)
     competing = x > -jnp.inf  # not masked (now -inf), not -inf; NaN poisons below
     needed = jnp.minimum(_count(competing, axes), k)
     if k <= SMALL_K and ties == "first":
@@ -297,7 +299,7 @@ def _bracket_by_counting(x, competing, needed, axes):
     """The same by a counting search on the scores' order-preserving integer keys (exact):
     interpolation on the scores' values, safeguarded by bisection on the keys."""
     keys = _ordered_keys(x)
-    lowest = jnp.min(jnp.where(competing, x, jnp.inf), axes, keepdims=True)
+    lowest = jnp.min(jnp.where(competing, x, jnp.inf), axes, keepdims=True, initial=jnp.inf)
     highest = _utils.slice_max(x, axes)
     lo = _ordered_keys(jnp.minimum(lowest, highest))
     hi = _ordered_keys(highest) + 1  # at or above: nothing
@@ -442,30 +444,53 @@ _MASSES = {
 }
 
 
+def limit_scores(x, where, axes, scale=None):
+    """(v, top, top_count): the scores less the maximum of their finite entries, times
+    ``scale`` (see :func:`jaxrelax._utils.shift_by_max`), with ``+inf`` entries (``top``)
+    kept at ``+inf`` and masked ones at ``-inf``; ``top_count`` per slice. ``+inf`` is the
+    limit of ever larger scores: each such entry takes a whole unit of k, before any other."""
+    x = _utils.fill_masked(x, where)
+    top = x == jnp.inf
+    _, v = _utils.shift_by_max(x, ~top, axes, scale)
+    return jnp.where(top, jnp.inf, v), top, jnp.sum(top, axes, keepdims=True, dtype=x.dtype)
+
+
 def _relaxed_value(x, k, temperature, where, axes, kind):
-    _, v = _utils.shift_by_max(x, where, axes, 1 / temperature)
-    competing = v > -jnp.inf
-    n = jnp.sum(competing, axes, keepdims=True).astype(x.dtype)
-    capacity = jnp.clip(k, 0, n)
-    everything = capacity >= n  # also a slice with nothing in it
-    nothing = capacity <= 0
-    # The solver sees a well-posed problem in every slice; the two ends are set afterwards.
+    v, top, top_count = limit_scores(x, where, axes, 1 / temperature)
+    competing = _utils.fill_masked(x, where) > -jnp.inf  # NaN: see the threshold below
+    # The finite entries: those whose scaled distance to the maximum is finite (``near``),
+    # and those where it overflows, infinitely far below (``far``).
+    near = competing & ~top & (v > -jnp.inf)
+    far = competing & ~top & (v == -jnp.inf)
+    n = _count(near, axes).astype(x.dtype)
+    far_count = _count(far, axes).astype(x.dtype)
+    capacity = jnp.clip(k, 0, n + far_count + top_count)
+    left = capacity - top_count  # for the near entries, then the far ones
+    # Ends where no threshold is needed: the +inf entries share all of k, or the near entries
+    # are all taken (and the far ones share the rest equally).
+    shared = left <= 0
+    everything = left >= n
+    top_share = capacity / jnp.maximum(top_count, 1)
+    far_share = jnp.maximum(left - n, 0) / jnp.maximum(far_count, 1)
+    # The solver sees a well-posed problem in every slice; those two ends are set afterwards.
     n_safe = jnp.maximum(n, 2)
-    capacity_safe = jnp.where(everything | nothing, n_safe / 2, capacity)
-    smallest = jnp.min(jnp.where(competing, v, 0), axes, keepdims=True)
+    left = jnp.where(shared | everything, n_safe / 2, left)
+    smallest = jnp.min(jnp.where(near, v, 0), axes, keepdims=True, initial=0)
     if kind == "soft":
-        # n sigmoid(vmin - lo) >= capacity and n sigmoid(0 - hi) <= capacity.
-        offset = jnp.log(capacity_safe) - jnp.log(n_safe - capacity_safe)
+        # n sigmoid(vmin - lo) >= left and n sigmoid(0 - hi) <= left.
+        offset = jnp.log(left) - jnp.log(n_safe - left)
         max_slope = n_safe / 4
     else:
-        # Every clip(v - lo) >= capacity / n and every clip(v - hi) <= capacity / n.
-        offset = capacity_safe / n_safe
+        # Every clip(v - lo) >= left / n and every clip(v - hi) <= left / n.
+        offset = left / n_safe
         max_slope = n_safe
     lo, hi = smallest - offset, -offset
-    tau = _threshold.solve(v, capacity_safe, lo, hi, _MASSES[kind], axes, max_slope=max_slope)
+    # Each +inf entry adds exactly 1 to the mass; a slice holding NaN gets a NaN threshold.
+    tau = _threshold.solve(v, left + top_count, lo, hi, _MASSES[kind], axes, max_slope=max_slope)
     p = _MASSES[kind].value(v - tau, None, _utils.slice_zero(tau))
-    p = jnp.where(nothing, 0, p)
-    return jnp.where(everything & ~nothing, competing.astype(x.dtype), p)
+    ends = jnp.where(top, top_share, jnp.where(far, far_share, 0))
+    p = jnp.where(everything, jnp.where(near, 1, ends), p)
+    return jnp.where(shared, ends, p) + 0 * tau
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
