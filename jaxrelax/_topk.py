@@ -295,9 +295,10 @@ def _bracket_by_top_k(x, needed, axes, k):
     return above, band, _count(above, axes), _count(band, axes)
 
 
-def _bracket_by_counting(x, competing, needed, axes):
+def _bracket_by_counting(x, competing, needed, axes, exact=False):
     """The same by a counting search on the scores' order-preserving integer keys (exact):
-    interpolation on the scores' values, safeguarded by bisection on the keys."""
+    interpolation on the scores' values, safeguarded by bisection on the keys. With
+    ``exact``, the band holds exactly the entries equal to the ``needed``-th largest."""
     keys = _ordered_keys(x)
     lowest = jnp.min(jnp.where(competing, x, jnp.inf), axes, keepdims=True, initial=jnp.inf)
     highest = _utils.slice_max(x, axes)
@@ -305,18 +306,18 @@ def _bracket_by_counting(x, competing, needed, axes):
     hi = _ordered_keys(highest) + 1  # at or above: nothing
     count_lo = _count(competing, axes)
     lo, hi, count_lo, count_hi = _search(
-        keys, needed, lo, hi, count_lo, jnp.zeros_like(count_lo), axes, _key_value(x.dtype)
+        keys, needed, lo, hi, count_lo, jnp.zeros_like(count_lo), axes, _key_value(x.dtype), exact
     )
     above = keys >= hi
     band = (keys >= lo) & ~above
     return above, band, count_hi, count_lo - count_hi
 
 
-def _search(keys, needed, lo, hi, count_lo, count_hi, axes, value_of=None):
+def _search(keys, needed, lo, hi, count_lo, count_hi, axes, value_of=None, exact=False):
     """Narrows ``[lo, hi)`` (unsigned keys, per slice) around the ``needed``-th largest key,
     where ``count_lo = #(keys >= lo) >= needed > count_hi = #(keys >= hi)``, until ``lo`` is
-    that key and ``hi = lo + 1``, or ``count_lo = needed``: then the keys in ``[lo, hi)`` are
-    those still needed, or the ties at the boundary.
+    that key and ``hi = lo + 1``, or (unless ``exact``) ``count_lo = needed``: then the keys in
+    ``[lo, hi)`` are those still needed, or the ties at the boundary.
 
     Each step counts the keys at or above one candidate (one pass). With ``value_of`` (the
     score of a key, per slice) the candidate interpolates the bracket's counts linearly in
@@ -328,7 +329,8 @@ def _search(keys, needed, lo, hi, count_lo, count_hi, axes, value_of=None):
     bits = jnp.iinfo(keys.dtype).bits
 
     def done(lo, hi, count_lo, count_hi):
-        return (count_lo <= needed) | (hi - lo <= 1) | (count_hi >= needed)
+        found = (hi - lo <= 1) | (count_hi >= needed)
+        return found if exact else found | (count_lo <= needed)
 
     def step(state):
         i, lo, hi, count_lo, count_hi, excess_lo, excess_hi, side = state
@@ -417,30 +419,45 @@ def _first_of(band, needed, in_band, axes):
 # --- the relaxations ---
 
 
-def _sigmoid(d, param, zero):
-    del param, zero
-    return jax.nn.sigmoid(d)
+# The masses of the relaxations, of ``d`` (the scores' halves less the threshold) times the
+# per-slice ``scale`` (two over the temperature): a product that overflows gives the right
+# limit (0 or 1), so no temperature needs a special case.
 
 
-def _sigmoid_slope(d, param):
-    del param
-    p = jax.nn.sigmoid(d)
-    return p * (1 - p)
+def _sigmoid(d, scale, zero):
+    del zero
+    return jax.nn.sigmoid(d * scale)
 
 
-def _clip(d, param, zero):
-    del param
-    return jnp.minimum(jnp.maximum(d, zero), zero + 1)
+def _sigmoid_slope(d, scale):
+    p = jax.nn.sigmoid(d * scale)
+    return p * (1 - p) * scale
 
 
-def _clip_slope(d, param):
-    del param
-    return ((d > 0) & (d < 1)).astype(d.dtype)
+def _sigmoid_scale_slope(d, scale, zero):
+    del zero
+    p = jax.nn.sigmoid(d * scale)
+    return jnp.where(jnp.isfinite(d), p * (1 - p) * d, 0)
+
+
+def _clip(d, scale, zero):
+    return jnp.minimum(jnp.maximum(d * scale, zero), zero + 1)
+
+
+def _clip_slope(d, scale):
+    u = d * scale
+    return jnp.where((u > 0) & (u < 1), scale, 0)
+
+
+def _clip_scale_slope(d, scale, zero):
+    del zero
+    u = d * scale
+    return jnp.where((u > 0) & (u < 1), d, 0)
 
 
 _MASSES = {
-    "soft": _threshold.Mass(_sigmoid, _sigmoid_slope),
-    "sparse": _threshold.Mass(_clip, _clip_slope),
+    "soft": _threshold.Mass(_sigmoid, _sigmoid_slope, _sigmoid_scale_slope),
+    "sparse": _threshold.Mass(_clip, _clip_slope, _clip_scale_slope),
 }
 
 
@@ -456,41 +473,59 @@ def limit_scores(x, where, axes, scale=None):
 
 
 def _relaxed_value(x, k, temperature, where, axes, kind):
-    v, top, top_count = limit_scores(x, where, axes, 1 / temperature)
-    competing = _utils.fill_masked(x, where) > -jnp.inf  # NaN: see the threshold below
-    # The finite entries: those whose scaled distance to the maximum is finite (``near``),
-    # and those where it overflows, infinitely far below (``far``).
-    near = competing & ~top & (v > -jnp.inf)
-    far = competing & ~top & (v == -jnp.inf)
-    n = _count(near, axes).astype(x.dtype)
-    far_count = _count(far, axes).astype(x.dtype)
-    capacity = jnp.clip(k, 0, n + far_count + top_count)
-    left = capacity - top_count  # for the near entries, then the far ones
-    # Ends where no threshold is needed: the +inf entries share all of k, or the near entries
-    # are all taken (and the far ones share the rest equally).
+    # Halves of the scores less their maximum (no overflow); the scale comes in the mass.
+    v, top, top_count = limit_scores(x, where, axes, 0.5)
+    finfo = jnp.finfo(x.dtype)
+    scale = jnp.clip(2 / temperature, finfo.tiny, finfo.max)
+    competing = v > -jnp.inf  # NaN: see the threshold below
+    n = _count(competing, axes).astype(x.dtype) - top_count  # the finite ones
+    capacity = jnp.clip(k, 0, n + top_count)
+    left = capacity - top_count  # for the finite entries
+    # Ends where no threshold is needed: the +inf entries share all of k, or every finite
+    # entry is taken.
     shared = left <= 0
     everything = left >= n
     top_share = capacity / jnp.maximum(top_count, 1)
-    far_share = jnp.maximum(left - n, 0) / jnp.maximum(far_count, 1)
     # The solver sees a well-posed problem in every slice; those two ends are set afterwards.
     n_safe = jnp.maximum(n, 2)
     left = jnp.where(shared | everything, n_safe / 2, left)
-    smallest = jnp.min(jnp.where(near, v, 0), axes, keepdims=True, initial=0)
+    smallest = jnp.min(jnp.where(competing & ~top, v, 0), axes, keepdims=True, initial=0)
     if kind == "soft":
-        # n sigmoid(vmin - lo) >= left and n sigmoid(0 - hi) <= left.
-        offset = jnp.log(left) - jnp.log(n_safe - left)
-        max_slope = n_safe / 4
+        # n sigmoid((vmin - lo) scale) >= left and n sigmoid((0 - hi) scale) <= left.
+        offset = (jnp.log(left) - jnp.log(n_safe - left)) / scale
+        max_slope = n_safe * scale / 4
     else:
-        # Every clip(v - lo) >= left / n and every clip(v - hi) <= left / n.
-        offset = left / n_safe
-        max_slope = n_safe
+        # Every clip((v - lo) scale) >= left / n and every clip((v - hi) scale) <= left / n.
+        offset = left / n_safe / scale
+        max_slope = n_safe * scale
     lo, hi = smallest - offset, -offset
     # Each +inf entry adds exactly 1 to the mass; a slice holding NaN gets a NaN threshold.
-    tau = _threshold.solve(v, left + top_count, lo, hi, _MASSES[kind], axes, max_slope=max_slope)
-    p = _MASSES[kind].value(v - tau, None, _utils.slice_zero(tau))
-    ends = jnp.where(top, top_share, jnp.where(far, far_share, 0))
-    p = jnp.where(everything, jnp.where(near, 1, ends), p)
-    return jnp.where(shared, ends, p) + 0 * tau
+    total = left + top_count
+    mass = _MASSES[kind]
+    tau = _threshold.solve(v, total, lo, hi, mass, axes, scale, max_slope)
+    p = mass.value(v - tau, scale, _utils.slice_zero(tau))
+    p = _resolve_ties(p, v, total, axes)
+    p = jnp.where(everything, competing.astype(x.dtype), p)
+    return jnp.where(shared, jnp.where(top, top_share, 0), p)
+
+
+def _resolve_ties(p, v, total, axes):
+    """At extreme temperatures the threshold cannot be placed finely enough between the
+    scores (it would need more digits than the dtype has) and the mass misses its total:
+    there the result is the limit t -> 0 instead, 1 above the ``ceil(total)``-th largest
+    score and what is left shared by the entries equal to it, found by counting (run only
+    when some slice misses)."""
+    eps = jnp.finfo(p.dtype).eps
+    missing = jnp.abs(jnp.sum(p, axes, keepdims=True) - total) > jnp.sqrt(eps) * total
+
+    def share(p):
+        needed = jnp.ceil(total).astype(jnp.int32)
+        competing = v > -jnp.inf
+        above, tied, chosen, in_band = _bracket_by_counting(v, competing, needed, axes, True)
+        rest = (total - chosen) / jnp.maximum(in_band, 1)
+        return jnp.where(missing, above + jnp.where(tied, rest, 0), p)
+
+    return lax.cond(jnp.any(missing), share, lambda p: p, p)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))

@@ -715,3 +715,125 @@ def np_binary_concrete_vjp(logits, noise, cotangent, temperature=1.0):
     slope = np.asarray(cotangent, np.float64) * y * (1 - y)
     finite = np.isfinite(z)
     return slope / t, np.where(finite, -slope * np.where(finite, z, 0) / t**2, 0)
+
+
+# --- top-k: the exact mask by a stable sort, the relaxations by bisection (float64) ---
+
+
+def _topk_row_ends(row, valid, k):
+    """(nan, competing, top, capacity) of one row: NaN poisons it; +inf entries come first."""
+    if np.isnan(row[valid]).any():
+        return True, None, None, None
+    competing = valid & (row > -np.inf)
+    top = competing & np.isposinf(row)
+    return False, competing, top, min(k, competing.sum())
+
+
+@_quiet
+def np_topk_mask(x, k, axis=-1, where=None, ties="first"):
+    """1 on the k largest unmasked entries above -inf (all of them when fewer), ties at the
+    k-th value broken by the lowest index ("first") or shared ("uniform"); -0.0 ties with 0.0."""
+
+    def row_fn(row, valid, i):
+        nan, competing, _, capacity = _topk_row_ends(row, valid, k)
+        if nan:
+            return np.full(row.shape, np.nan)
+        out = np.zeros(row.shape)
+        if capacity == 0:
+            return out
+        order = np.flatnonzero(competing)[np.argsort(-row[competing], kind="stable")]
+        if ties == "first":
+            out[order[:capacity]] = 1.0
+            return out
+        kth = row[order[capacity - 1]]
+        above = competing & (row > kth)
+        tied = competing & (row == kth)
+        out[above] = 1.0
+        out[tied] = (capacity - above.sum()) / tied.sum()
+        return out
+
+    x, axes, order, batch, out = _per_row(x, axis, where, row_fn)
+    return _unrows(out, x, axes, order, batch)
+
+
+def _bisect_threshold(z, capacity, mass):
+    """tau with sum mass(z - tau) = capacity, by 300 bisection steps (float64)."""
+    lo, hi = z.min() - 60.0, z.max() + 60.0
+    for _ in range(300):
+        mid = (lo + hi) / 2
+        if mid in (lo, hi):
+            break
+        lo, hi = (mid, hi) if mass(z - mid).sum() >= capacity else (lo, mid)
+    return (lo + hi) / 2
+
+
+def _sigmoid(d):
+    return np.where(
+        d >= 0, 1 / (1 + np.exp(-np.abs(d))), np.exp(-np.abs(d)) / (1 + np.exp(-np.abs(d)))
+    )
+
+
+TOPK_MASSES = {"soft": _sigmoid, "sparse": lambda d: np.clip(d, 0, 1)}
+
+
+@_quiet
+def np_relaxed_topk(x, k, axis=-1, temperature=1.0, where=None, kind="soft", fmax=np.inf):
+    """soft_topk (sigmoid) or sparse_topk (clip) with the documented limits: +inf entries take
+    one unit each first (or share k when more than k), finite entries whose distance to the
+    finite maximum over t exceeds ``fmax`` (the compute dtype's largest value: it overflows
+    there) are infinitely far below and share what the others leave; ``k`` is a scalar or one
+    per slice."""
+    x0, axes, order, _, _, _ = _rows(x, axis, where)
+    ts = _row_temperature(temperature, x0, axes, order)
+    ks = _per_slice(k, x0, axes, order)
+    mass = TOPK_MASSES[kind]
+
+    def row_fn(row, valid, i):
+        nan, competing, top, capacity = _topk_row_ends(row, valid, ks[i])
+        if nan:
+            return np.full(row.shape, np.nan)
+        out = np.zeros(row.shape)
+        n_top = top.sum()
+        if capacity <= n_top:
+            out[top] = capacity / max(n_top, 1)
+            return out
+        out[top] = 1.0
+        left = capacity - n_top
+        finite = competing & ~top
+        z = np.full(row.shape, -np.inf)
+        z[finite] = (row[finite] - row[finite].max()) / ts[i]
+        near = finite & (z >= -fmax * (1 + 1e-7))
+        far = finite & ~near
+        if left >= near.sum():
+            out[near] = 1.0
+            out[far] = (left - near.sum()) / max(far.sum(), 1)
+            return out
+        tau = _bisect_threshold(z[near], left, mass)
+        out[near] = mass(z[near] - tau)
+        return out
+
+    x, axes, order, batch, out = _per_row(x, axis, where, row_fn)
+    return _unrows(out, x, axes, order, batch)
+
+
+@_quiet
+def np_relaxed_topk_vjp(p, cotangent, k, axis=-1, temperature=1.0, kind="soft"):
+    """(dx, dk, dt) per slice of the relaxation from its output ``p`` (float64): with
+    ``s = p (1 - p)`` (soft) or the free set's indicator (sparse), ``g_hat = sum(s g) / sum(s)``:
+    ``dx = s (g - g_hat) / t``, ``dk = g_hat``, ``dt = -sum(s (g - g_hat) z) / t`` with
+    ``z = logit(p)`` (soft) or ``p`` (sparse) (the scores less the threshold, over t)."""
+    p = np.asarray(p, np.float64)
+    axes = _axes(p.ndim, axis)
+    g = np.asarray(cotangent, np.float64)
+    t = np.asarray(temperature, np.float64)
+    if kind == "soft":
+        s = p * (1 - p)
+        z = np.where(s > 0, np.log(np.where(s > 0, p, 1)) - np.log(np.where(s > 0, 1 - p, 1)), 0)
+    else:
+        s = ((p > 0) & (p < 1)).astype(np.float64)
+        z = p
+    total = s.sum(axes, keepdims=True)
+    g_hat = np.where(total > 0, (s * g).sum(axes, keepdims=True) / np.where(total > 0, total, 1), 0)
+    c = s * (g - g_hat)
+    dt = -(c * z).sum(axes, keepdims=True) / t
+    return c / t, np.squeeze(g_hat, axes), np.squeeze(dt, axes)
