@@ -82,7 +82,7 @@ def _solve(v, param, capacity, lo, hi, max_slope, mass, axes):
         drop = excess_previous - excess_tau
         secant = tau + excess_tau * (tau - previous) / jnp.where(drop != 0, drop, 1)
         inside = (secant > lo) & (secant < hi) & (drop != 0)
-        new_tau = jnp.where(inside, secant, (lo + hi) / 2)
+        new_tau = jnp.where(inside, secant, _midpoint(lo, hi))
         # The first step, from lo, has no secant: a bounded Newton step.
         new_tau = jnp.where(count == 0, tau + jnp.maximum(excess_tau, 0) / max_slope, new_tau)
         done = (
@@ -101,6 +101,18 @@ def _solve(v, param, capacity, lo, hi, max_slope, mass, axes):
 
     init = (0, lo, zero + capacity, lo, lo, hi, False)
     return lax.while_loop(keep_going, step, init)[3]
+
+
+def _midpoint(lo, hi):
+    """The bisection point of ``[lo, hi]``: the middle, or for a bracket whose ends differ by
+    orders of magnitude (a score far below the others) the geometric middle of their sizes
+    (0 across 0), so that reaching the root's scale takes a few steps rather than one per
+    factor of 2."""
+    a, b = jnp.abs(lo), jnp.abs(hi)
+    wide = (hi / 2 - lo / 2) > 512 * jnp.maximum(1, jnp.minimum(a, b))  # no overflow at fmax
+    sizes = jnp.sqrt(jnp.maximum(a, 1)) * jnp.sqrt(jnp.maximum(b, 1))
+    geometric = jnp.where(lo < 0, jnp.where(hi > 0, 0, -sizes), sizes)
+    return jnp.where(wide, jnp.clip(geometric, lo, hi), lo / 2 + hi / 2)
 
 
 @_solve.defjvp

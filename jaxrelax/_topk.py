@@ -506,7 +506,7 @@ def _relaxed_value(x, k, temperature, where, axes, kind):
     p = mass.value(v - tau, scale, _utils.slice_zero(tau))
     p = _resolve_ties(p, v, total, axes)
     p = jnp.where(everything, competing.astype(x.dtype), p)
-    return jnp.where(shared, jnp.where(top, top_share, 0), p)
+    return jnp.where(shared, jnp.where(top, top_share, 0), p) + 0 * tau  # NaN poisons
 
 
 def _resolve_ties(p, v, total, axes):

@@ -757,9 +757,10 @@ def np_topk_mask(x, k, axis=-1, where=None, ties="first"):
 
 
 def _bisect_threshold(z, capacity, mass):
-    """tau with sum mass(z - tau) = capacity, by 300 bisection steps (float64)."""
-    lo, hi = z.min() - 60.0, z.max() + 60.0
-    for _ in range(300):
+    """tau with sum mass(z - tau) = capacity, by bisection (float64)."""
+    finite = z[np.isfinite(z)]  # z = -inf (an overflowed distance) has no mass
+    lo, hi = finite.min() - 60.0, finite.max() + 60.0
+    for _ in range(3000):
         mid = (lo + hi) / 2
         if mid in (lo, hi):
             break
@@ -777,12 +778,13 @@ TOPK_MASSES = {"soft": _sigmoid, "sparse": lambda d: np.clip(d, 0, 1)}
 
 
 @_quiet
-def np_relaxed_topk(x, k, axis=-1, temperature=1.0, where=None, kind="soft", fmax=np.inf):
+def np_relaxed_topk(x, k, axis=-1, temperature=1.0, where=None, kind="soft", compute=np.float32):
     """soft_topk (sigmoid) or sparse_topk (clip) with the documented limits: +inf entries take
-    one unit each first (or share k when more than k), finite entries whose distance to the
-    finite maximum over t exceeds ``fmax`` (the compute dtype's largest value: it overflows
-    there) are infinitely far below and share what the others leave; ``k`` is a scalar or one
-    per slice."""
+    one unit each first (or share k when more than k); ``k`` is a scalar or one per slice.
+    The scores' distances to the finite maximum are rounded in the ``compute`` dtype, as the
+    library does (halved); where no threshold in float64 meets the total (an extreme
+    temperature), the t -> 0 limit: 1 above the ceil(k)-th largest score, the rest shared by
+    the entries equal to it."""
     x0, axes, order, _, _, _ = _rows(x, axis, where)
     ts = _row_temperature(temperature, x0, axes, order)
     ks = _per_slice(k, x0, axes, order)
@@ -800,16 +802,20 @@ def np_relaxed_topk(x, k, axis=-1, temperature=1.0, where=None, kind="soft", fma
         out[top] = 1.0
         left = capacity - n_top
         finite = competing & ~top
-        z = np.full(row.shape, -np.inf)
-        z[finite] = (row[finite] - row[finite].max()) / ts[i]
-        near = finite & (z >= -fmax * (1 + 1e-7))
-        far = finite & ~near
-        if left >= near.sum():
-            out[near] = 1.0
-            out[far] = (left - near.sum()) / max(far.sum(), 1)
+        if left >= finite.sum():
+            out[finite] = 1.0
             return out
-        tau = _bisect_threshold(z[near], left, mass)
-        out[near] = mass(z[near] - tau)
+        half = (row[finite] / 2).astype(compute)
+        v = (half - half.max()).astype(np.float64)  # the library's halves, rounded alike
+        z = v * (2 / ts[i])
+        tau = _bisect_threshold(z, left, mass)
+        p = mass(z - tau)
+        if abs(p.sum() - left) > 1e-6 * left:
+            needed = int(np.ceil(left))
+            kth = np.sort(v)[::-1][needed - 1]
+            above = v > kth
+            p = above + (v == kth) * (left - above.sum()) / (v == kth).sum()
+        out[finite] = p
         return out
 
     x, axes, order, batch, out = _per_row(x, axis, where, row_fn)

@@ -1,0 +1,335 @@
+"""Property-based fuzzing of the top-k family (topk_mask, soft_topk, sparse_topk, st_topk,
+gumbel_topk) against the float64 oracles of reference.py, on the configuration pool and
+value strategies of test_fuzz.py (see its docstring for the semantics checked).
+
+``k`` is a Python int for the hard, straight-through and sampled functions, fixed per
+configuration (it picks the compiled program: 0, 1, 2, half the slice, the whole slice,
+cycling through the pool) and for the relaxations also drawn per slice (an array of values
+in ``[0, n]``, halves included). Beyond test_fuzz.py's checks: the relaxations lie in
+[0, 1] and sum to ``min(k, entries taking part)``; ``+inf`` entries take a unit each before
+the finite ones.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import reference as ref
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from reference import EMPTY, NAN_SLICE
+from test_fuzz import (
+    COMPILER_OPTIONS,
+    GRAD_TOL,
+    POOL,
+    SAMPLER_POOL,
+    SPARSE_TOL,
+    TOL,
+    _assert_forward,
+    _collect,
+    _cotangent,
+    _events,
+    _hard_oracles,
+    _items,
+    _slice_max_abs,
+    assert_exact,
+    assert_param_grad,
+    assert_values,
+    assert_x_grad,
+    cases,
+)
+
+import jaxrelax
+
+FUNCTIONS = [
+    "topk_mask",
+    "topk_mask_uniform",
+    "soft_topk",
+    "soft_topk_per_slice",
+    "sparse_topk",
+    "sparse_topk_per_slice",
+    "st_topk",
+    "st_topk_sparse",
+    "st_topk_identity",
+]
+SAMPLERS = ["gumbel_topk", "gumbel_topk_hard"]
+
+
+def _k(config):
+    """The int k of a configuration: 0, 1, 2, half or all of the slice, by its place in the
+    pool."""
+    size = int(np.prod([config.shape[a] for a in _axes(config)]))
+    index = (POOL + SAMPLER_POOL).index(config)
+    return min([size // 2, 1, size, 0, 2][index % 5], size)
+
+
+def _axes(config):
+    ndim = len(config.shape)
+    if config.axis is None:
+        return tuple(range(ndim))
+    return tuple(sorted(a % ndim for a in np.atleast_1d(config.axis)))
+
+
+def _k_slices(draw, case):
+    """One k per slice, in [0, n]."""
+    values = st.sampled_from(sorted({0.0, 0.5, 1.0, 1.5, case.size / 2, case.size - 0.5}))
+    values = values.map(lambda v: min(max(v, 0.0), float(case.size)))
+    k = draw(arrays(np.float64, case.keep_shape, elements=values))
+    return np.asarray(k, case.compute)
+
+
+_PROGRAMS = {}
+
+
+def _program(family, config, is_float):
+    if (family, config) not in _PROGRAMS:
+        _PROGRAMS[family, config] = {}
+    return _PROGRAMS[family, config]
+
+
+def _run(family, case, builder, *args):
+    _events(case)
+    cache = _program(family, case.config, case.is_float)
+    with case.context():
+        if "compiled" not in cache:
+            errors = {}
+            program = functools.partial(builder, config=case.config, errors=errors)
+            program = functools.partial(program, is_float=case.is_float)
+            compiled = jax.jit(program).lower(*args).compile(compiler_options=COMPILER_OPTIONS)
+            cache["compiled"], cache["errors"] = compiled, errors
+        return jax.device_get(cache["compiled"](*args)), cache["errors"]
+
+
+def _deterministic(x, t, where, g, k_slices, *, config, is_float, errors):
+    axis, k = config.axis, _k(config)
+
+    def relaxed(fn, x, t, k):
+        return fn(x, k, axis, temperature=t, where=where)
+
+    def st(x, t, backward):
+        return jaxrelax.st_topk(x, k, axis, temperature=t, where=where, backward=backward)
+
+    functions = {
+        "topk_mask": (lambda x, t: jaxrelax.topk_mask(x, k, axis, where=where), (x, t), g),
+        "topk_mask_uniform": (
+            lambda x, t: jaxrelax.topk_mask(x, k, axis, where=where, ties="uniform"),
+            (x, t),
+            g,
+        ),
+        "soft_topk": (lambda x, t: relaxed(jaxrelax.soft_topk, x, t, k), (x, t), g),
+        "soft_topk_per_slice": (
+            functools.partial(relaxed, jaxrelax.soft_topk),
+            (x, t, k_slices),
+            g,
+        ),
+        "sparse_topk": (lambda x, t: relaxed(jaxrelax.sparse_topk, x, t, k), (x, t), g),
+        "sparse_topk_per_slice": (
+            functools.partial(relaxed, jaxrelax.sparse_topk),
+            (x, t, k_slices),
+            g,
+        ),
+        "st_topk": (functools.partial(st, backward="soft"), (x, t), g),
+        "st_topk_sparse": (functools.partial(st, backward="sparse"), (x, t), g),
+        "st_topk_identity": (functools.partial(st, backward="identity"), (x, t), g),
+    }
+    return _collect(functions, is_float, errors)
+
+
+def _results(name, case, builder, *args):
+    results, errors = _run(builder.__name__, case, builder, *args)
+    if name in errors:
+        raise errors[name]
+    return results[name]
+
+
+def _kind(name):
+    return "sparse" if "sparse" in name else "soft"
+
+
+def _assert_relaxed(value, want, case, k):
+    """In [0, 1] (NaN slices aside), summing to min(k, entries taking part) per slice."""
+    value = np.asarray(value, np.float64)
+    kinds = case.per_element(case.kinds)
+    live = kinds != NAN_SLICE
+    assert ((value[live] >= 0) & (value[live] <= 1)).all(), f"outside [0, 1]: {value} {case}"
+    if case.size:
+        sums = np.sum(np.where(live, value, 0), axis=case.axes)
+        want_sums = np.sum(np.where(live, np.nan_to_num(want), 0), axis=case.axes)
+        tol = 10 * float(jnp.finfo(case.out).eps) * max(1, case.size)
+        ok = (case.kinds == NAN_SLICE) | (np.abs(sums - want_sums) <= tol * np.maximum(1, k))
+        assert ok.all(), f"sums {sums}, expected {want_sums} for {case}"
+
+
+def _check_relaxed_grads(name, case, p, g, grads, k):
+    """Against the closed-form VJP of the oracle's output (soft), or of the library's own
+    output for sparse_topk, whose free set {0 < p < 1} is decided by rounding at the
+    breakpoints."""
+    kind = _kind(name)
+    tol = GRAD_TOL[case.out_name]
+    t = case.slice_t()
+    t_keep = np.expand_dims(t, case.axes)
+    g_max = _slice_max_abs(case, g)
+    dx, dk, dt = ref.np_relaxed_topk_vjp(p, g, k, case.axes, t_keep, kind)
+    dt = dt if np.ndim(dt) else np.full(case.slice_shape, dt)
+    if kind == "soft":
+        s = p * (1 - p)
+        z = np.where(s > 0, np.log(np.where(s > 0, p, 1)) - np.log(np.where(s > 0, 1 - p, 1)), 0)
+    else:
+        s = ((p > 0) & (p < 1)).astype(np.float64)
+        z = p
+    spread = np.sum(np.where(case.valid, s * (1 + np.abs(z)), 0), axis=case.axes)
+    assert_x_grad(grads[0], dx, case, g_max / t, tol)
+    assert_param_grad(grads[1], dt, case, g_max / t * (1 + spread), tol, case.t_array, "dt")
+    if len(grads) > 2:
+        assert_param_grad(grads[2], dk, case, g_max, tol, k, "dk")
+
+
+@pytest.mark.parametrize("name, config", _items(FUNCTIONS, POOL))
+@given(data=st.data())
+def test_topk(name, config, data):
+    case = data.draw(cases(config, name), label="case")
+    k_slices = _k_slices(data.draw, case)
+    g = _cotangent(case, case.x.shape)
+    value, *rest = _results(
+        name, case, _deterministic, case.x, case.t_array, case.where, g, k_slices
+    )
+    k = k_slices if name.endswith("per_slice") else _k(config)
+    hard = name.startswith(("topk_mask", "st_topk"))
+    if hard:
+        ties = "uniform" if name.endswith("uniform") else "first"
+        oracles = _hard_oracles(case, lambda x: ref.np_topk_mask(x, k, case.axis, case.where, ties))
+        assert_exact(value, oracles, case)
+    else:
+        want = ref.np_relaxed_topk(
+            case.xc, k, case.axis, case.t, case.where, _kind(name), case.compute
+        )
+        assert_values(value, want, case, SPARSE_TOL[case.out_name])
+        _assert_relaxed(value, want, case, k)
+    if not case.is_float:
+        return
+    forward, grads = rest
+    _assert_forward(value, forward, case, hard, TOL[case.out_name])
+    if name.startswith("topk_mask"):
+        assert_x_grad(grads[0], np.zeros(case.x.shape), case, 0 * _slice_max_abs(case, g), 0)
+        return
+    if name == "st_topk_identity":
+        want = np.where(case.valid, g.astype(np.float64), 0)
+        assert_x_grad(grads[0], want, case, 0 * _slice_max_abs(case, g), 0)
+        return
+    kind = "sparse" if name == "st_topk_sparse" else _kind(name)
+    if kind == "sparse":
+        p = np.asarray(value if not hard else _library(case, k, kind), np.float64)
+    else:
+        p = ref.np_relaxed_topk(case.xc, k, case.axis, case.t, case.where, "soft", case.compute)
+    _check_relaxed_grads(kind if hard else name, case, p, g, grads, k)
+
+
+def _library(case, k, kind):
+    """The relaxation's output as the library computes it (for st_topk's backward pass)."""
+    fn = jaxrelax.sparse_topk if kind == "sparse" else jaxrelax.soft_topk
+    with case.context():
+        return fn(case.x, k, case.axis, temperature=case.t_array, where=case.where)
+
+
+# --- gumbel_topk ---
+
+
+def _samplers(key, x, t, where, g, *, config, is_float, errors):
+    axis, k = config.axis, _k(config)
+    compute = x.dtype if x.dtype == jnp.float64 else jnp.float32
+
+    def sample(x, t, hard):
+        return jaxrelax.gumbel_topk(key, x, k, axis, temperature=t, hard=hard, where=where)
+
+    functions = {
+        "gumbel_topk": (functools.partial(sample, hard=False), (x, t), g),
+        "gumbel_topk_hard": (functools.partial(sample, hard=True), (x, t), g),
+    }
+    return _collect(functions, is_float, errors), jax.random.gumbel(key, x.shape, compute)
+
+
+@pytest.mark.parametrize("name, config", _items(SAMPLERS, SAMPLER_POOL))
+@given(data=st.data())
+def test_gumbel_topk(name, config, data):
+    case = data.draw(cases(config, name), label="case")
+    g = _cotangent(case, case.x.shape)
+    with case.context():
+        key = jax.random.key(case.seed)
+    (results, noise), errors = _run(
+        "samplers", case, _samplers, key, case.x, case.t_array, case.where, g
+    )
+    if name in errors:
+        raise errors[name]
+    value, forward, grads = results[name]
+    k = _k(config)
+    perturbed = _perturbed(case, np.asarray(noise), k)
+    hard = name.endswith("hard")
+    soft = ref.np_relaxed_topk(perturbed, k, case.axis, case.t, case.where, "soft", case.compute)
+    if hard:
+        _assert_subset(value, perturbed, case, k)
+    else:
+        assert_values(value, soft, case, SPARSE_TOL[case.out_name])
+        _assert_relaxed(value, soft, case, k)
+    _assert_forward(value, forward, case, hard, TOL[case.out_name])
+    _check_relaxed_grads("soft", case, soft, g, grads, k)
+
+
+def _perturbed(case, noise, k):
+    """The perturbed logits as the library forms them, in the compute dtype: the logits less
+    the maximum of their finite entries plus the noise, +inf logits kept (drawn first); in a
+    slice with more than k +inf logits, those are the noise alone and all others -inf."""
+    x = case.xc
+    compute = case.compute
+    with np.errstate(all="ignore"):
+        mask = case.mask
+        top = mask & np.isposinf(x)
+        finite = mask & ~top & ~np.isneginf(x)
+        m = np.max(np.where(finite, x, -np.inf), axis=case.axes, keepdims=True, initial=-np.inf)
+        m = np.where(np.isfinite(m), m, 0).astype(compute)
+        shifted = np.where(finite | np.isnan(x), (x - m).astype(compute), -np.inf)
+        shifted = np.where(top, np.inf, np.where(mask, shifted, -np.inf))
+        many = np.sum(top, axis=case.axes, keepdims=True) > k
+        limit = np.where(many, np.where(top, 0, -np.inf), shifted).astype(compute)
+        return (limit + noise.astype(compute)).astype(np.float64)
+
+
+def _assert_subset(value, perturbed, case, k):
+    """A k-hot of the largest perturbed logits (min(k, classes left) of them), up to the
+    rounding of the compute dtype: zeros for empty slices, NaN for NaN slices."""
+    got = np.asarray(value)
+    assert got.dtype == case.out and got.shape == case.x.shape
+    got = got.astype(np.float64)
+    kinds = case.per_element(case.kinds)
+    nan, empty = kinds == NAN_SLICE, kinds == EMPTY
+    assert np.isnan(got[nan]).all(), f"sample not NaN in NaN slices: {got} for {case}"
+    assert (got[empty] == 0).all(), f"sample not 0 in empty slices: {got} for {case}"
+    live = ~nan & ~empty
+    assert np.isin(got[live], [0, 1]).all(), f"sample not k-hot: {got} for {case}"
+    assert (got[live & ~case.valid] == 0).all(), f"masked or -inf class sampled: {got} {case}"
+    if not case.size:
+        return
+    counts = np.sum(np.where(live, got, 0), axis=case.axes)
+    available = np.sum(case.valid, axis=case.axes)
+    live_slices = (case.kinds != NAN_SLICE) & (case.kinds != EMPTY)
+    assert (counts[live_slices] == np.minimum(k, available)[live_slices]).all(), (
+        f"not min(k, available) classes per slice: {got} for {case}"
+    )
+    with np.errstate(invalid="ignore", over="ignore"):
+        v = np.where(case.valid, perturbed, -np.inf)
+        eps = float(jnp.finfo(case.compute).eps)
+        slack = 4 * eps * (np.abs(np.where(np.isfinite(v), v, 0)) + 1)
+        # Every chosen class is at least (to rounding) every class left out.
+        chosen = live & (got == 1)
+        lowest_chosen = np.min(np.where(chosen, v + slack, np.inf), axis=case.axes, initial=np.inf)
+        highest_left = np.max(
+            np.where(live & (got == 0) & case.valid, v - slack, -np.inf),
+            axis=case.axes,
+            initial=-np.inf,
+        )
+    ok = ~live_slices | (lowest_chosen >= highest_left)
+    assert ok.all(), f"not the top k of logits + noise: {got}, perturbed {perturbed} for {case}"
