@@ -504,28 +504,40 @@ def _relaxed_value(x, k, temperature, where, axes, kind):
     mass = _MASSES[kind]
     tau = _threshold.solve(v, total, lo, hi, mass, axes, scale, max_slope)
     p = mass.value(v - tau, scale, _utils.slice_zero(tau))
-    p = _resolve_ties(p, v, total, axes)
+    p = _settle(p, v, total, axes, kind)
     p = jnp.where(everything, competing.astype(x.dtype), p)
     return jnp.where(shared, jnp.where(top, top_share, 0), p) + 0 * tau  # NaN poisons
 
 
-def _resolve_ties(p, v, total, axes):
-    """At extreme temperatures the threshold cannot be placed finely enough between the
-    scores (it would need more digits than the dtype has) and the mass misses its total:
-    there the result is the limit t -> 0 instead, 1 above the ``ceil(total)``-th largest
-    score and what is left shared by the entries equal to it, found by counting (run only
-    when some slice misses)."""
-    eps = jnp.finfo(p.dtype).eps
-    missing = jnp.abs(jnp.sum(p, axes, keepdims=True) - total) > jnp.sqrt(eps) * total
+def _settle(p, v, total, axes, kind):
+    """Makes each slice's mass meet its total where the threshold could not (run only when
+    some slice misses by more than rounding).
 
-    def share(p):
+    The threshold's own rounding (one ulp, times a large scale at a small temperature) can
+    leave the sum off by more than rounding: then one Newton step on the threshold, taken in
+    the output, ``p - e s / sum(s)`` with ``e`` the excess and ``s`` the mass's slope
+    (``p (1 - p)``, or the free set's indicator), moves it by less than an ulp. At extreme
+    temperatures even that is unresolved (every ``p`` is 0 or 1): there the result is the
+    limit t -> 0 instead, 1 above the ``ceil(total)``-th largest score and what is left
+    shared by the entries equal to it, found by counting.
+    """
+    eps = jnp.finfo(p.dtype).eps
+    excess = jnp.sum(p, axes, keepdims=True) - total
+    off = jnp.abs(excess) > 8 * eps * jnp.maximum(total, 1)
+
+    def settle(p):
+        slope = p * (1 - p) if kind == "soft" else jnp.ceil(p) - jnp.floor(p)
+        room = jnp.sum(slope, axes, keepdims=True)
+        stepped = jnp.clip(p - excess * slope / jnp.maximum(room, jnp.finfo(p.dtype).tiny), 0, 1)
         needed = jnp.ceil(total).astype(jnp.int32)
         competing = v > -jnp.inf
         above, tied, chosen, in_band = _bracket_by_counting(v, competing, needed, axes, True)
         rest = (total - chosen) / jnp.maximum(in_band, 1)
-        return jnp.where(missing, above + jnp.where(tied, rest, 0), p)
+        limit = above + jnp.where(tied, rest, 0)
+        resolved = room > jnp.sqrt(eps) * jnp.abs(excess)
+        return jnp.where(off, jnp.where(resolved, stepped, limit), p)
 
-    return lax.cond(jnp.any(missing), share, lambda p: p, p)
+    return lax.cond(jnp.any(off), settle, lambda p: p, p)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))

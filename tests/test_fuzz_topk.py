@@ -183,10 +183,14 @@ def _check_relaxed_grads(name, case, p, g, grads, k):
         s = ((p > 0) & (p < 1)).astype(np.float64)
         z = p
     spread = np.sum(np.where(case.valid, s * (1 + np.abs(z)), 0), axis=case.axes)
-    assert_x_grad(grads[0], dx, case, g_max / t, tol)
-    assert_param_grad(grads[1], dt, case, g_max / t * (1 + spread), tol, case.t_array, "dt")
+    # Where the slope's total is at the rounding of p (every p within ulps of 0 or 1), the
+    # gradient is decided by that rounding (0 / 0 in the limit): it is not compared.
+    rounded = np.sum(np.where(case.valid, s, 0), axis=case.axes) < 1e3 * np.finfo(case.compute).eps
+    assert_x_grad(grads[0], dx, case, g_max / t, tol, skip=rounded)
+    scale = g_max / t * (1 + spread)
+    assert_param_grad(grads[1], dt, case, scale, tol, case.t_array, "dt", skip=rounded)
     if len(grads) > 2:
-        assert_param_grad(grads[2], dk, case, g_max, tol, k, "dk")
+        assert_param_grad(grads[2], dk, case, g_max, tol, k, "dk", skip=rounded)
 
 
 @pytest.mark.parametrize("name, config", _items(FUNCTIONS, POOL))
