@@ -159,10 +159,7 @@ def gumbel_topk(
     hard = _utils.check_flag(hard, "hard")
     a = _utils.prepare(logits, axis, temperature, where, name="logits", integers=False)
     k = _topk.check_count(k, _utils.slice_size(a.x.shape, a.axes))
-    # +inf logits are drawn first; where there are more than k of them, the noise decides.
-    v, top, top_count = _topk.limit_scores(a.x, a.where, a.axes)
-    limit = jnp.where(top_count > k, jnp.where(top, 0, -jnp.inf), v)
-    perturbed = limit + jax.random.gumbel(key, a.x.shape, a.x.dtype)
+    perturbed = _limit_for_subsets(a, k) + jax.random.gumbel(key, a.x.shape, a.x.dtype)
     if hard:
         value = _straight_through.st_topk_rule(
             perturbed, a.temperature, a.where, a.axes, k, "first", "soft"
@@ -339,6 +336,28 @@ def _limit_logits(a: _utils.Prepared) -> jax.Array:
     +inf logits, 0 at those and -inf elsewhere (the limit of equal, ever larger logits), so
     that the noise decides among the +inf classes as among equal finite ones."""
     return _utils.shift_by_max(a.x, a.where, a.axes)[1]
+
+
+def _limit_for_subsets(a: _utils.Prepared, k: int) -> jax.Array:
+    """The logits less the maximum of their finite entries, +inf logits kept (they are drawn
+    first); in a slice with more than ``k`` +inf logits, 0 at those and -inf elsewhere, so
+    that the noise decides among them. The gradient passes through unchanged: the
+    relaxation's own backward pass gives 0 wherever the sample cannot move."""
+    v, top, top_count = _topk.limit_scores(lax.stop_gradient(a.x), a.where, a.axes)
+    limit = jnp.where(top_count > k, jnp.where(top, 0, -jnp.inf), v)
+    return _unit_slope(a.x, limit)
+
+
+@jax.custom_jvp
+def _unit_slope(x, value):
+    """``value`` (computed without a gradient), with the derivative of ``x``."""
+    del x
+    return value
+
+
+@_unit_slope.defjvp
+def _unit_slope_jvp(primals, tangents):
+    return primals[1], tangents[0]
 
 
 # --- Gumbel-Rao ---

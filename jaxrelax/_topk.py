@@ -201,8 +201,8 @@ def sparse_topk(
 
 def check_count(k, n: int) -> int:
     """``k`` as an int in ``[0, n]``, or an error naming it."""
-    k = _utils.check_integer(k, "k", low=0)
-    if k > n:
+    k = _utils.check_integer(k, "k", low=-_utils.MAX_INT32)
+    if not 0 <= k <= n:
         raise ValueError(f"k must be in [0, {n}] (the size of the reduced axes), got {k}")
     return k
 

@@ -17,7 +17,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 import jaxrelax  # noqa: E402
 
 KEY = jax.random.key(0)  # random bits do not depend on the sharding (partitionable threefry)
-KEY = jax.random.key(0)  # random bits do not depend on the sharding (partitionable threefry)
 FUNCTIONS = {
     "hardmax": lambda x, w: jaxrelax.hardmax(x, where=w),
     "softmax": lambda x, w: jaxrelax.softmax(x, temperature=0.7, where=w),
@@ -43,6 +42,11 @@ FUNCTIONS = {
     "entmax_loss": lambda x, w: jaxrelax.entmax_loss(
         x, jax.nn.one_hot(jnp.argmax(x, -1), x.shape[-1]), where=w
     ),
+    "topk_mask": lambda x, w: jaxrelax.topk_mask(x, 8, where=w, ties="uniform"),
+    "soft_topk": lambda x, w: jaxrelax.soft_topk(x, 8, temperature=0.7, where=w),
+    "sparse_topk": lambda x, w: jaxrelax.sparse_topk(x, 8, temperature=0.7, where=w),
+    "st_topk": lambda x, w: jaxrelax.st_topk(x, 8, temperature=0.7, where=w),
+    "gumbel_topk_hard": lambda x, w: jaxrelax.gumbel_topk(KEY, x, 8, hard=True, where=w),
 }
 
 

@@ -18,8 +18,15 @@ TEMPERED = {
     "sparsemax": jaxrelax.sparsemax,
     "entmax15": jaxrelax.entmax15,
     "entmax": lambda x, axis=-1, **kwargs: jaxrelax.entmax(x, 1.3, axis, **kwargs),
+    "soft_topk": lambda x, axis=-1, **kwargs: jaxrelax.soft_topk(x, 1, axis, **kwargs),
+    "sparse_topk": lambda x, axis=-1, **kwargs: jaxrelax.sparse_topk(x, 0.5, axis, **kwargs),
+    "st_topk": lambda x, axis=-1, **kwargs: jaxrelax.st_topk(x, 1, axis, **kwargs),
 }
-MASKED = {"hardmax": jaxrelax.hardmax, **TEMPERED}
+MASKED = {
+    "hardmax": jaxrelax.hardmax,
+    "topk_mask": lambda x, axis=-1, **kwargs: jaxrelax.topk_mask(x, 1, axis, **kwargs),
+    **TEMPERED,
+}
 
 
 @pytest.mark.parametrize(
@@ -177,3 +184,62 @@ def test_bad_choices():
         jaxrelax.st_max(X, method="max")
     with pytest.raises(ValueError, match="backward must be one of"):
         jaxrelax.st_hardmax(X, backward="sparsemax")
+
+
+INT_K = {
+    "topk_mask": lambda k: jaxrelax.topk_mask(X, k),
+    "st_topk": lambda k: jaxrelax.st_topk(X, k),
+    "gumbel_topk": lambda k: jaxrelax.gumbel_topk(jax.random.key(0), X, k),
+}
+REAL_K = {
+    "soft_topk": lambda k: jaxrelax.soft_topk(X, k),
+    "sparse_topk": lambda k: jaxrelax.sparse_topk(X, k),
+}
+
+
+@pytest.mark.parametrize("name", INT_K)
+def test_k_must_be_an_int_in_range(name):
+    fn = INT_K[name]
+    for k in [-1, 4]:
+        with pytest.raises(ValueError, match=r"k must be .*in \[0, 3\]"):
+            fn(k)
+    for k in [1.5, 2.0, True, None, "2", jnp.array([1, 2])]:
+        with pytest.raises(TypeError, match="k must be a concrete integer"):
+            fn(k)
+    with pytest.raises(TypeError, match="k must be a concrete integer"):
+        jax.jit(fn)(2)  # traced
+    assert fn(np.int64(2)).shape == fn(jnp.array(2)).shape == X.shape
+
+
+@pytest.mark.parametrize("name", REAL_K)
+def test_k_must_be_real_in_range(name):
+    fn = REAL_K[name]
+    for k in [-0.5, 3.5, np.inf, np.nan, jnp.array([[1.0], [4.0]])]:
+        with pytest.raises(ValueError, match=r"k must be in \[0, 3\]"):
+            fn(k)
+    for k in [None, "2", 1j]:
+        with pytest.raises(TypeError, match="k must be a real number"):
+            fn(k)
+    with pytest.raises(ValueError, match="k of shape"):
+        fn(jnp.ones((2, 3)))  # one k per slice has size 1 along the axis
+    assert fn(jnp.array([[1.0], [2.5]])).shape == X.shape
+    assert jax.jit(fn)(2.5).shape == X.shape  # traced: not checked
+
+
+def test_bad_topk_choices():
+    with pytest.raises(ValueError, match="ties must be one of"):
+        jaxrelax.topk_mask(X, 2, ties="random")
+    with pytest.raises(ValueError, match="ties must be one of"):
+        jaxrelax.st_topk(X, 2, ties="last")
+    with pytest.raises(ValueError, match="backward must be one of"):
+        jaxrelax.st_topk(X, 2, backward="softmax")
+    with pytest.raises(TypeError, match="hard must be a bool"):
+        jaxrelax.gumbel_topk(jax.random.key(0), X, 2, hard="yes")
+    with pytest.raises(TypeError, match="key must be"):
+        jaxrelax.gumbel_topk(0, X, 2)
+    with pytest.raises(TypeError, match="logits must be a floating-point array"):
+        jaxrelax.gumbel_topk(jax.random.key(0), jnp.array([1, 2, 3]), 2)
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        jaxrelax.gumbel_topk(jax.random.key(0), X, 2, temperature=0.0)
+    with pytest.raises(ValueError, match="where of shape"):
+        jaxrelax.gumbel_topk(jax.random.key(0), X, 2, where=jnp.ones((3, 2), bool))

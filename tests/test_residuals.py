@@ -41,6 +41,14 @@ def _input_sized(fn, x):
         (lambda x: jaxrelax.sparsemax(x, temperature=0.5), 1),
         (lambda x: jaxrelax.entmax15(x, temperature=0.5, where=BROADCAST_MASK), 1),
         (lambda x: jaxrelax.entmax(x, 1.3, temperature=0.5), 1),
+        (lambda x: jaxrelax.topk_mask(x, 3), 0),
+        (lambda x: jaxrelax.soft_topk(x, 3, temperature=0.5, where=BROADCAST_MASK), 1),
+        (lambda x: jaxrelax.sparse_topk(x, 3.5, temperature=0.5), 1),
+        (lambda x: jaxrelax.st_topk(x, 3, temperature=0.5), 1),
+        (lambda x: jaxrelax.st_topk(x, 3, backward="sparse", where=BROADCAST_MASK), 1),
+        (lambda x: jaxrelax.st_topk(x, 3, backward="identity"), 1),
+        (lambda x: jaxrelax.gumbel_topk(jax.random.key(0), x, 3, hard=True), 1),
+        (lambda x: jaxrelax.gumbel_topk(jax.random.key(0), x, 3), 1),
     ],
 )
 def test_saved_residuals(fn, expected):

@@ -37,6 +37,36 @@ FUNCTIONS = {
         None,
         True,
     ),
+    "topk_mask": (lambda x, axis, t: jaxrelax.topk_mask(x, 2, axis), True, False),
+    "topk_mask_uniform": (
+        lambda x, axis, t: jaxrelax.topk_mask(x, 2, axis, ties="uniform"),
+        True,
+        False,
+    ),
+    "soft_topk": (lambda x, axis, t: jaxrelax.soft_topk(x, 2.5, axis, temperature=t), True, True),
+    "sparse_topk": (
+        lambda x, axis, t: jaxrelax.sparse_topk(x, 2, axis, temperature=t),
+        True,
+        False,
+    ),
+    "st_topk": (_tempered(lambda x, axis, **kw: jaxrelax.st_topk(x, 2, axis, **kw)), True, False),
+    "st_topk_sparse": (
+        _tempered(lambda x, axis, **kw: jaxrelax.st_topk(x, 2, axis, backward="sparse", **kw)),
+        True,
+        False,
+    ),
+    "gumbel_topk": (
+        lambda x, axis, t: jaxrelax.gumbel_topk(jax.random.key(0), x, 2, axis, temperature=t),
+        True,
+        True,
+    ),
+    "gumbel_topk_hard": (
+        lambda x, axis, t: jaxrelax.gumbel_topk(
+            jax.random.key(0), x, 2, axis, temperature=t, hard=True
+        ),
+        True,
+        False,
+    ),
 }
 AXES = [-1, 0, (0, 2)]
 
@@ -82,7 +112,7 @@ def test_jit_vmap_grad(name, axis, rng):
     # grad-of-grad: d/dt of the x-gradient, through the custom rules
     second = jax.grad(lambda t: jnp.sum(jax.grad(loss)(x, t) * weights.sum()))(t)
     assert jnp.isfinite(second)
-    if name.startswith("hardmax"):
+    if name.startswith(("hardmax", "topk_mask")):
         assert (gx == 0).all() and gt == 0
 
 
@@ -96,9 +126,13 @@ def test_dtypes(name, dtype, rng):
         assert out.dtype == dtype
         g = jax.grad(lambda x: fn(x, -1, 0.5).astype(jnp.float32).sum())(x)
         assert g.dtype == dtype and jnp.isfinite(g.astype(jnp.float32)).all()
+        if name.startswith("gumbel") and dtype == jnp.float64:
+            return  # the noise is drawn in the logits' dtype
         ref = fn(x.astype(jnp.float32), -1, 0.5)  # bf16 is computed in float32 and rounded once
+        # (float64 against float32: the top-k thresholds hold float32's rounding, eps * n)
+        atol = 1e-6 if "topk" in name and dtype == jnp.float64 else 1e-7
         np.testing.assert_allclose(
-            out.astype(jnp.float32), ref.astype(dtype).astype(jnp.float32), rtol=1e-6, atol=1e-7
+            out.astype(jnp.float32), ref.astype(dtype).astype(jnp.float32), rtol=1e-6, atol=atol
         )
 
 
@@ -144,8 +178,10 @@ def test_traced_temperature_is_not_checked_under_jit():
         assert np.isnan(jax.jit(lambda t: jaxrelax.sparsemax(x, temperature=t))(t)).all()
 
 
-@pytest.mark.parametrize("name", [n for n in FUNCTIONS if n != "spatial_soft_argmax"])
-def test_empty_slices(name):
+@pytest.mark.parametrize(
+    "name", [n for n in FUNCTIONS if n != "spatial_soft_argmax" and "topk" not in n]
+)
+def test_empty_slices(name):  # (top-k: k = 0 on empty slices, in test_fuzz_topk.py)
     fn, _, _ = FUNCTIONS[name]
     x = jnp.zeros((3, 0))
     out = fn(x, -1, 0.5)
