@@ -343,14 +343,15 @@ def _limit_for_subsets(a: _utils.Prepared, k: int) -> jax.Array:
     first); in a slice with more than ``k`` +inf logits, 0 at those and -inf elsewhere, so
     that the noise decides among them. The gradient passes through unchanged: the
     relaxation's own backward pass gives 0 wherever the sample cannot move."""
-    v, top, top_count = _topk.limit_scores(lax.stop_gradient(a.x), a.where, a.axes)
+    v, top, top_count = _topk.limit_scores(a.x, a.where, a.axes)
     limit = jnp.where(top_count > k, jnp.where(top, 0, -jnp.inf), v)
     return _unit_slope(a.x, limit)
 
 
 @jax.custom_jvp
 def _unit_slope(x, value):
-    """``value`` (computed without a gradient), with the derivative of ``x``."""
+    """``value``, a function of ``x`` whose first derivative is taken to be the identity (its
+    own, through the masks, is needed only at second order)."""
     del x
     return value
 

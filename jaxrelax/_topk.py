@@ -255,6 +255,11 @@ SMALL_K = 64  # below this, XLA's TopK finds the k-th largest score faster than 
 
 
 def _count(mask, axes):
+    """The number of True entries per slice, as int32. Summed in float32 where that is exact
+    (slices under 2**24 entries): XLA's CPU backend vectorises float reductions, not integer
+    ones (about three times faster)."""
+    if _utils.slice_size(mask.shape, axes) < 2**24:
+        return jnp.sum(mask.astype(jnp.float32), axes, keepdims=True).astype(jnp.int32)
     return jnp.sum(mask, axes, keepdims=True, dtype=jnp.int32)
 
 
@@ -466,15 +471,21 @@ def limit_scores(x, where, axes, scale=None):
     ``scale`` (see :func:`jaxrelax._utils.shift_by_max`), with ``+inf`` entries (``top``)
     kept at ``+inf`` and masked ones at ``-inf``; ``top_count`` per slice. ``+inf`` is the
     limit of ever larger scores: each such entry takes a whole unit of k, before any other."""
+    v, top, top_count, _ = _limit_scores(x, where, axes, scale)
+    return v, top, top_count
+
+
+def _limit_scores(x, where, axes, scale):
     x = _utils.fill_masked(x, where)
     top = x == jnp.inf
-    _, v = _utils.shift_by_max(x, ~top, axes, scale)
-    return jnp.where(top, jnp.inf, v), top, jnp.sum(top, axes, keepdims=True, dtype=x.dtype)
+    m, v = _utils.shift_by_max(x, ~top, axes, scale)
+    top_count = jnp.sum(top, axes, keepdims=True, dtype=x.dtype)
+    return jnp.where(top, jnp.inf, v), top, top_count, m
 
 
 def _relaxed_value(x, k, temperature, where, axes, kind):
     # Halves of the scores less their maximum (no overflow); the scale comes in the mass.
-    v, top, top_count = limit_scores(x, where, axes, 0.5)
+    v, top, top_count, top_finite = _limit_scores(x, where, axes, 0.5)
     finfo = jnp.finfo(x.dtype)
     scale = jnp.clip(2 / temperature, finfo.tiny, finfo.max)
     competing = v > -jnp.inf  # NaN: see the threshold below
@@ -498,15 +509,46 @@ def _relaxed_value(x, k, temperature, where, axes, kind):
         # Every clip((v - lo) scale) >= left / n and every clip((v - hi) scale) <= left / n.
         offset = left / n_safe / scale
         max_slope = n_safe * scale
-    lo, hi = smallest - offset, -offset
     # Each +inf entry adds exactly 1 to the mass; a slice holding NaN gets a NaN threshold.
     total = left + top_count
     mass = _MASSES[kind]
-    tau = _threshold.solve(v, total, lo, hi, mass, axes, scale, max_slope)
-    p = mass.value(v - tau, scale, _utils.slice_zero(tau))
+    tau = _threshold.solve(v, total, smallest - offset, -offset, mass, axes, scale, max_slope)
+    coarse = coarse_shift(top_finite, scale)
+
+    def refine(v, tau):
+        # A score nearest the threshold (the largest of those): m + 2 tau would carry the
+        # maximum's rounding.
+        finite = competing & ~top
+        gap = jnp.where(finite, jnp.abs(v - tau), jnp.inf)
+        nearest = finite & (gap == jnp.min(gap, axes, keepdims=True, initial=jnp.inf))
+        anchor = jnp.max(jnp.where(nearest, x, -jnp.inf), axes, keepdims=True, initial=-jnp.inf)
+        anchor = jnp.where(coarse & jnp.isfinite(anchor), anchor, 0)
+        near = jnp.where(competing & ~top, x / 2 - anchor / 2, v)  # masked, +-inf: as they are
+        low = jnp.min(jnp.where(competing & ~top, near, 0), axes, keepdims=True, initial=0)
+        high = jnp.max(jnp.where(competing & ~top, near, 0), axes, keepdims=True, initial=0)
+        again = _threshold.solve(near, total, low - offset, high - offset, mass, axes, scale)
+        return jnp.where(coarse, near, v), jnp.where(coarse, again, tau)
+
+    v, tau = lax.cond(jnp.any(coarse), refine, lambda v, tau: (v, tau), v, tau)
+    # Double where: infinite distances (masked, -inf and +inf entries) get their limits, and
+    # derivatives in the temperature (second order) stay finite there.
+    d = v - tau
+    finite = jnp.isfinite(d)
+    p = mass.value(jnp.where(finite, d, 0), scale, _utils.slice_zero(tau))
+    p = jnp.where(finite, p, (d > 0).astype(p.dtype))
     p = _settle(p, v, total, axes, kind)
     p = jnp.where(everything, competing.astype(x.dtype), p)
     return jnp.where(shared, jnp.where(top, top_share, 0), p) + 0 * tau  # NaN poisons
+
+
+def coarse_shift(top, scale):
+    """Where the finite maximum ``top`` is so large that subtracting it rounds the scaled
+    differences of the scores by more than 0.01 (1e8 against scores near 1 in float32, at
+    temperature 1), but not near overflow: there the relaxations solve again on the scores
+    less the threshold found, which lies near them, so that their differences are exact."""
+    finfo = jnp.finfo(top.dtype)
+    size = jnp.abs(top)
+    return (size <= finfo.max / 4) & (size * finfo.eps * scale > 1e-2)
 
 
 def _settle(p, v, total, axes, kind):

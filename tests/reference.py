@@ -781,8 +781,9 @@ TOPK_MASSES = {"soft": _sigmoid, "sparse": lambda d: np.clip(d, 0, 1)}
 def np_relaxed_topk(x, k, axis=-1, temperature=1.0, where=None, kind="soft", compute=np.float32):
     """soft_topk (sigmoid) or sparse_topk (clip) with the documented limits: +inf entries take
     one unit each first (or share k when more than k); ``k`` is a scalar or one per slice.
-    The scores' distances to the finite maximum are rounded in the ``compute`` dtype, as the
-    library does (halved); where no threshold in float64 meets the total (an extreme
+    The scores' halved distances to the finite maximum are rounded in the ``compute`` dtype,
+    as the library does, unless it solves again on exact differences (a large maximum: see
+    ``jaxrelax._topk.coarse_shift``); where no threshold in float64 meets the total (an extreme
     temperature), the t -> 0 limit: 1 above the ceil(k)-th largest score, the rest shared by
     the entries equal to it."""
     x0, axes, order, _, _, _ = _rows(x, axis, where)
@@ -806,8 +807,13 @@ def np_relaxed_topk(x, k, axis=-1, temperature=1.0, where=None, kind="soft", com
             out[finite] = 1.0
             return out
         half = (row[finite] / 2).astype(compute)
+        top, scale = 2 * np.float64(half.max()), 2 / ts[i]
+        info = np.finfo(compute)
+        coarse = abs(top) <= info.max / 4 and abs(top) * info.eps * scale > 1e-2
         v = (half - half.max()).astype(np.float64)  # the library's halves, rounded alike
         z = v * (2 / ts[i])
+        if coarse:  # the library solves again on exact differences (see coarse_shift)
+            v, z = row[finite] / 2, row[finite] / ts[i]  # not shifted: nothing rounded away
         tau = _bisect_threshold(z, left, mass)
         p = mass(z - tau)
         if abs(p.sum() - left) > 1e-6 * left:
