@@ -538,17 +538,19 @@ def _relaxed_value(x, k, temperature, where, axes, kind):
     p = jnp.where(finite, p, (d > 0).astype(p.dtype))
     p = _settle(p, v, total, axes, kind)
     p = jnp.where(everything, competing.astype(x.dtype), p)
-    return jnp.where(shared, jnp.where(top, top_share, 0), p) + 0 * tau  # NaN poisons
+    p = jnp.where(shared, jnp.where(top, top_share, 0), p) + 0 * tau  # NaN poisons
+    return p, shared
 
 
 def coarse_shift(top, scale):
     """Where the finite maximum ``top`` is so large that subtracting it rounds the scaled
-    differences of the scores by more than 0.01 (1e8 against scores near 1 in float32, at
-    temperature 1), but not near overflow: there the relaxations solve again on the scores
-    less the threshold found, which lies near them, so that their differences are exact."""
+    differences of the scores by more than a thousand ulps (1e3 against scores near 1 in
+    float32 at temperature 1, or 10 at temperature 0.01), but not near overflow: there the
+    relaxations solve again on the scores less a score near the threshold, so that the
+    differences that matter are exact."""
     finfo = jnp.finfo(top.dtype)
     size = jnp.abs(top)
-    return (size <= finfo.max / 4) & (size * finfo.eps * scale > 1e-2)
+    return (size <= finfo.max / 4) & (size * scale > 1e3)
 
 
 def _settle(p, v, total, axes, kind):
@@ -585,12 +587,12 @@ def _settle(p, v, total, axes, kind):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def relaxed_rule(x, k, temperature, where, axes, kind):
     """soft_topk (``kind="soft"``) or sparse_topk (``"sparse"``) on prepared arguments."""
-    return _relaxed_value(x, k, temperature, where, axes, kind)
+    return _relaxed_value(x, k, temperature, where, axes, kind)[0]
 
 
 def _relaxed_fwd(x, k, temperature, where, axes, kind):
-    p = _relaxed_value(x, k, temperature, where, axes, kind)
-    return p, (p, k, temperature)
+    p, shared = _relaxed_value(x, k, temperature, where, axes, kind)
+    return p, (p, shared, k, temperature)
 
 
 def _relaxed_bwd(axes, kind, residuals, cotangent):
@@ -598,23 +600,28 @@ def _relaxed_bwd(axes, kind, residuals, cotangent):
     (sparse), ``g_hat = sum(s g) / sum(s)`` and ``c = s (g - g_hat)``: ``dx = c / t``,
     ``dk = g_hat`` and ``dt = -sum(c z) / t``, where the scores ``z = x / t`` may be replaced
     by ``logit(p)`` (soft) or ``p`` (sparse), which differ from them by ``tau`` on the
-    support of ``c``, and ``sum(c) = 0``."""
-    p, k, temperature = residuals
+    support of ``c``, and ``sum(c) = 0``. In a slice whose ``+inf`` entries share k (a
+    per-slice flag, ``shared``) the output is ``k / m`` there and 0 elsewhere, constant in
+    ``x`` and ``t``: only ``dk``, the mean cotangent of those entries, is not 0."""
+    p, shared, k, temperature = residuals
     if kind == "soft":
         s = p * (1 - p)
         z = _utils.safe_log(p) - _utils.safe_log(1 - p)
     else:
         s = jnp.ceil(p) - jnp.floor(p)  # 1 on the free set, where 0 < p < 1
         z = p
+    s = jnp.where(shared, 0, s)
+    tiny = jnp.finfo(p.dtype).tiny
     total = jnp.sum(s, axes, keepdims=True)
-    g_hat = jnp.sum(s * cotangent, axes, keepdims=True) / jnp.maximum(
-        total, jnp.finfo(p.dtype).tiny
-    )
+    g_hat = jnp.sum(s * cotangent, axes, keepdims=True) / jnp.maximum(total, tiny)
+    mass = jnp.sum(p, axes, keepdims=True)
+    top_mean = jnp.sum(p * cotangent, axes, keepdims=True) / jnp.maximum(mass, tiny)
+    dk = jnp.where(shared, top_mean, g_hat)
     c = s * (cotangent - g_hat)
     dt = -jnp.sum(c * z, axes, keepdims=True) / temperature
     return (
         c / temperature,
-        _utils.sum_to_shape(g_hat, k.shape).astype(k.dtype),
+        _utils.sum_to_shape(dk, k.shape).astype(k.dtype),
         _utils.sum_to_shape(dt, temperature.shape),
         None,
     )

@@ -809,7 +809,7 @@ def np_relaxed_topk(x, k, axis=-1, temperature=1.0, where=None, kind="soft", com
         half = (row[finite] / 2).astype(compute)
         top, scale = 2 * np.float64(half.max()), 2 / ts[i]
         info = np.finfo(compute)
-        coarse = abs(top) <= info.max / 4 and abs(top) * info.eps * scale > 1e-2
+        coarse = abs(top) <= info.max / 4 and abs(top) * scale > 1e3
         v = (half - half.max()).astype(np.float64)  # the library's halves, rounded alike
         z = v * (2 / ts[i])
         if coarse:  # the library solves again on exact differences (see coarse_shift)
