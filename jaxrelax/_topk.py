@@ -124,7 +124,7 @@ def soft_topk(
       >>> import jaxrelax
       >>> p = jaxrelax.soft_topk(jnp.array([3.0, 1.0, 0.0, -2.0]), 2)
       >>> print(p)
-      [0.9449... 0.6992... 0.4606... 0.0951...]
+      [0.9241418  0.62245935 0.37754068 0.07585818]
       >>> print(p.sum())
       2.0
 
