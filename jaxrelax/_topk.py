@@ -136,7 +136,10 @@ def soft_topk(
       Masked and ``-inf`` entries are 0 with zero gradient, even when they hold NaN; with
       ``k`` at least the number of other entries, those are exactly 1 and the gradient is
       zero. ``+inf`` entries come first: with more than ``k`` of them they share the ``k``
-      units equally. A NaN in an unmasked entry makes its slice NaN. A traced ``k`` outside
+      units equally (a constant: zero gradient, but for ``k``). A NaN in an unmasked entry
+      makes its slice NaN. Where a huge maximum would round away the differences of the
+      scores near the threshold, or the temperature is too small to place it, the result is
+      computed again near the threshold, or is the limit ``t -> 0``. A traced ``k`` outside
       ``[0, n]`` or ``temperature <= 0`` cannot be checked: ``k`` is then clipped, and a
       negative temperature gives NaN.
       Forward mode (``jax.jvp``, ``jax.jacfwd``) is not supported: the gradient is a
