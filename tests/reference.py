@@ -828,6 +828,19 @@ def np_relaxed_topk(x, k, axis=-1, temperature=1.0, where=None, kind="soft", com
     return _unrows(out, x, axes, order, batch)
 
 
+def relaxed_topk_slope(p, kind):
+    """(s, z) of a relaxation's output ``p``: the mass's slope (``p (1 - p)``, or the free
+    set's indicator) and the scores less the threshold, over t (``logit(p)``, or ``p``), both 0
+    where ``s`` is."""
+    p = np.asarray(p, np.float64)
+    if kind == "soft":
+        s = p * (1 - p)
+        z = np.where(s > 0, np.log(np.where(s > 0, p, 1)) - np.log(np.where(s > 0, 1 - p, 1)), 0)
+        return s, z
+    s = ((p > 0) & (p < 1)).astype(np.float64)
+    return s, p * s
+
+
 @_quiet
 def np_relaxed_topk_vjp(p, cotangent, k, axis=-1, temperature=1.0, kind="soft"):
     """(dx, dk, dt) per slice of the relaxation from its output ``p`` (float64): with
@@ -838,12 +851,7 @@ def np_relaxed_topk_vjp(p, cotangent, k, axis=-1, temperature=1.0, kind="soft"):
     axes = _axes(p.ndim, axis)
     g = np.asarray(cotangent, np.float64)
     t = np.asarray(temperature, np.float64)
-    if kind == "soft":
-        s = p * (1 - p)
-        z = np.where(s > 0, np.log(np.where(s > 0, p, 1)) - np.log(np.where(s > 0, 1 - p, 1)), 0)
-    else:
-        s = ((p > 0) & (p < 1)).astype(np.float64)
-        z = p
+    s, z = relaxed_topk_slope(p, kind)
     total = s.sum(axes, keepdims=True)
     g_hat = np.where(total > 0, (s * g).sum(axes, keepdims=True) / np.where(total > 0, total, 1), 0)
     c = s * (g - g_hat)

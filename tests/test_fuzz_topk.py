@@ -22,7 +22,7 @@ import reference as ref
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from reference import EMPTY, NAN_SLICE
+from reference import NAN_SLICE
 from test_fuzz import (
     COMPILER_OPTIONS,
     GRAD_TOL,
@@ -31,6 +31,7 @@ from test_fuzz import (
     SPARSE_TOL,
     TOL,
     _assert_forward,
+    _assert_subset,
     _collect,
     _cotangent,
     _events,
@@ -176,12 +177,7 @@ def _check_relaxed_grads(name, case, p, g, grads, k):
     g_max = _slice_max_abs(case, g)
     dx, dk, dt = ref.np_relaxed_topk_vjp(p, g, k, case.axes, t_keep, kind)
     dt = dt if np.ndim(dt) else np.full(case.slice_shape, dt)
-    if kind == "soft":
-        s = p * (1 - p)
-        z = np.where(s > 0, np.log(np.where(s > 0, p, 1)) - np.log(np.where(s > 0, 1 - p, 1)), 0)
-    else:
-        s = ((p > 0) & (p < 1)).astype(np.float64)
-        z = p
+    s, z = ref.relaxed_topk_slope(p, kind)
     spread = np.sum(np.where(case.valid, s * (1 + np.abs(z)), 0), axis=case.axes)
     # Where the slope's total is at the rounding of p (every p within ulps of 0 or 1), the
     # gradient is decided by that rounding (0 / 0 in the limit): it is not compared.
@@ -300,40 +296,3 @@ def _perturbed(case, noise, k):
         many = np.sum(top, axis=case.axes, keepdims=True) > k
         limit = np.where(many, np.where(top, 0, -np.inf), shifted).astype(compute)
         return (limit + noise.astype(compute)).astype(np.float64)
-
-
-def _assert_subset(value, perturbed, case, k):
-    """A k-hot of the largest perturbed logits (min(k, classes left) of them), up to the
-    rounding of the compute dtype: zeros for empty slices, NaN for NaN slices."""
-    got = np.asarray(value)
-    assert got.dtype == case.out and got.shape == case.x.shape
-    got = got.astype(np.float64)
-    kinds = case.per_element(case.kinds)
-    nan, empty = kinds == NAN_SLICE, kinds == EMPTY
-    assert np.isnan(got[nan]).all(), f"sample not NaN in NaN slices: {got} for {case}"
-    assert (got[empty] == 0).all(), f"sample not 0 in empty slices: {got} for {case}"
-    live = ~nan & ~empty
-    assert np.isin(got[live], [0, 1]).all(), f"sample not k-hot: {got} for {case}"
-    assert (got[live & ~case.valid] == 0).all(), f"masked or -inf class sampled: {got} {case}"
-    if not case.size:
-        return
-    counts = np.sum(np.where(live, got, 0), axis=case.axes)
-    available = np.sum(case.valid, axis=case.axes)
-    live_slices = (case.kinds != NAN_SLICE) & (case.kinds != EMPTY)
-    assert (counts[live_slices] == np.minimum(k, available)[live_slices]).all(), (
-        f"not min(k, available) classes per slice: {got} for {case}"
-    )
-    with np.errstate(invalid="ignore", over="ignore"):
-        v = np.where(case.valid, perturbed, -np.inf)
-        eps = float(jnp.finfo(case.compute).eps)
-        slack = 4 * eps * (np.abs(np.where(np.isfinite(v), v, 0)) + 1)
-        # Every chosen class is at least (to rounding) every class left out.
-        chosen = live & (got == 1)
-        lowest_chosen = np.min(np.where(chosen, v + slack, np.inf), axis=case.axes, initial=np.inf)
-        highest_left = np.max(
-            np.where(live & (got == 0) & case.valid, v - slack, -np.inf),
-            axis=case.axes,
-            initial=-np.inf,
-        )
-    ok = ~live_slices | (lowest_chosen >= highest_left)
-    assert ok.all(), f"not the top k of logits + noise: {got}, perturbed {perturbed} for {case}"
