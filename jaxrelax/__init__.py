@@ -9,6 +9,11 @@ from ._gumbel import gumbel_rao as gumbel_rao
 from ._gumbel import gumbel_softmax as gumbel_softmax
 from ._gumbel import gumbel_topk as gumbel_topk
 from ._hard import hardmax as hardmax
+from ._pool import lse_pool as lse_pool
+from ._pool import max_pool as max_pool
+from ._pool import max_unpool as max_unpool
+from ._pool import soft_pool as soft_pool
+from ._pool import st_max_pool as st_max_pool
 from ._soft import smooth_max as smooth_max
 from ._soft import soft_argmax as soft_argmax
 from ._soft import softmax as softmax
@@ -42,9 +47,13 @@ __all__ = [
     "gumbel_softmax",
     "gumbel_topk",
     "hardmax",
+    "lse_pool",
+    "max_pool",
+    "max_unpool",
     "schedules",
     "smooth_max",
     "soft_argmax",
+    "soft_pool",
     "soft_topk",
     "softmax",
     "sparse_topk",
@@ -54,6 +63,7 @@ __all__ = [
     "st_argmax",
     "st_hardmax",
     "st_max",
+    "st_max_pool",
     "st_topk",
     "straight_through",
     "topk_mask",

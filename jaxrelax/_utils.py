@@ -342,15 +342,36 @@ def shift_by_max(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...], s
     """
     x = fill_masked(x, where)
     top = _scaled_top(x, axes, 0.5)  # the largest finite value when the slice holds +inf
-    m = jnp.where(top == jnp.finfo(x.dtype).max, jnp.inf, 2 * top)
+    return max_of_top(top), shift_from_top(x, top, scale)
+
+
+def halved_top(maximum: jax.Array) -> jax.Array:
+    """The ``top`` of :func:`shift_from_top` for a given maximum (of a slice or a window):
+    half of it, at least half the lowest finite value and at most the largest."""
+    return _scaled_or_top(jnp.maximum(maximum, jnp.finfo(maximum.dtype).min), 0.5)
+
+
+def max_of_top(top: jax.Array) -> jax.Array:
+    """The maximum that ``top`` was halved from: ``+inf`` where it was capped."""
+    return jnp.where(top == jnp.finfo(top.dtype).max, jnp.inf, 2 * top)
+
+
+def shift_from_top(x: jax.Array, top: jax.Array, scale=None) -> jax.Array:
+    """``(x - max) * scale`` computed from halves, as in :func:`shift_by_max`; ``top`` is
+    :func:`halved_top` of the maximum, and no gradient flows to it."""
     if scale is None:
-        return m, _shift_halves(x, top, jnp.asarray(2, x.dtype))
+        return _shift_halves(x, top, jnp.asarray(2, x.dtype))
     # Clipped so that a huge temperature gives the uniform limit, never 0 * -inf at a masked
     # entry, and a tiny one the hard limit, never inf * 0 at the maximum; a (traced) negative
     # scale gives NaN.
     finfo = jnp.finfo(x.dtype)
     factor = jnp.where(scale >= 0, jnp.clip(2 * scale, finfo.tiny, finfo.max), jnp.nan)
-    return m, _shift_halves(x, top, factor.astype(x.dtype))
+    return _shift_halves(x, top, factor.astype(x.dtype))
+
+
+def capped_half(x: jax.Array) -> jax.Array:
+    """``min(x / 2, fmax)``: the halves :func:`shift_from_top` subtracts ``top`` from."""
+    return _scaled_or_top(x, 0.5)
 
 
 @jax.custom_jvp

@@ -1,0 +1,654 @@
+"""Pooling: the exact max-pool with its winners' indices, its reverse (max-unpooling), and the
+soft, smooth and straight-through max-pools.
+
+Layout and arguments follow ``flax.linen.max_pool``: channels-last ``x`` of shape
+``(*batch, *spatial, features)`` and one window dimension per spatial dimension.
+
+Every function reads the windows as strided slices of the padded input, one slice of the
+output's shape per offset within the window, and combines them elementwise; XLA fuses the
+slices into one pass, so that no (windows x window size) patch tensor is ever built. The
+backward passes are the dual: each offset's contribution, of the output's shape, is spread
+back onto the input by a padding with holes (``lax.pad`` with interior padding), and the
+offsets' spreads are summed. The max-pool's backward pass reads the winner's offset within
+each window, saved by the forward pass: this replaces XLA's select-and-scatter.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import operator
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.typing import ArrayLike
+
+from . import _utils
+
+PADDINGS = ("VALID", "SAME")
+
+
+class Windows(NamedTuple):
+    """Where the windows of a pooling lie, for an input of a given shape."""
+
+    first_axis: int  # the first spatial axis of the input
+    window: tuple[int, ...]
+    strides: tuple[int, ...]
+    padding: tuple[tuple[int, int], ...]  # (low, high) per spatial axis
+    spatial: tuple[int, ...]  # the input's spatial shape
+    pooled: tuple[int, ...]  # the output's spatial shape
+
+    def offsets(self):
+        """Each position within a window, in row-major order."""
+        return itertools.product(*map(range, self.window))
+
+    def expand(self, per_spatial: Sequence, fill) -> list:
+        """A per-axis list for the whole input: ``per_spatial`` on the spatial axes, ``fill``
+        on the batch axes and the features axis."""
+        return [fill] * self.first_axis + list(per_spatial) + [fill]
+
+
+def max_pool(
+    x: ArrayLike,
+    window_shape: Sequence[int],
+    strides: Sequence[int] | None = None,
+    padding: str | Sequence[tuple[int, int]] = "VALID",
+    *,
+    return_indices: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    r"""The max-pool, optionally with the position of each window's maximum.
+
+    .. math::
+        y_w = \max_{i \in w} x_i
+
+    over each window ``w`` of the spatial dimensions, feature by feature. The gradient goes
+    to one position per window, the one ``indices`` names; where overlapping windows share
+    that position, their gradients add up.
+
+    Args:
+      x: channels-last input of shape ``(*batch, *spatial, features)``, with one spatial
+        dimension per window dimension and any number of batch dimensions (none included).
+        Any real dtype: integers are promoted to the default float, bfloat16 and float16
+        are computed in float32.
+      window_shape: the window's size along each spatial dimension (1, 2 or 3 of them).
+      strides: the step between windows along each spatial dimension; ``None`` means 1 on
+        each, as in ``flax.linen.max_pool`` (PyTorch's default is the window itself).
+      padding: ``"VALID"`` (no padding), ``"SAME"`` (the output has ``ceil(n / stride)``
+        positions per dimension), or one ``(low, high)`` pair of non-negative integers per
+        spatial dimension, each smaller than the window along that dimension. Padded
+        positions never win a window and receive no gradient.
+      return_indices: also return the positions of the maxima.
+
+    Returns:
+      The pooled array of shape ``(*batch, *pooled, features)``, in ``x``'s float dtype,
+      and with ``return_indices=True`` also an int32 array of the same shape: the flat,
+      row-major index of each window's maximum within its input's spatial plane (the
+      convention of ``torch.nn.functional.max_pool2d(return_indices=True)``), the first
+      maximum in the window's row-major order on ties. :func:`max_unpool` takes it back.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jaxrelax
+      >>> x = jnp.array([[1.0, 5.0, 2.0, 2.0], [3.0, 4.0, 0.0, 1.0]])[..., None]  # (2, 4, 1)
+      >>> values, indices = jaxrelax.max_pool(x, (2, 2), (2, 2), return_indices=True)
+      >>> print(values[..., 0], indices[..., 0])
+      [[5. 2.]] [[1 2]]
+
+    Note:
+      ``+inf`` wins its window and ``-inf`` loses; a window holding NaN gives NaN, and its
+      index is that of its last NaN (as in PyTorch). A window whose real entries are all
+      ``-inf`` gives ``-inf``, with the index of its first real entry. No window consists of
+      padding alone: padding narrower than the window (the check above, which ``"SAME"``
+      always passes) leaves a real entry in every window. Invalid window shapes, strides or
+      padding raise ValueError naming the argument.
+    """
+    return_indices = _utils.check_flag(return_indices, "return_indices")
+    a = _utils.prepare(x, None)
+    windows = pooling_windows(a.x.shape, window_shape, strides, padding)
+    if not return_indices:
+        return _max_pool_rule(a.x, windows).astype(a.dtype)
+    values, winners = _max_pool_winners_rule(a.x, windows)
+    return values.astype(a.dtype), _plane_indices(winners, windows)
+
+
+def max_unpool(
+    values: ArrayLike, indices: ArrayLike, spatial_shape: Sequence[int]
+) -> jax.Array:
+    r"""The reverse of :func:`max_pool`: each pooled value put back where its maximum was.
+
+    The result is zero everywhere except at each window's index, where it holds that
+    window's value (SegNet's decoder; PyTorch's ``max_unpool1d/2d/3d``). Where several
+    windows name one position (overlapping windows) it holds the largest of their values,
+    whatever their order: for :func:`max_pool`'s own indices these are the same input value.
+    ``max_unpool(*max_pool(x, w, return_indices=True), spatial)`` keeps exactly the window
+    maxima of ``x`` in place and zeros the rest.
+
+    The gradient with respect to ``values`` is what PyTorch's gives: each window receives the
+    output's cotangent at its index (overlapping windows that share an index all receive it).
+    ``indices`` get no gradient.
+
+    Args:
+      values: pooled values of shape ``(*batch, *pooled, features)``, any real dtype (see
+        :func:`max_pool`).
+      indices: integer array of ``values``' shape: for each value, the flat row-major index
+        of its position within the output's spatial plane, in ``[0, prod(spatial_shape))``.
+      spatial_shape: the output's spatial shape (1, 2 or 3 positive integers), typically
+        ``x.shape[-1 - len(window_shape):-1]`` of the input that was pooled.
+
+    Returns:
+      An array of shape ``(*batch, *spatial_shape, features)`` in ``values``' float dtype.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jaxrelax
+      >>> x = jnp.array([[1.0, 5.0, 2.0, 2.0], [3.0, 4.0, 0.0, 1.0]])[..., None]
+      >>> pooled = jaxrelax.max_pool(x, (2, 2), (2, 2), return_indices=True)
+      >>> print(jaxrelax.max_unpool(*pooled, (2, 4))[..., 0])
+      [[0. 5. 2. 0.]
+       [0. 0. 0. 0.]]
+
+    Note:
+      NaN values are put in place as they are; a ``-inf`` value holds its position as
+      ``-inf``. Concrete indices out of range raise ValueError; traced ones cannot be
+      checked, and a value whose index is out of range is dropped (its gradient is 0).
+    """
+    v = _utils.prepare(values, None, name="values")
+    spatial = _check_sizes(spatial_shape, "spatial_shape")
+    if v.x.ndim < len(spatial) + 1:
+        raise ValueError(
+            f"values must have {len(spatial)} spatial dimension(s) and a features dimension, "
+            f"got shape {v.x.shape}"
+        )
+    flat = _flat_indices(indices, v.x.shape, spatial)
+    return _unpool_rule(v.x, flat, spatial).astype(v.dtype)
+
+
+def soft_pool(
+    x: ArrayLike,
+    window_shape: Sequence[int],
+    strides: Sequence[int] | None = None,
+    padding: str | Sequence[tuple[int, int]] = "VALID",
+    *,
+    temperature: ArrayLike = 1.0,
+) -> jax.Array:
+    r"""The softmax-weighted mean of each window, a soft max-pool.
+
+    .. math::
+        y_w = \sum_{i \in w} \mathrm{softmax}(x_w / t)_i \, x_i
+
+    (Goodfellow et al.'s :math:`\mathrm{softmax}(z)^\top z`; SoftPool at ``t = 1``). It lies
+    between the window's mean and its maximum; as ``t -> 0`` it tends to :func:`max_pool`
+    (the mean of tied maxima), as ``t -> inf`` to the average over the window's real
+    (unpadded) entries. The gradient is exact, with respect to ``x`` and ``temperature``:
+    :math:`\partial y_w / \partial x_i = p_i (1 + (x_i - y_w) / t)` and
+    :math:`\partial y_w / \partial t = -\mathrm{Var}_p(x) / t^2`. Each window is shifted by
+    its own maximum, so nothing overflows: the backward pass keeps the input and three
+    arrays of the output's size.
+
+    Args:
+      x: channels-last input, as in :func:`max_pool`.
+      window_shape: as in :func:`max_pool`.
+      strides: as in :func:`max_pool` (``None``: 1 on each spatial dimension).
+      padding: as in :func:`max_pool`; padded positions take no part and get no gradient.
+      temperature: a positive scalar, or an array broadcastable to ``x`` with size 1 along
+        the spatial dimensions (one temperature per batch element or feature, say). It may
+        be traced, and receives a gradient.
+
+    Returns:
+      The pooled array of shape ``(*batch, *pooled, features)``, in ``x``'s float dtype.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jaxrelax
+      >>> x = jnp.array([0.0, 1.0, 4.0, 4.0])[:, None]  # (4, 1): one spatial dimension
+      >>> print(jaxrelax.soft_pool(x, (2,), (2,), temperature=1.0)[:, 0])
+      [0.7311 4.    ]
+
+    References:
+      Goodfellow et al., Deep Learning, 2016, section 6.2.2.3.
+      Stergiou, Poppe & Kalliatakis, Refining activation downsampling with SoftPool, 2021,
+      https://arxiv.org/abs/2101.00440
+
+    Note:
+      ``+inf`` entries win their window (which gives ``+inf``) and share its gradient equally,
+      the limit of equal, ever larger entries; ``-inf`` entries get weight 0 and zero
+      gradient at any temperature, and a window whose real entries are all ``-inf`` gives
+      ``-inf`` with zero gradient. A window holding NaN gives NaN. A concrete
+      ``temperature <= 0`` raises ValueError; a traced negative one gives NaN.
+    """
+    return _smooth_pool("soft", x, window_shape, strides, padding, temperature)
+
+
+def lse_pool(
+    x: ArrayLike,
+    window_shape: Sequence[int],
+    strides: Sequence[int] | None = None,
+    padding: str | Sequence[tuple[int, int]] = "VALID",
+    *,
+    temperature: ArrayLike = 1.0,
+) -> jax.Array:
+    r"""The log-sum-exp of each window, the smooth max-pool.
+
+    .. math::
+        y_w = t \log \sum_{i \in w} \exp(x_i / t)
+
+    It lies between the window's maximum and the maximum plus ``t log |w|`` (``|w|`` its
+    real entries), and tends to :func:`max_pool` as ``t -> 0``. Its gradient is the window's
+    softmax, the weights of :func:`soft_pool`; the gradient with respect to ``temperature``
+    is the softmax's entropy. Both are exact.
+
+    Args:
+      x: channels-last input, as in :func:`max_pool`.
+      window_shape: as in :func:`max_pool`.
+      strides: as in :func:`max_pool` (``None``: 1 on each spatial dimension).
+      padding: as in :func:`max_pool`; padded positions take no part and get no gradient.
+      temperature: as in :func:`soft_pool`.
+
+    Returns:
+      The pooled array of shape ``(*batch, *pooled, features)``, in ``x``'s float dtype.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jaxrelax
+      >>> x = jnp.array([0.0, 0.0, 4.0, 4.0])[:, None]
+      >>> print(jaxrelax.lse_pool(x, (2,), (2,))[:, 0].round(4))
+      [0.6931 4.6931]
+
+    References:
+      Pinheiro & Collobert, From Image-level to Pixel-level Labeling with Convolutional
+      Networks, 2015, https://arxiv.org/abs/1411.6228
+
+    Note:
+      Infinities, NaN and temperatures behave as in :func:`soft_pool`.
+    """
+    return _smooth_pool("lse", x, window_shape, strides, padding, temperature)
+
+
+def st_max_pool(
+    x: ArrayLike,
+    window_shape: Sequence[int],
+    strides: Sequence[int] | None = None,
+    padding: str | Sequence[tuple[int, int]] = "VALID",
+    *,
+    temperature: ArrayLike = 1.0,
+) -> jax.Array:
+    r"""Straight-through max-pool: the exact max-pool forward, :func:`soft_pool`'s gradient.
+
+    The forward pass is ``max_pool(x, window_shape, strides, padding)`` exactly; the backward
+    pass is the vector-Jacobian product of ``soft_pool(x, window_shape, strides, padding,
+    temperature=temperature)``, so each window's gradient is spread over its near-maxima
+    rather than given to its single winner. The temperature receives soft_pool's gradient.
+
+    Args:
+      x: channels-last input, as in :func:`max_pool`.
+      window_shape: as in :func:`max_pool`.
+      strides: as in :func:`max_pool` (``None``: 1 on each spatial dimension).
+      padding: as in :func:`max_pool`.
+      temperature: as in :func:`soft_pool`.
+
+    Returns:
+      The max-pooled array of shape ``(*batch, *pooled, features)``, in ``x``'s float dtype.
+
+    Examples:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import jaxrelax
+      >>> x = jnp.array([0.0, 1.0])[:, None]
+      >>> print(jaxrelax.st_max_pool(x, (2,))[:, 0])
+      [1.]
+      >>> print(jax.grad(lambda x: jaxrelax.st_max_pool(x, (2,)).sum())(x)[:, 0])
+      [0.0723 0.9277]
+
+    Note:
+      The forward value is that of :func:`max_pool` (NaN and infinities included); the
+      gradient is that of :func:`soft_pool`.
+    """
+    return _smooth_pool("st", x, window_shape, strides, padding, temperature)
+
+
+def _smooth_pool(kind, x, window_shape, strides, padding, temperature):
+    a = _utils.prepare(x, None)
+    windows = pooling_windows(a.x.shape, window_shape, strides, padding)
+    spatial_axes = tuple(range(windows.first_axis, windows.first_axis + len(windows.window)))
+    t = _utils.check_temperature(temperature, a.x, spatial_axes)
+    return _smooth_rule(a.x, t, windows, kind).astype(a.dtype)
+
+
+def pooling_windows(shape, window_shape, strides, padding) -> Windows:
+    """Checks the pooling arguments against an input of ``shape`` and returns its windows."""
+    window = _check_sizes(window_shape, "window_shape")
+    n = len(window)
+    if len(shape) < n + 1:
+        raise ValueError(
+            f"x must have {n} spatial dimension(s) (one per window dimension) and a features "
+            f"dimension, got shape {tuple(shape)}"
+        )
+    first_axis = len(shape) - 1 - n
+    spatial = tuple(shape[first_axis:-1])
+    if 0 in spatial:
+        raise ValueError(f"x must have no empty spatial dimension, got shape {tuple(shape)}")
+    strides = (1,) * n if strides is None else _check_sizes(strides, "strides", n)
+    if isinstance(padding, str):
+        if padding not in PADDINGS:
+            raise ValueError(
+                f"padding must be one of {PADDINGS} or a sequence of (low, high) pairs, "
+                f"got {padding!r}"
+            )
+        pads = tuple(lax.padtype_to_pads(spatial, window, strides, padding))
+    else:
+        pads = _check_pads(padding, window)
+    pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+    padded = tuple(s + lo + hi for s, (lo, hi) in zip(spatial, pads, strict=True))
+    if any(w > p for w, p in zip(window, padded, strict=True)):
+        raise ValueError(
+            f"window_shape {window} must fit in the padded input's spatial shape {padded}"
+        )
+    pooled = tuple((p - w) // s + 1 for p, w, s in zip(padded, window, strides, strict=True))
+    return Windows(first_axis, window, strides, pads, spatial, pooled)
+
+
+def _check_sizes(value, name: str, length: int | None = None) -> tuple[int, ...]:
+    """A sequence of 1 to 3 positive integers (``length`` of them when given), or an error
+    naming the argument."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+        raise TypeError(f"{name} must be a sequence of positive integers, got {value!r}")
+    sizes = tuple(_utils.check_integer(v, name) for v in value)
+    expected = "1, 2 or 3" if length is None else str(length)
+    if (length is None and not 1 <= len(sizes) <= 3) or (length not in (None, len(sizes))):
+        raise ValueError(f"{name} must have {expected} entries, got {tuple(value)!r}")
+    return sizes
+
+
+def _check_pads(padding, window) -> tuple[tuple[int, int], ...]:
+    try:
+        pads = tuple(tuple(pair) for pair in padding)
+    except TypeError:
+        raise TypeError(
+            f"padding must be 'VALID', 'SAME' or a sequence of (low, high) pairs, got {padding!r}"
+        ) from None
+    if len(pads) != len(window) or any(len(pair) != 2 for pair in pads):
+        raise ValueError(
+            f"padding must have one (low, high) pair per spatial dimension ({len(window)}), "
+            f"got {padding!r}"
+        )
+    pads = tuple(tuple(_utils.check_integer(p, "padding", low=0) for p in pair) for pair in pads)
+    if any(p >= w for pair, w in zip(pads, window, strict=True) for p in pair):
+        raise ValueError(
+            f"padding must be smaller than window_shape {window} on each side (wider padding "
+            f"would make windows of padding alone), got {padding!r}"
+        )
+    return pads
+
+
+def _window_slices(x: jax.Array, windows: Windows, fill: float):
+    """(offset index, slice) for each offset within the window, in row-major order: the
+    slice holds, for every window, its entry at that offset (``fill`` in the padding)."""
+    padding = windows.expand([(lo, hi, 0) for lo, hi in windows.padding], (0, 0, 0))
+    padded = lax.pad(x, jnp.asarray(fill, x.dtype), padding)
+    sizes = windows.expand(windows.pooled, None)
+    for index, offset in enumerate(windows.offsets()):
+        start = windows.expand(offset, 0)
+        step = windows.expand(windows.strides, 1)
+        limit = [
+            s + (n - 1) * d + 1 if n is not None else m
+            for s, n, d, m in zip(start, sizes, step, x.shape, strict=True)
+        ]
+        yield index, lax.slice(padded, start, limit, step)
+
+
+def _spread(parts, windows: Windows, shape) -> jax.Array:
+    """The transpose of :func:`_window_slices`: sums each offset's part (of the pooled shape)
+    back onto the input's positions; padded positions are dropped."""
+    total = None
+    for offset, part in zip(windows.offsets(), parts, strict=True):
+        config = [(0, 0, 0)] * len(shape)
+        for i, (o, (lo, _), s, n, m) in enumerate(
+            zip(offset, windows.padding, windows.strides, windows.spatial, windows.pooled, strict=True)
+        ):
+            low = o - lo
+            config[windows.first_axis + i] = (low, n - low - (m - 1) * s - 1, s - 1)
+        spread = lax.pad(part, jnp.zeros((), part.dtype), config)
+        total = spread if total is None else total + spread
+    return total
+
+
+def _window_max(x: jax.Array, windows: Windows) -> jax.Array:
+    """Each window's maximum. An elementwise ``max`` of the slices: it propagates NaN, which
+    ``lax.reduce_window`` drops on XLA's CPU backend."""
+    peak = None
+    for _, part in _window_slices(x, windows, -jnp.inf):
+        peak = part if peak is None else jnp.maximum(peak, part)
+    return peak
+
+
+def _winners(x: jax.Array, windows: Windows) -> tuple[jax.Array, jax.Array]:
+    """(maximum, offset index of the first maximum) per window; a window with NaN gives NaN
+    and its last NaN (as PyTorch does); one whose real entries are all -inf, its first real
+    entry (so that the index never names padding)."""
+    size = int(np.prod(windows.window))
+    dtype = jnp.int8 if size <= np.iinfo(np.int8).max else jnp.int32
+    peak = jnp.full((), -jnp.inf, x.dtype)
+    winner = _first_real_offset(windows).astype(dtype)
+    for index, part in _window_slices(x, windows, -jnp.inf):
+        better = (part > peak) | jnp.isnan(part)
+        peak = jnp.where(better, part, peak)
+        winner = jnp.where(better, jnp.asarray(index, dtype), winner)
+    return peak, winner
+
+
+def _first_real_offset(windows: Windows) -> jax.Array:
+    """The offset index of each window's first unpadded entry, broadcastable to the pooled
+    shape (the first entry itself, 0, without padding)."""
+    index = np.zeros((), np.int32)
+    for i, (w, s, (lo, _), m) in enumerate(
+        zip(windows.window, windows.strides, windows.padding, windows.pooled, strict=True)
+    ):
+        first = np.maximum(lo - s * np.arange(m), 0)  # the first real position in the window
+        shape = [1] * len(windows.window)
+        shape[i] = m
+        index = index * w + first.reshape(shape)
+    return jnp.asarray(index.reshape(windows.expand(index.shape, 1)))
+
+
+def _plane_indices(winners: jax.Array, windows: Windows) -> jax.Array:
+    """Offset indices within the windows as flat row-major indices within the spatial plane."""
+    flat = jnp.zeros((), jnp.int32)
+    remaining = winners.astype(jnp.int32)
+    plane_stride = 1
+    for i in reversed(range(len(windows.window))):
+        w, s, (lo, _), m = (
+            windows.window[i],
+            windows.strides[i],
+            windows.padding[i],
+            windows.pooled[i],
+        )
+        view = [1] * winners.ndim
+        view[windows.first_axis + i] = m
+        start = (s * jnp.arange(m, dtype=jnp.int32) - lo).reshape(view)
+        flat = flat + (start + remaining % w) * plane_stride
+        remaining = remaining // w
+        plane_stride *= windows.spatial[i]
+    return flat
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _max_pool_rule(x, windows):
+    return _window_max(x, windows)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _max_pool_winners_rule(x, windows):
+    return _winners(x, windows)
+
+
+def _max_pool_fwd(x, windows):
+    peak, winner = _winners(x, windows)
+    return peak, winner
+
+
+def _max_pool_winners_fwd(x, windows):
+    peak, winner = _winners(x, windows)
+    return (peak, winner), winner
+
+
+def _max_pool_bwd(windows, winner, cotangent):
+    if isinstance(cotangent, tuple):  # (values, winners); the winners' cotangent is float0
+        cotangent = cotangent[0]
+    shape = cotangent.shape[: windows.first_axis] + windows.spatial + cotangent.shape[-1:]
+    parts = (
+        jnp.where(winner == index, cotangent, 0) for index, _ in enumerate(windows.offsets())
+    )
+    return (_spread(parts, windows, shape),)
+
+
+_max_pool_rule.defvjp(_max_pool_fwd, _max_pool_bwd)
+_max_pool_winners_rule.defvjp(_max_pool_winners_fwd, _max_pool_bwd)
+
+
+def _flat_indices(indices, values_shape, spatial) -> jax.Array:
+    """Checks max_unpool's indices and returns them as flat indices into the whole output
+    (batch, plane, feature), with out-of-range traced indices mapped past its end."""
+    indices = _utils.as_real_array(indices, "indices", booleans=False)
+    if not jnp.issubdtype(indices.dtype, jnp.integer):
+        raise TypeError(f"indices must be an integer array, got dtype {indices.dtype}")
+    if indices.shape != tuple(values_shape):
+        raise ValueError(
+            f"indices of shape {indices.shape} must have values' shape {tuple(values_shape)}"
+        )
+    plane = int(np.prod(spatial))
+    if not isinstance(indices, jax.core.Tracer) and indices.size:
+        low, high = int(jnp.min(indices)), int(jnp.max(indices))
+        if low < 0 or high >= plane:
+            raise ValueError(
+                f"indices must lie in [0, {plane}) for spatial_shape {spatial}, got "
+                f"{low if low < 0 else high}"
+            )
+    features = values_shape[-1]
+    batch = int(np.prod(values_shape[: -1 - len(spatial)]))
+    total = batch * plane * features
+    dtype = jnp.int64 if total > _utils.MAX_INT32 and jax.config.jax_enable_x64 else jnp.int32
+    if total > _utils.MAX_INT32 and dtype == jnp.int32:
+        raise ValueError(
+            f"max_unpool's output of {total} entries needs 64-bit indices: enable jax_enable_x64"
+        )
+    rows = indices.reshape(batch, -1, features).astype(dtype)
+    base = jnp.arange(batch, dtype=dtype)[:, None, None] * plane
+    feature = jnp.arange(features, dtype=dtype)
+    flat = (base + rows) * features + feature
+    return jnp.where((rows >= 0) & (rows < plane), flat, total).reshape(values_shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _unpool_rule(values, flat, spatial):
+    batch = values.shape[: -1 - len(spatial)]
+    features = values.shape[-1]
+    size = int(np.prod(batch)) * int(np.prod(spatial)) * features
+    updates, flat = values.reshape(-1), flat.reshape(-1)
+    held = jnp.full((size,), -jnp.inf, values.dtype).at[flat].max(updates, mode="drop")
+    # An untouched position holds -inf, as does a position whose value is -inf: told apart,
+    # only when some value is -inf, by a second scatter of which positions are written.
+    written = lax.cond(
+        jnp.any(updates == -jnp.inf),
+        lambda: jnp.zeros((size,), bool).at[flat].set(True, mode="drop"),
+        lambda: held != -jnp.inf,
+    )
+    return jnp.where(written, held, 0).reshape(*batch, *spatial, features)
+
+
+def _unpool_fwd(values, flat, spatial):
+    return _unpool_rule(values, flat, spatial), flat
+
+
+def _unpool_bwd(spatial, flat, cotangent):
+    del spatial
+    return cotangent.reshape(-1).at[flat].get(mode="fill", fill_value=0), None
+
+
+_unpool_rule.defvjp(_unpool_fwd, _unpool_bwd)
+
+
+class _WindowSoftmax(NamedTuple):
+    """The per-window statistics of the softmax ``p = exp(u) / den`` over each window, with
+    ``u = (x - max) / t`` (computed from halves, see ``_utils.shift_from_top``)."""
+
+    top: jax.Array  # half the window's maximum (capped; see _utils.halved_top)
+    den: jax.Array  # sum of exp(u): at least 1, or 0 when all real entries are -inf
+    mean_u: jax.Array  # sum of p u
+    mean_half_gap: jax.Array  # sum of p (x / 2 - top): half of (soft_pool - max)
+
+
+def _window_softmax(x, t, windows) -> tuple[_WindowSoftmax, jax.Array]:
+    """The statistics, and each window's maximum."""
+    peak = _window_max(x, windows)
+    top = _utils.halved_top(lax.stop_gradient(peak))
+    den = sum_u = sum_gap = 0
+    for _, part in _window_slices(x, windows, -jnp.inf):
+        u = _shifted(part, top, t)
+        e = jnp.exp(u)
+        live = e > 0  # double where: -inf entries would give 0 * inf
+        den = den + e
+        sum_u = sum_u + jnp.where(live, e * jnp.where(live, u, 0), 0)
+        gap = _utils.capped_half(part) - top
+        sum_gap = sum_gap + jnp.where(live, e * jnp.where(live, gap, 0), 0)
+    safe = jnp.where(den == 0, 1, den)  # 0 or at least 1 (the maximum's term), or NaN
+    return _WindowSoftmax(top, den, sum_u / safe, sum_gap / safe), peak
+
+
+def _shifted(part, top, t):
+    """``(x - max) / t`` per entry of a window slice: ``-inf`` at ``-inf`` entries and padding,
+    whose derivatives are 0 rather than ``0 * inf`` (double where)."""
+    lost = part == -jnp.inf
+    u = _utils.shift_from_top(jnp.where(lost, 0, part), top, 1 / t)
+    return jnp.where(lost, -jnp.inf, u)
+
+
+def _smooth_value(kind, stats: _WindowSoftmax, peak, t):
+    if kind == "st":
+        return peak
+    if kind == "lse":
+        return _utils.max_of_top(stats.top) + t * jnp.log(stats.den)
+    # 2 (top + mean gap) = max + sum p (x - max), from halves so that it cannot overflow.
+    value = 2 * (stats.top + stats.mean_half_gap)
+    return jnp.where(stats.den == 0, -jnp.inf, value)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _smooth_rule(x, t, windows, kind):
+    if kind == "st":
+        return _window_max(x, windows)
+    stats, peak = _window_softmax(x, t, windows)
+    return _smooth_value(kind, stats, peak, t)
+
+
+def _smooth_fwd(x, t, windows, kind):
+    stats, peak = _window_softmax(x, t, windows)
+    return _smooth_value(kind, stats, peak, t), (x, t, stats)
+
+
+def _smooth_bwd(windows, kind, residuals, cotangent):
+    x, t, stats = residuals
+    den = jnp.where(stats.den == 0, 1, stats.den)
+    parts, spread_u = [], 0
+    for _, part in _window_slices(x, windows, -jnp.inf):
+        u = _shifted(part, stats.top, t)
+        p = jnp.exp(u) / den
+        live = p > 0  # double where, as in the forward pass
+        gap = jnp.where(live, jnp.where(live, u, 0) - stats.mean_u, 0)
+        if kind == "lse":
+            parts.append(cotangent * p)
+        else:  # d/dx_i sum p x = p_i (1 + (x_i - y) / t), with (x_i - y) / t = u_i - mean u
+            parts.append(cotangent * jnp.where(live, p * (1 + gap), 0))
+            spread_u = spread_u + jnp.where(live, p * gap * gap, 0)
+    dx = _spread(parts, windows, x.shape)
+    if kind == "lse":  # the entropy of the window's softmax
+        dt = cotangent * jnp.where(stats.den > 0, jnp.log(den) - stats.mean_u, 0)
+    else:  # -Var_p(x) / t^2, as the mean of squared (x - y) / t
+        dt = -cotangent * spread_u
+    return dx, _utils.sum_to_shape(dt, t.shape).astype(t.dtype)
+
+
+_smooth_rule.defvjp(_smooth_fwd, _smooth_bwd)
