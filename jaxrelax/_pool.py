@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import operator
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -110,14 +109,12 @@ def max_pool(
     a = _utils.prepare(x, None)
     windows = pooling_windows(a.x.shape, window_shape, strides, padding)
     if not return_indices:
-        return _max_pool_rule(a.x, windows).astype(a.dtype)
-    values, winners = _max_pool_winners_rule(a.x, windows)
-    return values.astype(a.dtype), _plane_indices(winners, windows)
+        return _max_pool(a.x, windows).astype(a.dtype)
+    values, indices = _max_pool_with_indices(a.x, windows)
+    return values.astype(a.dtype), indices
 
 
-def max_unpool(
-    values: ArrayLike, indices: ArrayLike, spatial_shape: Sequence[int]
-) -> jax.Array:
+def max_unpool(values: ArrayLike, indices: ArrayLike, spatial_shape: Sequence[int]) -> jax.Array:
     r"""The reverse of :func:`max_pool`: each pooled value put back where its maximum was.
 
     The result is zero everywhere except at each window's index, where it holds that
@@ -164,7 +161,7 @@ def max_unpool(
             f"got shape {v.x.shape}"
         )
     flat = _flat_indices(indices, v.x.shape, spatial)
-    return _unpool_rule(v.x, flat, spatial).astype(v.dtype)
+    return _unpool(v.x, flat, spatial).astype(v.dtype)
 
 
 def soft_pool(
@@ -217,8 +214,9 @@ def soft_pool(
       ``+inf`` entries win their window (which gives ``+inf``) and share its gradient equally,
       the limit of equal, ever larger entries; ``-inf`` entries get weight 0 and zero
       gradient at any temperature, and a window whose real entries are all ``-inf`` gives
-      ``-inf`` with zero gradient. A window holding NaN gives NaN. A concrete
-      ``temperature <= 0`` raises ValueError; a traced negative one gives NaN.
+      ``-inf`` with zero gradient. A window holding NaN gives NaN, and NaN gradients to its
+      entries. A concrete ``temperature <= 0`` raises ValueError; a traced negative one gives
+      NaN. Temperatures beyond about ``1e38`` (float32) behave as in :func:`jaxrelax.softmax`.
     """
     return _smooth_pool("soft", x, window_shape, strides, padding, temperature)
 
@@ -315,7 +313,30 @@ def _smooth_pool(kind, x, window_shape, strides, padding, temperature):
     windows = pooling_windows(a.x.shape, window_shape, strides, padding)
     spatial_axes = tuple(range(windows.first_axis, windows.first_axis + len(windows.window)))
     t = _utils.check_temperature(temperature, a.x, spatial_axes)
-    return _smooth_rule(a.x, t, windows, kind).astype(a.dtype)
+    return _smooth(a.x, t, windows, kind).astype(a.dtype)
+
+
+# The entry points are jit-compiled (static geometry), so that an eager call compiles one
+# program per shape and geometry rather than running each window offset's slice on its own.
+@functools.partial(jax.jit, static_argnums=1)
+def _max_pool(x, windows):
+    return _max_pool_rule(x, windows)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _max_pool_with_indices(x, windows):
+    values, winners = _max_pool_winners_rule(x, windows)
+    return values, _plane_indices(winners, windows)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _unpool(values, flat, spatial):
+    return _unpool_rule(values, flat, spatial)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _smooth(x, t, windows, kind):
+    return _smooth_rule(x, t, windows, kind)
 
 
 def pooling_windows(shape, window_shape, strides, padding) -> Windows:
@@ -407,7 +428,14 @@ def _spread(parts, windows: Windows, shape) -> jax.Array:
     for offset, part in zip(windows.offsets(), parts, strict=True):
         config = [(0, 0, 0)] * len(shape)
         for i, (o, (lo, _), s, n, m) in enumerate(
-            zip(offset, windows.padding, windows.strides, windows.spatial, windows.pooled, strict=True)
+            zip(
+                offset,
+                windows.padding,
+                windows.strides,
+                windows.spatial,
+                windows.pooled,
+                strict=True,
+            )
         ):
             low = o - lo
             config[windows.first_axis + i] = (low, n - low - (m - 1) * s - 1, s - 1)
@@ -499,9 +527,7 @@ def _max_pool_bwd(windows, winner, cotangent):
     if isinstance(cotangent, tuple):  # (values, winners); the winners' cotangent is float0
         cotangent = cotangent[0]
     shape = cotangent.shape[: windows.first_axis] + windows.spatial + cotangent.shape[-1:]
-    parts = (
-        jnp.where(winner == index, cotangent, 0) for index, _ in enumerate(windows.offsets())
-    )
+    parts = (jnp.where(winner == index, cotangent, 0) for index, _ in enumerate(windows.offsets()))
     return (_spread(parts, windows, shape),)
 
 
@@ -521,7 +547,8 @@ def _flat_indices(indices, values_shape, spatial) -> jax.Array:
         )
     plane = int(np.prod(spatial))
     if not isinstance(indices, jax.core.Tracer) and indices.size:
-        low, high = int(jnp.min(indices)), int(jnp.max(indices))
+        host = np.asarray(indices)  # NumPy: under jit, jnp would stage a concrete array
+        low, high = int(host.min()), int(host.max())
         if low < 0 or high >= plane:
             raise ValueError(
                 f"indices must lie in [0, {plane}) for spatial_shape {spatial}, got "

@@ -857,3 +857,154 @@ def np_relaxed_topk_vjp(p, cotangent, k, axis=-1, temperature=1.0, kind="soft"):
     c = s * (g - g_hat)
     dt = -(c * z).sum(axes, keepdims=True) / t
     return c / t, np.squeeze(g_hat, axes), np.squeeze(dt, axes)
+
+
+# --- pooling: float64 oracles from explicitly extracted windows ---
+
+
+def np_windows(x, window, strides, padding):
+    """Every window of channels-last ``x`` as an explicit patch tensor: (patches, positions),
+    ``patches`` of shape (*batch, *pooled, features, window size) with -inf at padded
+    positions, and ``positions`` of shape (*pooled, window size): each entry's flat
+    row-major index within the spatial plane, -1 where it is padding. ``padding`` is a
+    sequence of (low, high) pairs."""
+    x = np.asarray(x, np.float64)
+    d = len(window)
+    first = x.ndim - 1 - d
+    spatial = x.shape[first:-1]
+    pooled = [
+        (n + lo + hi - w) // s + 1
+        for n, w, s, (lo, hi) in zip(spatial, window, strides, padding, strict=True)
+    ]
+    batch = x.shape[:first]
+    patches = np.full((*batch, *pooled, x.shape[-1], int(np.prod(window))), -np.inf)
+    positions = np.full((*pooled, int(np.prod(window))), -1, np.int64)
+    for out in np.ndindex(*pooled):
+        for k, offset in enumerate(np.ndindex(*window)):
+            coords = [
+                o * s - lo + w
+                for o, s, (lo, _), w in zip(out, strides, padding, offset, strict=True)
+            ]
+            if all(0 <= c < n for c, n in zip(coords, spatial, strict=True)):
+                index = (Ellipsis, *coords, slice(None))
+                patches[(Ellipsis, *out, slice(None), k)] = x[index]
+                positions[(*out, k)] = np.ravel_multi_index(coords, spatial)
+    return patches, positions
+
+
+def np_max_pool(x, window, strides, padding):
+    """(values, indices) with the documented semantics: the first maximum in row-major
+    window order; a NaN window gives NaN and the index of its last NaN; a window whose real
+    entries are all -inf, -inf and the index of its first real entry."""
+    patches, positions = np_windows(x, window, strides, padding)
+    real = positions >= 0  # (*pooled, K), broadcast over batch and features
+    real = np.broadcast_to(real[..., None, :], patches.shape)
+    nan = np.isnan(patches)
+    values = np.max(np.where(nan, -np.inf, patches), axis=-1)
+    size = patches.shape[-1]
+    first_max = np.argmax(real & (patches == values[..., None]), axis=-1)
+    first_real = np.argmax(real, axis=-1)
+    last_nan = size - 1 - np.argmax(nan[..., ::-1], axis=-1)
+    any_nan = nan.any(-1)
+    chosen = np.where(any_nan, last_nan, np.where(values == -np.inf, first_real, first_max))
+    values = np.where(any_nan, np.nan, values)
+    flat_positions = np.broadcast_to(positions[..., None, :], patches.shape)
+    indices = np.take_along_axis(flat_positions, chosen[..., None], -1)[..., 0]
+    return values, indices.astype(np.int32)
+
+
+def np_scatter_to_plane(x_shape, d, indices, updates, combine="add"):
+    """Scatters ``updates`` at plane ``indices`` (shape (*batch, *pooled, features)) into an
+    array of ``x_shape`` (``d`` spatial dimensions before the features), adding them, or
+    with ``combine="max"`` taking the largest of the values that name one position (NaN if
+    any is NaN); positions nothing names are 0."""
+    first = len(x_shape) - 1 - d
+    batch = int(np.prod(x_shape[:first]))
+    features = x_shape[-1]
+    out = np.zeros((batch, int(np.prod(x_shape[first:-1])), features))
+    touched = np.zeros(out.shape, bool)
+    idx = np.asarray(indices).reshape(batch, -1, features)
+    upd = np.asarray(updates, np.float64).reshape(batch, -1, features)
+    for (b, q, f), u in np.ndenumerate(upd):
+        i = idx[b, q, f]
+        if combine == "add":
+            out[b, i, f] += u
+        elif not touched[b, i, f]:
+            out[b, i, f] = u
+        else:
+            held = out[b, i, f]
+            out[b, i, f] = np.nan if np.isnan(u) or np.isnan(held) else max(held, u)
+        touched[b, i, f] = True
+    return out.reshape(x_shape)
+
+
+def _pool_temperature(temperature, ndim):
+    t = np.asarray(temperature, np.float64)
+    return t.reshape((1,) * (ndim - t.ndim) + t.shape)
+
+
+@_quiet
+def np_smooth_pool(x, window, strides, padding, temperature=1.0, kind="soft"):
+    """soft_pool (``kind="soft"``: the softmax-weighted mean) or lse_pool (``"lse"``: t
+    log-sum-exp) of every window, in float64: padding and -inf entries take no part (a
+    window of nothing but them gives -inf), +inf entries win (+inf), NaN poisons."""
+    patches, _ = np_windows(x, window, strides, padding)
+    t = _pool_temperature(temperature, np.ndim(x))[..., None]
+    with np.errstate(invalid="ignore"):
+        m = np.max(np.where(np.isnan(patches), -np.inf, patches), -1, keepdims=True)
+        finite_m = np.where(np.isfinite(m), m, 0.0)
+        e = np.where(patches > -np.inf, np.exp((patches - finite_m) / t), 0.0)
+        den = e.sum(-1, keepdims=True)
+        gap = np.where(e > 0, patches - finite_m, 0.0)
+        if kind == "soft":
+            value = finite_m + (e * gap).sum(-1, keepdims=True) / den
+        else:
+            value = finite_m + t * np.log(den)
+    value = np.where(m == -np.inf, -np.inf, value)
+    value = np.where(m == np.inf, np.inf, value)
+    value = np.where(np.isnan(patches).any(-1, keepdims=True), np.nan, value)
+    return value[..., 0]
+
+
+@_quiet
+def np_smooth_pool_vjp(x, cotangent, window, strides, padding, temperature=1.0, kind="soft"):
+    """(dx, dt per window) of :func:`np_smooth_pool` in closed form, on inputs without NaN:
+    ``p (1 + (x - y) / t)`` and ``-Var_p(x) / t^2`` for soft, ``p`` and the softmax's
+    entropy for lse; a window holding +inf shares its cotangent equally among its +inf
+    entries and has no temperature gradient; -inf and padding entries get 0. dt has the
+    pooled shape (sum it to the temperature's shape)."""
+    x = np.asarray(x, np.float64)
+    d = len(window)
+    patches, positions = np_windows(x, window, strides, padding)
+    t = _pool_temperature(temperature, x.ndim)[..., None]
+    g = np.asarray(cotangent, np.float64)[..., None]
+    m = np.max(patches, -1, keepdims=True)
+    posinf = m == np.inf
+    finite_m = np.where(np.isfinite(m), m, 0.0)
+    e = np.where(patches > -np.inf, np.exp((patches - finite_m) / t), 0.0)
+    e = np.where(posinf, (patches == np.inf).astype(float), e)
+    den = e.sum(-1, keepdims=True)
+    p = e / np.where(den > 0, den, 1.0)
+    u = np.where(p > 0, (patches - finite_m) / t, 0.0)
+    u = np.where(posinf, 0.0, u)
+    mean_u = (p * u).sum(-1, keepdims=True)
+    if kind == "soft":
+        slope = p * (1 + u - mean_u)
+        dt = -(p * (u - mean_u) ** 2).sum(-1, keepdims=True)
+    else:
+        slope = p
+        dt = np.where(den > 0, np.log(np.where(den > 0, den, 1.0)) - mean_u, 0.0)
+    dt = np.where(posinf, 0.0, dt)
+    contributions = g * slope  # (*batch, *pooled, F, K)
+    dx = np.zeros(x.shape)
+    first = x.ndim - 1 - d
+    spatial = x.shape[first:-1]
+    flat_dx = dx.reshape(*x.shape[:first], -1, x.shape[-1])
+    pooled = positions.shape[:-1]
+    for out in np.ndindex(*pooled):
+        for k in range(positions.shape[-1]):
+            q = positions[(*out, k)]
+            if q >= 0:
+                flat_dx[..., q, :] += contributions[(Ellipsis, *out, slice(None), k)]
+    del spatial
+    return flat_dx.reshape(x.shape), (g * dt)[..., 0]
