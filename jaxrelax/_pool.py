@@ -261,7 +261,9 @@ def lse_pool(
       Networks, 2015, https://arxiv.org/abs/1411.6228
 
     Note:
-      Infinities, NaN and temperatures behave as in :func:`soft_pool`.
+      Infinities, NaN and temperatures behave as in :func:`soft_pool`; a window holding
+      ``c`` entries ``+inf`` has the limit's temperature gradient, ``log c`` (the entropy of
+      its softmax), as :func:`jaxrelax.smooth_max` has.
     """
     return _smooth_pool("lse", x, window_shape, strides, padding, temperature)
 
@@ -653,7 +655,8 @@ def _smooth_rule(x, t, windows, kind):
 
 def _smooth_fwd(x, t, windows, kind):
     stats, peak = _window_softmax(x, t, windows)
-    return _smooth_value(kind, stats, peak, t), (x, t, stats)
+    # The backward pass needs the softmax's statistics, not the value's mean gap.
+    return _smooth_value(kind, stats, peak, t), (x, t, stats._replace(mean_half_gap=None))
 
 
 def _smooth_bwd(windows, kind, residuals, cotangent):

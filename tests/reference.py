@@ -966,12 +966,14 @@ def np_smooth_pool(x, window, strides, padding, temperature=1.0, kind="soft"):
     return value[..., 0]
 
 
+@np.errstate(invalid="ignore")  # NaN windows give NaN, as they should
 @_quiet
 def np_smooth_pool_vjp(x, cotangent, window, strides, padding, temperature=1.0, kind="soft"):
     """(dx, dt per window) of :func:`np_smooth_pool` in closed form, on inputs without NaN:
     ``p (1 + (x - y) / t)`` and ``-Var_p(x) / t^2`` for soft, ``p`` and the softmax's
-    entropy for lse; a window holding +inf shares its cotangent equally among its +inf
-    entries and has no temperature gradient; -inf and padding entries get 0. dt has the
+    entropy for lse; a window holding +inf shares its cotangent equally among its c +inf
+    entries (the limit of equal, ever larger entries), with temperature gradient 0 for soft
+    and log c for lse; -inf and padding entries get 0. dt has the
     pooled shape (sum it to the temperature's shape)."""
     x = np.asarray(x, np.float64)
     d = len(window)
@@ -994,7 +996,6 @@ def np_smooth_pool_vjp(x, cotangent, window, strides, padding, temperature=1.0, 
     else:
         slope = p
         dt = np.where(den > 0, np.log(np.where(den > 0, den, 1.0)) - mean_u, 0.0)
-    dt = np.where(posinf, 0.0, dt)
     contributions = g * slope  # (*batch, *pooled, F, K)
     dx = np.zeros(x.shape)
     first = x.ndim - 1 - d

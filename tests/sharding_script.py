@@ -47,7 +47,19 @@ FUNCTIONS = {
     "sparse_topk": lambda x, w: jaxrelax.sparse_topk(x, 8, temperature=0.7, where=w),
     "st_topk": lambda x, w: jaxrelax.st_topk(x, 8, temperature=0.7, where=w),
     "gumbel_topk_hard": lambda x, w: jaxrelax.gumbel_topk(KEY, x, 8, hard=True, where=w),
+    # pooling: the rows as 8x8 single-feature images, overlapping padded 3x3 windows
+    "max_pool": lambda x, w: jaxrelax.max_pool(_images(x), (3, 3), (2, 2), "SAME"),
+    "soft_pool": lambda x, w: jaxrelax.soft_pool(_images(x), (3, 3), (2, 2), "SAME"),
+    "lse_pool": lambda x, w: jaxrelax.lse_pool(_images(x), (3, 3), (2, 2), "SAME"),
+    "st_max_pool": lambda x, w: jaxrelax.st_max_pool(_images(x), (3, 3), (2, 2), "SAME"),
+    "max_unpool": lambda x, w: jaxrelax.max_unpool(
+        *jaxrelax.max_pool(_images(x), (2, 2), (2, 2), return_indices=True), (8, 8)
+    ),
 }
+
+
+def _images(x):
+    return x.reshape(16, 8, 8, 1)
 
 
 def _value_and_grad(fn):

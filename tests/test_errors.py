@@ -243,3 +243,84 @@ def test_bad_topk_choices():
         jaxrelax.gumbel_topk(jax.random.key(0), X, 2, temperature=0.0)
     with pytest.raises(ValueError, match="where of shape"):
         jaxrelax.gumbel_topk(jax.random.key(0), X, 2, where=jnp.ones((3, 2), bool))
+
+
+IMAGE = jnp.ones((2, 5, 4, 3))  # (batch, height, width, features)
+POOLS = {
+    "max_pool": jaxrelax.max_pool,
+    "soft_pool": jaxrelax.soft_pool,
+    "lse_pool": jaxrelax.lse_pool,
+    "st_max_pool": jaxrelax.st_max_pool,
+}
+
+
+@pytest.mark.parametrize("name", POOLS)
+def test_bad_pooling_geometry(name):
+    pool = POOLS[name]
+    for window, error in [
+        ((2, 0), ValueError),  # zero
+        ((2, -1), ValueError),  # negative
+        ((), ValueError),  # no spatial dims
+        ((1, 1, 1, 1), ValueError),  # more than 3
+        ((2.0, 2), TypeError),
+        (2, TypeError),  # not a sequence
+        ("22", TypeError),
+    ]:
+        with pytest.raises(error, match="window_shape"):
+            pool(IMAGE, window)
+    with pytest.raises(ValueError, match="x must have 3 spatial dimension"):
+        pool(IMAGE[0, 0], (2, 2, 2))  # (4, 3): too few dims for the window
+    with pytest.raises(ValueError, match="empty spatial dimension"):
+        pool(jnp.ones((2, 0, 4, 3)), (1, 1))
+    for strides, error in [((2,), ValueError), ((0, 1), ValueError), ((1, -2), ValueError)]:
+        with pytest.raises(error, match="strides"):
+            pool(IMAGE, (2, 2), strides)
+    for padding, error in [
+        ("same", ValueError),
+        ("FULL", ValueError),
+        (((1, 1),), ValueError),  # one pair for two spatial dims
+        (((1, 1), (1,)), ValueError),
+        (((1, 1), (-1, 0)), ValueError),  # negative
+        (((2, 0), (0, 0)), ValueError),  # as wide as the window: windows of padding alone
+        (((1.5, 0), (0, 0)), TypeError),
+        (3, TypeError),
+    ]:
+        with pytest.raises(error, match="padding"):
+            pool(IMAGE, (2, 2), (1, 1), padding)
+    with pytest.raises(ValueError, match="window_shape .* must fit"):
+        pool(IMAGE, (6, 2))  # larger than the (unpadded) input
+    assert pool(IMAGE, (6, 2), None, ((1, 0), (0, 0))).shape == (2, 1, 3, 3)  # with padding
+
+
+@pytest.mark.parametrize("name", ["soft_pool", "lse_pool", "st_max_pool"])
+def test_bad_pooling_temperature(name):
+    pool = POOLS[name]
+    for t in [0.0, -1.0, np.nan, np.inf]:
+        with pytest.raises(ValueError, match="temperature must be positive"):
+            pool(IMAGE, (2, 2), temperature=t)
+    with pytest.raises(ValueError, match="temperature of shape"):
+        pool(IMAGE, (2, 2), temperature=jnp.ones((5, 1, 1)))  # varies along a spatial dim
+    assert pool(IMAGE, (2, 2), temperature=jnp.ones((2, 1, 1, 3))).shape == (2, 4, 3, 3)
+
+
+def test_bad_max_pool_and_unpool_arguments():
+    with pytest.raises(TypeError, match="return_indices must be a bool"):
+        jaxrelax.max_pool(IMAGE, (2, 2), return_indices=1)
+    with pytest.raises(TypeError, match="x must be an array of real numbers"):
+        jaxrelax.max_pool("image", (2, 2))
+    values, indices = jaxrelax.max_pool(IMAGE, (2, 2), (2, 2), return_indices=True)
+    with pytest.raises(TypeError, match="indices must be an integer array"):
+        jaxrelax.max_unpool(values, indices.astype(jnp.float32), (5, 4))
+    with pytest.raises(ValueError, match="indices of shape"):
+        jaxrelax.max_unpool(values, indices[..., :1], (5, 4))
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, 6\)"):
+        jaxrelax.max_unpool(values, indices, (2, 3))  # 5x4 plane indices in a 2x3 plane
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, 20\).*got -1"):
+        jaxrelax.max_unpool(values, indices - 1, (5, 4))
+    for spatial, error in [((5, 0), ValueError), ((), ValueError), (5, TypeError)]:
+        with pytest.raises(error, match="spatial_shape"):
+            jaxrelax.max_unpool(values, indices, spatial)
+    with pytest.raises(ValueError, match="values must have 3 spatial dimension"):
+        jaxrelax.max_unpool(values[0, 0], indices[0, 0], (5, 4, 1))
+    with pytest.raises(TypeError, match="values must be an array of real numbers"):
+        jaxrelax.max_unpool(None, indices, (5, 4))

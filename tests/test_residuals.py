@@ -84,3 +84,38 @@ def test_traced_temperature_adds_no_input_sized_residual():
     _, vjp = jax.vjp(lambda x, t: jaxrelax.st_hardmax(x, temperature=t), x, jnp.float32(0.5))
     sizes = sorted(np.size(leaf) for leaf in jax.tree_util.tree_leaves(vjp))
     assert sizes[-1] == x.size and sizes[-2] < x.size
+
+
+def _kept(fn, x):
+    """(input-sized, output-sized) arrays held by fn's VJP (the input-sized ones excluded from
+    the second count)."""
+    out = jax.eval_shape(fn, x)
+    out_size = jax.tree_util.tree_leaves(out)[0].size
+    _, vjp = jax.vjp(fn, x)
+    sizes = [np.size(leaf) for leaf in jax.tree_util.tree_leaves(vjp)]
+    return sum(s >= x.size for s in sizes), sum(out_size <= s < x.size for s in sizes)
+
+
+@pytest.mark.parametrize(
+    "fn, expected",
+    [
+        # the winners' offsets (int8), output-sized
+        (lambda x: jaxrelax.max_pool(x, (3, 3), (2, 2), "SAME"), (0, 1)),
+        (lambda x: jaxrelax.max_pool(x, (2, 2), (2, 2), return_indices=True)[0], (0, 1)),
+        # the input, and per window: half the maximum, the normaliser, the mean shifted score
+        (lambda x: jaxrelax.soft_pool(x, (3, 3), (2, 2), "SAME"), (1, 3)),
+        (lambda x: jaxrelax.lse_pool(x, (2, 2), (2, 2)), (1, 3)),
+        (lambda x: jaxrelax.st_max_pool(x, (2, 2), (2, 2)), (1, 3)),
+    ],
+)
+def test_pooling_keeps_the_input_at_most(fn, expected):
+    x = jnp.ones((2, 8, 8, 4))
+    assert _kept(fn, x) == expected
+
+
+def test_max_unpool_keeps_only_the_flat_indices():
+    values, indices = jaxrelax.max_pool(jnp.ones((2, 8, 8, 4)), (2, 2), (2, 2), return_indices=True)
+    _, vjp = jax.vjp(lambda v: jaxrelax.max_unpool(v, indices, (8, 8)), values)
+    leaves = [leaf for leaf in jax.tree_util.tree_leaves(vjp) if np.size(leaf) > 1]
+    assert [np.size(leaf) for leaf in leaves] == [values.size]
+    assert jnp.issubdtype(leaves[0].dtype, jnp.integer)
