@@ -1,7 +1,16 @@
-import jax
-import numpy as np
-import pytest
-from hypothesis import HealthCheck, Phase, settings
+import os
+
+# The tests run small arrays through many programs, so compiling dominates their time: XLA's
+# backend optimisations are switched off for them (the fuzz suites already compile so), which
+# roughly halves it. test_scripts.py runs the notebooks with the default flags, and the
+# benchmarks that measure speed are run by hand, not here. Set before jax starts.
+NO_BACKEND_OPTIMISATION = "--xla_backend_optimization_level=0"
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {NO_BACKEND_OPTIMISATION}".strip()
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, Phase, settings  # noqa: E402
 
 # Hypothesis profiles (select one with pytest --hypothesis-profile=NAME).
 #

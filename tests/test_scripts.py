@@ -8,19 +8,24 @@ from pathlib import Path
 
 import jupytext
 import pytest
+from conftest import NO_BACKEND_OPTIMISATION
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(path.name for path in (ROOT / "notebooks").glob("*.py"))
 
 
 def _run(*args, env=None):
+    environment = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
+    if args[0].startswith("notebooks/"):  # they train: optimised code (see conftest.py)
+        flags = environment.get("XLA_FLAGS", "").replace(NO_BACKEND_OPTIMISATION, "")
+        environment["XLA_FLAGS"] = flags.strip()
     result = subprocess.run(
         [sys.executable, *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
         timeout=900,
-        env=dict(os.environ, JAX_PLATFORMS="cpu", **(env or {})),
+        env=environment,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
@@ -77,9 +82,10 @@ def test_sparse_benchmark_prints_its_table():
 
 
 @pytest.mark.slow
-# (00 and 05 have tests of their own, which read what they print and check their figures.)
+# (00, 05 and 06 have tests of their own, which read what they print and check their figures.)
 @pytest.mark.parametrize(
-    "script", [n for n in NOTEBOOKS if n not in ("00_quickstart.py", "05_topk.py")]
+    "script",
+    [n for n in NOTEBOOKS if n not in ("00_quickstart.py", "05_topk.py", "06_reversing_max.py")],
 )
 def test_notebook_runs_at_smoke_size_and_writes_its_figures(script, tmp_path):
     out = _run(
@@ -139,6 +145,73 @@ def test_topk_notebook_learns_to_select_patches(tmp_path):
     assert max(row["judged"][0] for row in rows.values()) > random["accuracy"][0] + 0.05, out
     assert f"figures written to {tmp_path}" in out, out
     assert len(list(tmp_path.glob("*.png"))) == 3, out
+
+
+def _numbers_after(out, header):
+    """The rows of numbers that follow the line matching ``header``: {first: the others}."""
+    table = {}
+    for line in out[re.search(header, out, re.M).end() :].strip("\n").splitlines():
+        try:
+            first, *others = (float(field) for field in line.split())
+        except ValueError:
+            break
+        table[first] = others
+    return table
+
+
+@pytest.mark.slow
+def test_reversing_max_notebook_unpools_better_than_it_repeats(tmp_path):
+    out = _run(
+        "notebooks/06_reversing_max.py",
+        env={"JAXRELAX_SMOKE": "1", "JAXRELAX_FIGURES": str(tmp_path)},
+    )
+    assert re.search(r"^data: (Fashion-MNIST|scikit-learn 8x8 digits): ", out, re.M), out
+    # 1. As t falls, the window softmax tends to the winner's one-hot, and the soft
+    # unpooling to max_unpool's (ties keep it from reaching it).
+    soft = _numbers_after(out, r"^\s+t\s+\|soft_pool - max_pool\|.*MSE to the image$")
+    temperatures = list(soft)
+    assert len(temperatures) >= 4 and temperatures == sorted(temperatures, reverse=True), out
+    to_one_hot = [row[2] for row in soft.values()]
+    to_max_unpool = [row[3] for row in soft.values()]
+    assert to_one_hot == sorted(to_one_hot, reverse=True) and to_one_hot[-1] < 0.01, out
+    assert to_one_hot[0] > 0.5, out
+    assert to_max_unpool == sorted(to_max_unpool, reverse=True), out
+    assert to_max_unpool[-1] < 0.5 * to_max_unpool[0], out
+    # 2. The table: test MSE and seconds per variant, the test MSE of two references.
+    assert re.search(r"^variant\s+encoder\s+decoder\s+test MSE\s+seconds$", out, re.M), out
+    variants = ["max_unpool", "repeat", "st_max_pool + repeat"]
+    mse = {}
+    for name in [*variants, "mean training image", "all zeros"]:
+        columns = r"\S+\s+\S+\s+([\d.]+)\s+[\d.]+" if name in variants else r"-\s+-\s+([\d.]+)\s+-"
+        row = re.search(rf"^{re.escape(name)}\s+{columns}$", out, re.M)
+        assert row, (name, out)
+        mse[name] = float(row.group(1))
+    assert 0 < mse["mean training image"] < mse["all zeros"], out
+    for name in variants:  # every autoencoder beats the mean image, by far with the indices
+        assert 0 < mse[name] < mse["mean training image"], (name, out)
+    assert mse["max_unpool"] < 0.5 * mse["mean training image"], out
+    # Unpooling at the recorded positions beats repetition, whichever gradient the encoder
+    # had (at smoke size by about 20% on Fashion-MNIST, 50% on the digits).
+    assert mse["max_unpool"] < 0.9 * min(mse["repeat"], mse["st_max_pool + repeat"]), out
+    assert re.search(r"^best variant: max_unpool \(", out, re.M), out
+    # 3. Gumbel samples hit the winner as often as the softmax says, ever more often as the
+    # scale of the logits falls.
+    stochastic = _numbers_after(out, r"^\s+scale s\s+P\(hit\) sampled.*MSE to the image$")
+    scales = list(stochastic)
+    assert len(scales) >= 3 and scales == sorted(scales, reverse=True), out
+    hits = [row[0] for row in stochastic.values()]
+    for sampled, softmax, z, *_ in stochastic.values():
+        assert abs(sampled - softmax) < 0.03 and z < 6, out
+    assert hits == sorted(hits) and hits[-1] > 0.95, out
+    assert f"figures written to {tmp_path}" in out, out
+    figures = sorted(f.name for f in tmp_path.glob("*.png"))
+    assert figures == [
+        "gumbel_unpooling.png",
+        "reconstructions.png",
+        "soft_unpooling.png",
+        "training_loss.png",
+    ], figures
+    assert all(f.stat().st_size > 1000 for f in tmp_path.glob("*.png")), out
 
 
 @pytest.mark.slow
