@@ -607,32 +607,50 @@ class _WindowSoftmax(NamedTuple):
     top: jax.Array  # half the window's maximum (capped; see _utils.halved_top)
     den: jax.Array  # sum of exp(u): at least 1, or 0 when all real entries are -inf
     mean_u: jax.Array  # sum of p u
-    mean_half_gap: jax.Array  # sum of p (x / 2 - top): half of (soft_pool - max)
 
 
 def _window_softmax(x, t, windows) -> tuple[_WindowSoftmax, jax.Array]:
-    """The statistics, and each window's maximum."""
+    """The statistics, and each window's maximum. The loop is arithmetic only (XLA's CPU
+    backend vectorises it; a select per offset would halve its speed): the logits are
+    clamped at a floor whose exponential is 0, so that -inf entries weigh 0 with no 0 * inf."""
     peak = _window_max(x, windows)
     top = _utils.halved_top(lax.stop_gradient(peak))
-    den = sum_u = sum_gap = 0
+    factor = _utils.halves_factor(1 / t, x.dtype)
+    den = sum_u = 0
     for _, part in _window_slices(x, windows, -jnp.inf):
-        u = _shifted(part, top, t)
+        u = _window_logits(part, top, factor)
         e = jnp.exp(u)
-        live = e > 0  # double where: -inf entries would give 0 * inf
         den = den + e
-        sum_u = sum_u + jnp.where(live, e * jnp.where(live, u, 0), 0)
-        gap = _utils.capped_half(part) - top
-        sum_gap = sum_gap + jnp.where(live, e * jnp.where(live, gap, 0), 0)
-    safe = jnp.where(den == 0, 1, den)  # 0 or at least 1 (the maximum's term), or NaN
-    return _WindowSoftmax(top, den, sum_u / safe, sum_gap / safe), peak
+        sum_u = sum_u + e * u
+    return _WindowSoftmax(top, den, sum_u / _nonzero(den)), peak
 
 
-def _shifted(part, top, t):
-    """``(x - max) / t`` per entry of a window slice: ``-inf`` at ``-inf`` entries and padding,
-    whose derivatives are 0 rather than ``0 * inf`` (double where)."""
-    lost = part == -jnp.inf
-    u = _utils.shift_from_top(jnp.where(lost, 0, part), top, 1 / t)
-    return jnp.where(lost, -jnp.inf, u)
+def _nonzero(den):
+    """den, or 1 where it is 0 (windows of -inf entries only); NaN stays NaN."""
+    return jnp.where(den == 0, 1, den)
+
+
+def _logit_floor(dtype) -> float:
+    """A logit whose exponential is exactly 0 in ``dtype``."""
+    return float(np.log(jnp.finfo(dtype).smallest_subnormal)) - 2
+
+
+@jax.custom_jvp
+def _window_logits(part, top, factor):
+    """``max((x - max) / t, floor)`` from halves (``factor`` is ``2 / t``): ``-inf`` entries
+    and padding give the floor, with derivative 0 (no 0 * inf), and ``top`` gets none."""
+    u = (_utils.capped_half(part) - top) * factor
+    return jnp.maximum(u, _logit_floor(part.dtype))
+
+
+@_window_logits.defjvp
+def _window_logits_jvp(primals, tangents):
+    part, top, factor = primals
+    d_part, _, d_factor = tangents
+    u = _window_logits(part, top, factor)
+    live = u > _logit_floor(part.dtype)
+    half_gap = jnp.where(live, _utils.capped_half(part) - top, 0)  # double where
+    return u, jnp.where(live, d_part * (factor / 2) + half_gap * d_factor, 0)
 
 
 def _smooth_value(kind, stats: _WindowSoftmax, peak, t):
@@ -640,8 +658,8 @@ def _smooth_value(kind, stats: _WindowSoftmax, peak, t):
         return peak
     if kind == "lse":
         return _utils.max_of_top(stats.top) + t * jnp.log(stats.den)
-    # 2 (top + mean gap) = max + sum p (x - max), from halves so that it cannot overflow.
-    value = 2 * (stats.top + stats.mean_half_gap)
+    # max + t sum p u = 2 (top + sum p (x - max) / 2): from halves, so that it cannot overflow
+    value = 2 * (stats.top + (t / 2) * stats.mean_u)
     return jnp.where(stats.den == 0, -jnp.inf, value)
 
 
@@ -655,27 +673,26 @@ def _smooth_rule(x, t, windows, kind):
 
 def _smooth_fwd(x, t, windows, kind):
     stats, peak = _window_softmax(x, t, windows)
-    # The backward pass needs the softmax's statistics, not the value's mean gap.
-    return _smooth_value(kind, stats, peak, t), (x, t, stats._replace(mean_half_gap=None))
+    return _smooth_value(kind, stats, peak, t), (x, t, stats)
 
 
 def _smooth_bwd(windows, kind, residuals, cotangent):
     x, t, stats = residuals
-    den = jnp.where(stats.den == 0, 1, stats.den)
+    den = _nonzero(stats.den)
+    factor = _utils.halves_factor(1 / t, x.dtype)
     parts, spread_u = [], 0
     for _, part in _window_slices(x, windows, -jnp.inf):
-        u = _shifted(part, stats.top, t)
-        p = jnp.exp(u) / den
-        live = p > 0  # double where, as in the forward pass
-        gap = jnp.where(live, jnp.where(live, u, 0) - stats.mean_u, 0)
+        u = _window_logits(part, stats.top, factor)
+        p = jnp.exp(u) / den  # 0 at the floor, where u - mean u is finite
         if kind == "lse":
             parts.append(cotangent * p)
         else:  # d/dx_i sum p x = p_i (1 + (x_i - y) / t), with (x_i - y) / t = u_i - mean u
-            parts.append(cotangent * jnp.where(live, p * (1 + gap), 0))
-            spread_u = spread_u + jnp.where(live, p * gap * gap, 0)
+            gap = u - stats.mean_u
+            parts.append(cotangent * (p + p * gap))
+            spread_u = spread_u + p * gap * gap
     dx = _spread(parts, windows, x.shape)
     if kind == "lse":  # the entropy of the window's softmax
-        dt = cotangent * jnp.where(stats.den > 0, jnp.log(den) - stats.mean_u, 0)
+        dt = cotangent * (jnp.log(den) - stats.mean_u)
     else:  # -Var_p(x) / t^2, as the mean of squared (x - y) / t
         dt = -cotangent * spread_u
     return dx, _utils.sum_to_shape(dt, t.shape).astype(t.dtype)

@@ -361,12 +361,17 @@ def shift_from_top(x: jax.Array, top: jax.Array, scale=None) -> jax.Array:
     :func:`halved_top` of the maximum, and no gradient flows to it."""
     if scale is None:
         return _shift_halves(x, top, jnp.asarray(2, x.dtype))
-    # Clipped so that a huge temperature gives the uniform limit, never 0 * -inf at a masked
-    # entry, and a tiny one the hard limit, never inf * 0 at the maximum; a (traced) negative
-    # scale gives NaN.
-    finfo = jnp.finfo(x.dtype)
+    return _shift_halves(x, top, halves_factor(scale, x.dtype))
+
+
+def halves_factor(scale, dtype) -> jax.Array:
+    """``2 * scale``, the factor that turns halved differences into scaled ones, clipped so
+    that a huge temperature gives the uniform limit, never 0 * -inf at a masked entry, and a
+    tiny one the hard limit, never inf * 0 at the maximum; a (traced) negative scale gives
+    NaN."""
+    finfo = jnp.finfo(dtype)
     factor = jnp.where(scale >= 0, jnp.clip(2 * scale, finfo.tiny, finfo.max), jnp.nan)
-    return _shift_halves(x, top, factor.astype(x.dtype))
+    return factor.astype(dtype)
 
 
 def capped_half(x: jax.Array) -> jax.Array:
