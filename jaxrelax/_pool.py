@@ -407,11 +407,11 @@ def _check_pads(padding, window) -> tuple[tuple[int, int], ...]:
     return pads
 
 
-def _window_slices(x: jax.Array, windows: Windows, fill: float):
+def _window_slices(x: jax.Array, windows: Windows):
     """(offset index, slice) for each offset within the window, in row-major order: the
-    slice holds, for every window, its entry at that offset (``fill`` in the padding)."""
+    slice holds, for every window, its entry at that offset (-inf in the padding)."""
     padding = windows.expand([(lo, hi, 0) for lo, hi in windows.padding], (0, 0, 0))
-    padded = lax.pad(x, jnp.asarray(fill, x.dtype), padding)
+    padded = lax.pad(x, jnp.asarray(-jnp.inf, x.dtype), padding)
     sizes = windows.expand(windows.pooled, None)
     for index, offset in enumerate(windows.offsets()):
         start = windows.expand(offset, 0)
@@ -450,7 +450,7 @@ def _window_max(x: jax.Array, windows: Windows) -> jax.Array:
     """Each window's maximum. An elementwise ``max`` of the slices: it propagates NaN, which
     ``lax.reduce_window`` drops on XLA's CPU backend."""
     peak = None
-    for _, part in _window_slices(x, windows, -jnp.inf):
+    for _, part in _window_slices(x, windows):
         peak = part if peak is None else jnp.maximum(peak, part)
     return peak
 
@@ -463,7 +463,7 @@ def _winners(x: jax.Array, windows: Windows) -> tuple[jax.Array, jax.Array]:
     dtype = jnp.int8 if size <= np.iinfo(np.int8).max else jnp.int32
     peak = jnp.full((), -jnp.inf, x.dtype)
     winner = _first_real_offset(windows).astype(dtype)
-    for index, part in _window_slices(x, windows, -jnp.inf):
+    for index, part in _window_slices(x, windows):
         better = (part > peak) | jnp.isnan(part)
         peak = jnp.where(better, part, peak)
         winner = jnp.where(better, jnp.asarray(index, dtype), winner)
@@ -529,6 +529,17 @@ def _max_pool_bwd(windows, winner, cotangent):
     if isinstance(cotangent, tuple):  # (values, winners); the winners' cotangent is float0
         cotangent = cotangent[0]
     shape = cotangent.shape[: windows.first_axis] + windows.spatial + cotangent.shape[-1:]
+    if any(s < w for s, w in zip(windows.strides, windows.window, strict=True)):
+        # Overlapping windows: compiled with the forward pass, XLA fuses the winners' search
+        # into every offset's part of the spread (nine searches for a 3x3 window; an
+        # optimisation barrier does not survive its passes). A scatter reads it once.
+        flat = _global_indices(_plane_indices(winner, windows), shape, windows.spatial)
+        dx = (
+            jnp.zeros(int(np.prod(shape)), cotangent.dtype)
+            .at[flat.reshape(-1)]
+            .add(cotangent.reshape(-1), mode="drop")
+        )
+        return (dx.reshape(shape),)
     parts = (jnp.where(winner == index, cotangent, 0) for index, _ in enumerate(windows.offsets()))
     return (_spread(parts, windows, shape),)
 
@@ -556,19 +567,25 @@ def _flat_indices(indices, values_shape, spatial) -> jax.Array:
                 f"indices must lie in [0, {plane}) for spatial_shape {spatial}, got "
                 f"{low if low < 0 else high}"
             )
-    features = values_shape[-1]
-    batch = int(np.prod(values_shape[: -1 - len(spatial)]))
-    total = batch * plane * features
+    batch = values_shape[: -1 - len(spatial)]
+    return _global_indices(indices, (*batch, *spatial, values_shape[-1]), spatial)
+
+
+def _global_indices(plane_indices, shape, spatial) -> jax.Array:
+    """Plane indices (of shape (*batch, *pooled, features)) as flat indices into an array of
+    ``shape`` (*batch, *spatial, features); out-of-range ones point past its end."""
+    plane = int(np.prod(spatial))
+    total = int(np.prod(shape))
     dtype = jnp.int64 if total > _utils.MAX_INT32 and jax.config.jax_enable_x64 else jnp.int32
     if total > _utils.MAX_INT32 and dtype == jnp.int32:
-        raise ValueError(
-            f"max_unpool's output of {total} entries needs 64-bit indices: enable jax_enable_x64"
-        )
-    rows = indices.reshape(batch, -1, features).astype(dtype)
+        raise ValueError(f"an array of {total} entries needs 64-bit indices: enable x64")
+    lead = len(shape) - 1 - len(spatial)
+    batch, features = int(np.prod(shape[:lead])), shape[-1]
+    pooled = int(np.prod(plane_indices.shape[lead:-1]))
+    rows = plane_indices.reshape(batch, pooled, features).astype(dtype)
     base = jnp.arange(batch, dtype=dtype)[:, None, None] * plane
-    feature = jnp.arange(features, dtype=dtype)
-    flat = (base + rows) * features + feature
-    return jnp.where((rows >= 0) & (rows < plane), flat, total).reshape(values_shape)
+    flat = (base + rows) * features + jnp.arange(features, dtype=dtype)
+    return jnp.where((rows >= 0) & (rows < plane), flat, total).reshape(plane_indices.shape)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -617,7 +634,7 @@ def _window_softmax(x, t, windows) -> tuple[_WindowSoftmax, jax.Array]:
     top = _utils.halved_top(lax.stop_gradient(peak))
     factor = _utils.halves_factor(1 / t, x.dtype)
     den = sum_u = 0
-    for _, part in _window_slices(x, windows, -jnp.inf):
+    for _, part in _window_slices(x, windows):
         u = _window_logits(part, top, factor)
         e = jnp.exp(u)
         den = den + e
@@ -681,7 +698,7 @@ def _smooth_bwd(windows, kind, residuals, cotangent):
     den = _nonzero(stats.den)
     factor = _utils.halves_factor(1 / t, x.dtype)
     parts, spread_u = [], 0
-    for _, part in _window_slices(x, windows, -jnp.inf):
+    for _, part in _window_slices(x, windows):
         u = _window_logits(part, stats.top, factor)
         p = jnp.exp(u) / den  # 0 at the floor, where u - mean u is finite
         if kind == "lse":

@@ -359,3 +359,14 @@ def test_every_offset_can_win(x64):
             x[(*offset, 0)] = 1.0
             _, index = jaxrelax.max_pool(x, window, return_indices=True)
             assert index.reshape(()) == np.ravel_multi_index(offset, window)
+
+
+@pytest.mark.parametrize("shape", [(0, 5, 4, 3), (2, 5, 4, 0)], ids=["no-batch", "no-features"])
+def test_empty_batch_or_features(shape):
+    x = jnp.ones(shape)
+    for fn in (jaxrelax.max_pool, jaxrelax.soft_pool, jaxrelax.lse_pool, jaxrelax.st_max_pool):
+        out = fn(x, (3, 3), (2, 2), "SAME")
+        assert out.shape == (shape[0], 3, 2, shape[-1])
+        assert jax.grad(lambda x, fn=fn: fn(x, (3, 3), (2, 2), "SAME").sum())(x).shape == shape
+    values, indices = jaxrelax.max_pool(x, (2, 2), (2, 2), return_indices=True)
+    assert jaxrelax.max_unpool(values, indices, (5, 4)).shape == shape

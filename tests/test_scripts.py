@@ -239,3 +239,28 @@ def test_topk_benchmark_checks_its_baselines_and_prints_its_table():
     # Every relaxation keeps one input-sized array for its backward pass, as its baselines do.
     residuals = r"^soft_topk k=8\s+64x128\s+float32\s+fwd\+bwd\s.*\s1 vs 1\s*$"
     assert re.search(residuals, out, re.M), out
+
+
+@pytest.mark.slow
+def test_pooling_benchmark_checks_its_baselines_and_prints_its_table():
+    out = _run("benchmarks/pooling.py", "--quick", "--repeats", "2")
+    assert re.search(r"^baselines(?: and torch)? agree with ours at 4x16x15x8", out, re.M), out
+    for op, mode, baseline in [
+        ("max_pool 2x2/2", "fwd", "reduce_window max"),
+        ("max_pool 3x3/2 p1", "fwd+bwd", "reduce_window max"),
+        ("max_pool indices 3x3/2 p1", "fwd", "reduce_window max"),
+        ("max_unpool 2x2/2", "fwd", "vjp(reduce_window) unpool"),
+        ("soft_pool 3x3/2 p1", "fwd+bwd", "avg_pool"),
+        ("lse_pool 2x2/2", "fwd+bwd", "direct lse_pool"),
+        ("st_max_pool 3x3/2 p1", "fwd+bwd", "soft_pool"),
+    ]:
+        assert re.search(
+            rf"^{re.escape(op)}\s+8x32x32x16\s+float32\s+{re.escape(mode)}\s+[\d.]+\s+"
+            rf"{re.escape(baseline)}\s",
+            out,
+            re.M,
+        ), (op, mode, out)
+    # max_pool's backward pass keeps the winners' offsets, not the input.
+    assert re.search(
+        r"^max_pool 2x2/2\s+8x32x32x16\s+float32\s+fwd\+bwd\s.*\s0 vs 1\s*$", out, re.M
+    )
