@@ -34,6 +34,10 @@ settings.register_profile("thorough", max_examples=100, **_COMMON)
 settings.load_profile("ci")
 
 
+# A script run by hand (it needs PyTorch), not a module to import for doctests.
+collect_ignore = ["make_pool_oracles.py"]
+
+
 @pytest.fixture
 def x64():
     """Runs the test with 64-bit floats enabled."""
