@@ -10,7 +10,9 @@ slices into one pass, so that no (windows x window size) patch tensor is ever bu
 backward passes are the dual: each offset's contribution, of the output's shape, is spread
 back onto the input by a padding with holes (``lax.pad`` with interior padding), and the
 offsets' spreads are summed. The max-pool's backward pass reads the winner's offset within
-each window, saved by the forward pass: this replaces XLA's select-and-scatter.
+each window, saved by the forward pass, in place of XLA's select-and-scatter; with overlapping
+windows it scatters to the winners instead (see ``_max_pool_bwd``). The soft pools' loops are
+arithmetic only, which XLA's CPU backend vectorises (see ``_window_softmax``).
 """
 
 from __future__ import annotations
