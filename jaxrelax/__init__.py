@@ -9,6 +9,11 @@ from ._gumbel import gumbel_rao as gumbel_rao
 from ._gumbel import gumbel_softmax as gumbel_softmax
 from ._gumbel import gumbel_topk as gumbel_topk
 from ._hard import hardmax as hardmax
+from ._perturbed import perturbed as perturbed
+from ._perturbed import perturbed_argmax as perturbed_argmax
+from ._perturbed import perturbed_fy_loss as perturbed_fy_loss
+from ._perturbed import perturbed_max as perturbed_max
+from ._perturbed import perturbed_topk as perturbed_topk
 from ._pool import lse_pool as lse_pool
 from ._pool import max_pool as max_pool
 from ._pool import max_unpool as max_unpool
@@ -50,6 +55,11 @@ __all__ = [
     "lse_pool",
     "max_pool",
     "max_unpool",
+    "perturbed",
+    "perturbed_argmax",
+    "perturbed_fy_loss",
+    "perturbed_max",
+    "perturbed_topk",
     "schedules",
     "smooth_max",
     "soft_argmax",

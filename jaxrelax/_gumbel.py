@@ -159,7 +159,7 @@ def gumbel_topk(
     hard = _utils.check_flag(hard, "hard")
     a = _utils.prepare(logits, axis, temperature, where, name="logits", integers=False)
     k = _topk.check_count(k, _utils.slice_size(a.x.shape, a.axes))
-    perturbed = _limit_for_subsets(a, k) + jax.random.gumbel(key, a.x.shape, a.x.dtype)
+    perturbed = limit_for_subsets(a, k) + jax.random.gumbel(key, a.x.shape, a.x.dtype)
     if hard:
         value = _straight_through.st_topk_rule(
             perturbed, a.temperature, a.where, a.axes, k, "first", "soft"
@@ -338,7 +338,7 @@ def _limit_logits(a: _utils.Prepared) -> jax.Array:
     return _utils.shift_by_max(a.x, a.where, a.axes)[1]
 
 
-def _limit_for_subsets(a: _utils.Prepared, k: int) -> jax.Array:
+def limit_for_subsets(a: _utils.Prepared, k: int) -> jax.Array:
     """The logits less the maximum of their finite entries, +inf logits kept (they are drawn
     first); in a slice with more than ``k`` +inf logits, 0 at those and -inf elsewhere, so
     that the noise decides among them. The gradient passes through unchanged: the

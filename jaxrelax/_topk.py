@@ -266,22 +266,10 @@ def _count(mask, axes):
     return jnp.sum(mask, axes, keepdims=True, dtype=jnp.int32)
 
 
-def _rows(x, axes):
-    """``x`` with the reduced axes moved last and flattened into one, and the inverse."""
-    kept = [a for a in range(x.ndim) if a not in axes]
-    moved = jnp.transpose(x, kept + list(axes))
-    rows = moved.reshape(*moved.shape[: len(kept)], -1)
-
-    def back(y):
-        return jnp.transpose(y.reshape(moved.shape), np.argsort(kept + list(axes)))
-
-    return rows, back
-
-
 def _scatter_top_k(x, needed, axes, k):
     """The k-hot of the first ``needed`` of ``lax.top_k``'s indices (lowest index first on
     ties)."""
-    rows, back = _rows(jnp.where(x == 0, 0, x), axes)  # -0.0 ties with 0.0
+    rows, back = _utils.rows_last(jnp.where(x == 0, 0, x), axes)  # -0.0 ties with 0.0
     _, indices = lax.top_k(rows, k)
     chosen = jnp.arange(k) < needed.reshape(*rows.shape[:-1], 1)
     return back(jnp.put_along_axis(jnp.zeros_like(rows), indices, chosen, -1, inplace=False))
@@ -292,7 +280,7 @@ def _bracket_by_top_k(x, needed, axes, k):
     largest score and those equal to it, from ``lax.top_k`` along the reduced axes moved
     last. (Its values pass an optimisation barrier: comparing the scores with them otherwise
     makes XLA sort the whole slice.)"""
-    rows, _ = _rows(x, axes)
+    rows, _ = _utils.rows_last(x, axes)
     largest = lax.optimization_barrier(lax.top_k(rows, k)[0])
     kth = jnp.take_along_axis(
         largest, jnp.maximum(needed.reshape(rows.shape[:-1] + (1,)), 1) - 1, -1
