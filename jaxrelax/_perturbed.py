@@ -97,7 +97,8 @@ def perturbed(
 
     Returns:
       The function ``g(key, x, *args)``: ``key`` a PRNG key, ``x`` a real array (integers are
-      promoted to float), ``args`` passed to ``fn`` unperturbed. It returns ``fn``'s output
+      promoted to float), ``args`` (arrays, or pytrees of arrays: bind other options with
+      ``functools.partial``) passed to ``fn`` unperturbed. It returns ``fn``'s output
       structure and shapes, averaged, in ``fn``'s float dtype (float32 for booleans and
       integers; half precision is averaged in float32).
 
@@ -134,15 +135,20 @@ def perturbed(
     plan = _plan(num_samples, noise, batch_size, control_variate, None)
     _check_sigma(sigma, None)
 
+    @functools.partial(jax.jit, static_argnums=3)
+    def estimate(key, x, scale, dtype, *args):
+        outputs = jax.eval_shape(fn, jax.ShapeDtypeStruct(x.shape, dtype), *args)
+        evaluate = functools.partial(_evaluate_as, fn, dtype, outputs)
+        means = perturbed_rule(evaluate, plan, key, x, scale, _moving(x, None, x), *args)
+        return jax.tree.map(lambda v, o: v.astype(_result_dtype(o.dtype)), means, outputs)
+
     @functools.wraps(fn)
     def smoothed(key, x, *args):
         key = _utils.check_key(key)
         a = _utils.prepare(x, None, elementwise=True)
         scale = _check_sigma(sigma, a.x)
-        outputs = _check_outputs(fn, jax.ShapeDtypeStruct(a.x.shape, a.dtype), args)
-        evaluate = functools.partial(_evaluate_as, fn, a.dtype, outputs)
-        means = perturbed_rule(evaluate, plan, key, a.x, scale, _moving(a, a.x), *args)
-        return jax.tree.map(lambda v, o: v.astype(_result_dtype(o.dtype)), means, outputs)
+        _check_outputs(fn, jax.ShapeDtypeStruct(a.x.shape, a.dtype), args)
+        return estimate(key, a.x, scale, a.dtype, *args)
 
     return smoothed
 
@@ -206,9 +212,7 @@ def perturbed_argmax(
       is not supported: the gradient is a ``custom_vjp``.
     """
     a, key, sigma, plan = _prepare(key, x, axis, num_samples, sigma, noise, where)
-    shifted = _utils.shift_by_max(a.x, a.where, a.axes)[1]
-    _, argmax = _max_and_argmax_rows(key, shifted, sigma, _moving(a, shifted), a.axes, plan)
-    return argmax.astype(a.dtype)
+    return _argmax(key, a.x, sigma, a.where, a.axes, plan).astype(a.dtype)
 
 
 def perturbed_topk(
@@ -272,13 +276,7 @@ def perturbed_topk(
     """
     a, key, sigma, plan = _prepare(key, x, axis, num_samples, sigma, noise, where)
     k = _topk.check_count(k, _utils.slice_size(a.x.shape, a.axes))
-    limited = _gumbel.limit_for_subsets(a, k)
-
-    def top_k(y):
-        return _topk.topk_mask_rule(y, None, None, axes=a.axes, k=k, ties="first")
-
-    value = perturbed_rule(top_k, plan, key, limited, sigma, _moving(a, limited))
-    return value.astype(a.dtype)
+    return _topk_mask(key, a.x, sigma, a.where, a.axes, plan, k).astype(a.dtype)
 
 
 def perturbed_max(
@@ -338,9 +336,7 @@ def perturbed_max(
       Forward mode (``jax.jvp``) is not supported: the gradient is a ``custom_vjp``.
     """
     a, key, sigma, plan = _prepare(key, x, axis, num_samples, sigma, noise, where)
-    m, shifted = _utils.shift_by_max(a.x, a.where, a.axes)
-    value = _exact_max(key, shifted, sigma, _moving(a, shifted), a.axes, plan) + m
-    return jnp.squeeze(value, a.axes).astype(a.dtype)
+    return _max(key, a.x, sigma, a.where, a.axes, plan).astype(a.dtype)
 
 
 def perturbed_fy_loss(
@@ -411,19 +407,51 @@ def perturbed_fy_loss(
     labels = _utils.as_real_array(labels, "labels")
     if labels.shape != a.x.shape:
         raise ValueError(f"labels of shape {labels.shape} must have x's shape {a.x.shape}")
-    keep = ~jnp.isneginf(a.x) if a.where is None else a.where & ~jnp.isneginf(a.x)
-    labels = jnp.where(keep, labels.astype(a.x.dtype), 0)
-    m, shifted = _utils.shift_by_max(a.x, a.where, a.axes)
-    value = _exact_max(key, shifted, sigma, _moving(a, shifted), a.axes, plan)
-    # F(x) - <x, y> = F(x - m) + m (1 - sum y) - <x - m, y>, m the slice maximum: the
-    # difference of two large numbers is taken exactly where the labels sum to 1, and a slice
-    # holding +inf (shifted: 0 there, -inf elsewhere) gives +inf only when label mass lies
-    # off its +inf entries.
-    total = jnp.sum(labels, a.axes, keepdims=True)
-    offset = jnp.where(jnp.isinf(m) | (total == 1), 0, m * (1 - total))
-    linear = jnp.sum(jnp.where(labels != 0, shifted * labels, 0), a.axes, keepdims=True)
+    loss = _fy_loss(key, a.x, labels.astype(a.x.dtype), sigma, a.where, a.axes, plan)
+    return loss.astype(a.dtype)
+
+
+# --- the computations, once the arguments are checked ---
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5))
+def _argmax(key, x, sigma, where, axes, plan):
+    shifted = _utils.shift_by_max(x, where, axes)[1]
+    return _max_and_argmax_rows(key, shifted, sigma, _moving(x, where, shifted), axes, plan)[1]
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5, 6))
+def _topk_mask(key, x, sigma, where, axes, plan, k):
+    limited = _gumbel.limit_for_subsets(_utils.Prepared(x, axes, None, where, x.dtype), k)
+
+    def top_k(y):
+        return _topk.topk_mask_rule(y, None, None, axes=axes, k=k, ties="first")
+
+    return perturbed_rule(top_k, plan, key, limited, sigma, _moving(x, where, limited))
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5))
+def _max(key, x, sigma, where, axes, plan):
+    m, shifted = _utils.shift_by_max(x, where, axes)
+    value = _exact_max(key, shifted, sigma, _moving(x, where, shifted), axes, plan) + m
+    return jnp.squeeze(value, axes)
+
+
+@functools.partial(jax.jit, static_argnums=(5, 6))
+def _fy_loss(key, x, labels, sigma, where, axes, plan):
+    keep = ~jnp.isneginf(x) if where is None else where & ~jnp.isneginf(x)
+    labels = jnp.where(keep, labels, 0)
+    m, shifted = _utils.shift_by_max(x, where, axes)
+    value = _exact_max(key, shifted, sigma, _moving(x, where, shifted), axes, plan)
+    # F(x) - <x, y> = F(x - m) + m (1 - sum y) - <x - m, y>, m the slice maximum: no
+    # difference of two large numbers where the labels sum to 1, and a slice holding +inf
+    # (shifted: 0 there, -inf elsewhere) gives +inf only when label mass lies off its +inf
+    # entries.
+    total = jnp.sum(labels, axes, keepdims=True)
+    offset = jnp.where(jnp.isinf(m), 0, m * (1 - total))
+    linear = jnp.sum(jnp.where(labels != 0, shifted * labels, 0), axes, keepdims=True)
     loss = jnp.where(value == -jnp.inf, 0, value + offset - linear)  # -inf: no class left
-    return jnp.squeeze(loss, a.axes).astype(a.dtype)
+    return jnp.squeeze(loss, axes)
 
 
 # --- arguments ---
@@ -495,12 +523,12 @@ def _average_dtype(dtype):
     return _utils.compute_dtype(_result_dtype(dtype))
 
 
-def _moving(a: _utils.Prepared, shifted: jax.Array) -> jax.Array:
+def _moving(x: jax.Array, where: jax.Array | None, shifted: jax.Array) -> jax.Array:
     """Where a change of the input can change the choice: unmasked entries that are finite
     before and after the shift (in a slice holding ``+inf``, every entry is fixed), and NaN
     entries, which keep their NaN gradient."""
-    finite = (jnp.isfinite(a.x) & jnp.isfinite(shifted)) | jnp.isnan(a.x)
-    return finite if a.where is None else finite & a.where
+    finite = (jnp.isfinite(x) & jnp.isfinite(shifted)) | jnp.isnan(x)
+    return finite if where is None else finite & where
 
 
 # --- the estimate ---

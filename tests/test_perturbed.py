@@ -1,0 +1,512 @@
+"""Tests of the perturbed optimizers (_perturbed.py) and the random numbers behind them.
+
+The oracles: closed forms (the Gumbel-max and Gumbel-top-k tricks give softmax, logsumexp +
+Euler's constant and Plackett-Luce probabilities; normal noise on two classes gives the normal
+CDF), the estimator rebuilt in float64 NumPy from the same noise, and optax's perturbations
+fed the same noise. Statistical assertions allow Z = 5 standard errors, estimated from the
+per-sample terms: a single near-normal check fails by chance with probability about 6e-7,
+and the few hundred here use fixed keys, so a run is reproducible and a pass is a pass.
+"""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax.perturbations
+import pytest
+from scipy import stats
+
+import jaxrelax
+from jaxrelax import _perturbed, _utils
+
+Z = 5.0
+EULER_GAMMA = 0.5772156649015329
+KEY = jax.random.key(0)
+X = np.array([0.3, -1.2, 1.1, 0.0, 0.9], np.float32)
+
+
+def _noise(key, num_samples, shape, kind="gumbel"):
+    """Sample m's noise of the perturbed functions, float64, stacked: (num_samples, *shape)."""
+    draw = jax.random.gumbel if kind == "gumbel" else jax.random.normal
+    keys = jax.vmap(lambda m: jax.random.fold_in(key, m))(jnp.arange(num_samples))
+    return np.asarray(jax.vmap(lambda k: draw(k, shape))(keys), np.float64)
+
+
+def _score(z, kind="gumbel"):
+    return 1 - np.exp(-z) if kind == "gumbel" else z
+
+
+def _one_hot_argmax(y):
+    return np.eye(y.shape[-1])[np.argmax(y, -1)]
+
+
+def _within(estimate, exact, standard_error, floor=1e-6):
+    estimate, exact = np.asarray(estimate, np.float64), np.asarray(exact, np.float64)
+    bound = Z * np.asarray(standard_error) + floor
+    assert np.all(np.abs(estimate - exact) <= bound), np.max(np.abs(estimate - exact) - bound)
+
+
+def _jacobian(fn, x):
+    return np.asarray(jax.jacrev(fn)(jnp.asarray(x)), np.float64)
+
+
+# --- the random numbers ---
+
+
+@pytest.mark.parametrize("shape", [(), (1,), (3, 5, 7), (0, 4), (1000,)], ids=str)
+def test_uniform_is_jax_random_uniform_bit_for_bit(shape):
+    tiny = float(np.finfo(np.float32).tiny)
+    keys = [jax.random.key(3), jax.random.fold_in(jax.random.key(9), 5), jax.random.key(2**31)]
+    for key, (low, high) in itertools.product(keys, [(0.0, 1.0), (tiny, 1.0), (-1.0, 1.0)]):
+        ours = _utils.uniform(key, shape, jnp.float32, low, high)
+        np.testing.assert_array_equal(ours, jax.random.uniform(key, shape, jnp.float32, low, high))
+
+
+def test_uniform_falls_back_to_jax_random(x64):
+    for key, dtype in [
+        (jax.random.key(1), jnp.float64),
+        (jax.random.key(1), jnp.bfloat16),
+        (jax.random.key(1, impl="rbg"), jnp.float32),
+    ]:
+        ours = _utils.uniform(key, (4, 3), dtype, 0.5, 2.0)
+        np.testing.assert_array_equal(ours, jax.random.uniform(key, (4, 3), dtype, 0.5, 2.0))
+
+
+@pytest.mark.parametrize("kind", ["gumbel", "normal"])
+def test_noise_is_jax_random_and_its_score(kind):
+    key = jax.random.key(7)
+    z, score = _perturbed._draw(kind, key, (6, 50), jnp.float32)
+    want = (jax.random.gumbel if kind == "gumbel" else jax.random.normal)(key, (6, 50))
+    np.testing.assert_array_equal(z, want)
+    np.testing.assert_allclose(score, _score(np.float64(z), kind), rtol=2e-6, atol=2e-7)
+
+
+# --- closed forms ---
+
+
+@pytest.mark.parametrize("sigma", [1.0, 0.5])
+def test_perturbed_argmax_is_softmax_in_expectation(sigma, rng):
+    x = rng.normal(size=(6, 5)).astype(np.float32)
+    num_samples = 4000
+    value = jaxrelax.perturbed_argmax(KEY, x, num_samples=num_samples, sigma=sigma)
+    p = np.asarray(jax.nn.softmax(np.float64(x) / sigma), np.float64)
+    _within(value, p, np.sqrt(p * (1 - p) / num_samples))
+    np.testing.assert_allclose(np.sum(value, -1), 1, rtol=1e-6)
+
+
+@pytest.mark.parametrize("sigma", [1.0, 2.0])
+def test_perturbed_max_is_logsumexp_plus_euler_gamma(sigma, rng):
+    x = rng.normal(size=(4, 6)).astype(np.float32)
+    num_samples = 4000
+    value = jaxrelax.perturbed_max(KEY, x, num_samples=num_samples, sigma=sigma)
+    # The maximum of Gumbel-perturbed scores is Gumbel distributed: variance (sigma pi)^2 / 6.
+    exact = sigma * jax.nn.logsumexp(np.float64(x) / sigma, -1) + sigma * EULER_GAMMA
+    _within(value, exact, sigma * np.pi / np.sqrt(6 * num_samples))
+
+
+@pytest.mark.parametrize("sigma", [1.0, 0.5])
+def test_argmax_gradient_matches_the_softmax_jacobian(sigma):
+    num_samples = 20000
+    jacobian = _jacobian(
+        lambda x: jaxrelax.perturbed_argmax(KEY, x, num_samples=num_samples, sigma=sigma), X
+    )
+    p = np.asarray(jax.nn.softmax(np.float64(X) / sigma))
+    exact = (np.diag(p) - np.outer(p, p)) / sigma
+    z = _noise(KEY, num_samples, X.shape)
+    terms = _one_hot_argmax(X + sigma * z)[:, :, None] * _score(z)[:, None, :] / sigma
+    _within(jacobian, exact, terms.std(0) / np.sqrt(num_samples))
+
+
+def test_normal_noise_on_two_classes_is_the_normal_cdf():
+    # P(class 1 wins) = Phi((x1 - x0) / (sigma sqrt 2)).
+    x, sigma, num_samples = np.array([0.2, 0.7], np.float32), 0.8, 20000
+    scale = sigma * np.sqrt(2)
+    p1 = stats.norm.cdf((x[1] - x[0]) / scale)
+    slope = stats.norm.pdf((x[1] - x[0]) / scale) / scale
+    fn = lambda x: jaxrelax.perturbed_argmax(  # noqa: E731
+        KEY, x, num_samples=num_samples, sigma=sigma, noise="normal"
+    )
+    _within(fn(x)[1], p1, np.sqrt(p1 * (1 - p1) / num_samples))
+    z = _noise(KEY, num_samples, x.shape, "normal")
+    wins = np.argmax(x + sigma * z, -1) == 1
+    terms = wins[:, None] * z / sigma
+    _within(_jacobian(fn, x)[1], [-slope, slope], terms.std(0) / np.sqrt(num_samples))
+
+
+def _plackett_luce(x, k):
+    """The probability of each entry being among the top k of x + Gumbel noise, by
+    enumerating ordered draws without replacement (jnp, differentiable)."""
+    weights = jnp.exp(x - jnp.max(x))
+    inclusion = jnp.zeros_like(x)
+    for order in itertools.permutations(range(x.shape[0]), k):
+        prob, left = 1.0, jnp.sum(weights)
+        for i in order:
+            prob, left = prob * weights[i] / left, left - weights[i]
+        inclusion = inclusion + prob * jnp.zeros_like(x).at[np.array(order)].set(1)
+    return inclusion
+
+
+def test_perturbed_topk_is_plackett_luce(x64):
+    x, k, num_samples = np.float32([0.5, -0.3, 1.2, 0.1]), 2, 20000
+    fn = lambda x: jaxrelax.perturbed_topk(KEY, x, k, num_samples=num_samples)  # noqa: E731
+    exact = np.asarray(_plackett_luce(jnp.float64(x), k))
+    _within(fn(x), exact, np.sqrt(exact * (1 - exact) / num_samples))
+    z = _noise(KEY, num_samples, x.shape)
+    masks = np.argsort(np.argsort(-(x + z), -1), -1) < k
+    terms = masks[:, :, None] * _score(z)[:, None, :]
+    _within(
+        _jacobian(fn, x),
+        _jacobian(lambda v: _plackett_luce(v, k), np.float64(x)),
+        terms.std(0) / np.sqrt(num_samples),
+    )
+
+
+def test_a_user_ranking_solver(x64):
+    # Ranks (0 for the largest) by argsort, in plain jnp: with Gumbel noise the ranking is a
+    # Plackett-Luce sample, whose expectation is enumerated over the 6 orders of 3 entries.
+    def ranks(y):
+        return jnp.argsort(jnp.argsort(-y)).astype(jnp.float32)
+
+    def expected_ranks(x):
+        weights = jnp.exp(x - jnp.max(x))
+        total = jnp.zeros_like(x)
+        for order in itertools.permutations(range(3)):
+            prob, left = 1.0, jnp.sum(weights)
+            for i in order:
+                prob, left = prob * weights[i] / left, left - weights[i]
+            total = total + prob * jnp.zeros_like(x).at[np.array(order)].set(jnp.arange(3.0))
+        return total
+
+    x, num_samples = np.float32([0.4, -0.5, 0.1]), 20000
+    smoothed = jaxrelax.perturbed(ranks, num_samples=num_samples, batch_size=4096)
+    exact = np.asarray(expected_ranks(jnp.float64(x)))
+    z = _noise(KEY, num_samples, x.shape)
+    sampled = np.argsort(np.argsort(-(x + z), -1), -1).astype(np.float64)
+    _within(smoothed(KEY, x), exact, sampled.std(0) / np.sqrt(num_samples))
+    terms = sampled[:, :, None] * _score(z)[:, None, :]
+    _within(
+        _jacobian(lambda v: smoothed(KEY, v), x),
+        _jacobian(expected_ranks, np.float64(x)),
+        terms.std(0) / np.sqrt(num_samples),
+    )
+
+
+# --- the estimator, sample by sample ---
+
+
+@pytest.mark.parametrize("kind", ["gumbel", "normal"])
+@pytest.mark.parametrize("control_variate", [False, True])
+def test_the_estimate_from_the_same_noise(kind, control_variate, rng):
+    x = rng.normal(size=(3, 5)).astype(np.float32)
+    cotangent = rng.normal(size=(3, 5))
+    sigma, num_samples = 0.7, 50
+    smoothed = jaxrelax.perturbed(
+        lambda y: jaxrelax.hardmax(y),
+        num_samples=num_samples,
+        sigma=sigma,
+        noise=kind,
+        control_variate=control_variate,
+    )
+    value, vjp = jax.vjp(lambda x: smoothed(KEY, x), x)
+    z = _noise(KEY, num_samples, x.shape, kind)
+    outputs = _one_hot_argmax(x + sigma * z)
+    np.testing.assert_allclose(value, outputs.mean(0), rtol=1e-6)
+    baseline = _one_hot_argmax(np.float64(x)) if control_variate else 0
+    pairs = np.sum(cotangent * (outputs - baseline), (1, 2))  # the whole output
+    want = np.mean(pairs[:, None, None] * _score(z, kind), 0) / sigma
+    np.testing.assert_allclose(vjp(jnp.float32(cotangent))[0], want, rtol=2e-5, atol=2e-6)
+
+
+def test_per_slice_estimate_from_the_same_noise(rng):
+    # perturbed_argmax pairs each slice's cotangent with that slice's own noise.
+    x = rng.normal(size=(3, 5)).astype(np.float32)
+    cotangent = rng.normal(size=(3, 5))
+    num_samples = 50
+    value, vjp = jax.vjp(lambda x: jaxrelax.perturbed_argmax(KEY, x, num_samples=50), x)
+    z = _noise(KEY, num_samples, x.shape)
+    outputs = _one_hot_argmax(x + z)
+    np.testing.assert_allclose(value, outputs.mean(0), rtol=1e-6)
+    pairs = np.sum(cotangent * outputs, -1, keepdims=True)
+    np.testing.assert_allclose(
+        vjp(jnp.float32(cotangent))[0], np.mean(pairs * _score(z), 0), rtol=2e-5, atol=2e-6
+    )
+
+
+def test_control_variate_lowers_the_variance():
+    # The gradient of <c, E hardmax(x + Z)>, estimated 400 times with 8 samples each: every
+    # choice costs about 10, which the control variate takes away.
+    x = jnp.float32([2.0, 0.5, 0.0, -1.0])
+    c = jnp.float32([10.0, 9.0, 10.5, 11.0])
+    p = np.asarray(jax.nn.softmax(np.float64(x)))
+    exact = (np.diag(p) - np.outer(p, p)) @ np.float64(c)
+    keys = jax.random.split(jax.random.key(11), 400)
+    variances = []
+    for control_variate in [False, True]:
+        smoothed = jaxrelax.perturbed(
+            jaxrelax.hardmax, num_samples=8, control_variate=control_variate
+        )
+        grads = jax.vmap(jax.grad(lambda k, x: smoothed(k, x) @ c, 1), (0, None))(keys, x)
+        grads = np.asarray(grads, np.float64)
+        _within(grads.mean(0), exact, grads.std(0) / np.sqrt(len(keys)))
+        variances.append(grads.var(0).sum())
+    assert variances[1] < 0.05 * variances[0], variances
+
+
+def test_batch_size_does_not_change_the_result(rng):
+    x = rng.normal(size=(2, 6)).astype(np.float32)
+    cotangent = jnp.float32(rng.normal(size=(2, 6)))
+    results = []
+    for batch_size in [None, 1, 3, 7, 100]:
+        smoothed = jaxrelax.perturbed(jaxrelax.hardmax, num_samples=10, batch_size=batch_size)
+        value, vjp = jax.vjp(lambda x: smoothed(KEY, x), x)
+        results.append((value, vjp(cotangent)[0]))
+    for value, grad in results[1:]:
+        np.testing.assert_allclose(value, results[0][0], rtol=1e-6)
+        np.testing.assert_allclose(grad, results[0][1], rtol=1e-5, atol=1e-6)
+
+
+def test_optax_with_the_same_noise():
+    # optax draws sample m's noise from a key of its own making: a noise object that maps
+    # those keys back to m feeds it ours, and then values and gradients must agree.
+    num_samples, sigma = 16, 0.8
+    optax_keys = jax.vmap(lambda k: jax.random.key_data(jax.random.split(k, 1)[0]))(
+        jax.random.split(KEY, num_samples)
+    )
+
+    class OurNoise(optax.perturbations.Gumbel):
+        def sample(self, key, sample_shape=(), dtype=float):
+            m = jnp.argmax(jnp.all(optax_keys == jax.random.key_data(key), -1))
+            return jax.random.gumbel(jax.random.fold_in(KEY, m), sample_shape, dtype)
+
+    c = jnp.float32([0.5, -1.0, 2.0, 0.0, 1.5])
+    for control_variate in [False, True]:
+        theirs = optax.perturbations.make_perturbed_fun(
+            jaxrelax.hardmax, num_samples, sigma, OurNoise(), use_baseline=control_variate
+        )
+        ours = jaxrelax.perturbed(
+            jaxrelax.hardmax, num_samples=num_samples, sigma=sigma, control_variate=control_variate
+        )
+        np.testing.assert_allclose(ours(KEY, X), theirs(KEY, X), rtol=1e-6)
+        np.testing.assert_allclose(
+            jax.grad(lambda x: ours(KEY, x) @ c)(X),
+            jax.grad(lambda x: theirs(KEY, x) @ c)(X),
+            rtol=1e-4,
+            atol=1e-6,
+        )
+
+
+# --- the maximum and the loss ---
+
+
+def test_max_gradient_is_the_argmax_and_its_second_derivative_the_estimate(rng):
+    x = rng.normal(size=(3, 4)).astype(np.float32)
+    where = rng.random((3, 4)) > 0.2
+
+    def perturbed_max(x):
+        return jaxrelax.perturbed_max(KEY, x, num_samples=30, where=where)
+
+    argmax = jaxrelax.perturbed_argmax(KEY, x, num_samples=30, where=where)
+    np.testing.assert_array_equal(jax.grad(lambda x: perturbed_max(x).sum())(x), argmax)
+    hessian = jax.jacrev(jax.grad(lambda x: perturbed_max(x).sum()))(x)
+    estimate = jax.jacrev(lambda x: jaxrelax.perturbed_argmax(KEY, x, num_samples=30, where=where))
+    np.testing.assert_allclose(hessian, estimate(x), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("sigma", [1.0, 0.5])
+def test_fy_loss_is_the_cross_entropy_plus_euler_gamma(sigma, rng):
+    x = rng.normal(size=(5, 4)).astype(np.float32)
+    labels = np.eye(4, dtype=np.float32)[rng.integers(0, 4, 5)]
+    num_samples = 4000
+    loss, grad = jax.value_and_grad(
+        lambda x: jaxrelax.perturbed_fy_loss(
+            KEY, x, labels, num_samples=num_samples, sigma=sigma
+        ).sum()
+    )(x)
+    losses = jaxrelax.perturbed_fy_loss(KEY, x, labels, num_samples=num_samples, sigma=sigma)
+    z = np.float64(x) / sigma
+    cross_entropy = jax.nn.logsumexp(z, -1) - np.sum(z * labels, -1)
+    _within(losses, sigma * cross_entropy + sigma * EULER_GAMMA, sigma * np.pi / np.sqrt(6 * 4000))
+    np.testing.assert_allclose(loss, losses.sum(), rtol=1e-6)
+    argmax = jaxrelax.perturbed_argmax(KEY, x, num_samples=num_samples, sigma=sigma)
+    np.testing.assert_allclose(grad, argmax - labels, atol=1e-6)
+
+
+def test_fy_loss_gradient_vanishes_in_expectation_at_matching_labels(rng):
+    x = rng.normal(size=(8, 5)).astype(np.float32)
+    labels = jax.nn.softmax(x)
+    num_samples = 4000
+    grad = jax.grad(
+        lambda x: jaxrelax.perturbed_fy_loss(KEY, x, labels, num_samples=num_samples).sum()
+    )(x)
+    p = np.asarray(labels, np.float64)
+    _within(grad, 0, np.sqrt(p * (1 - p) / num_samples))
+    labels_grad = jax.grad(lambda y: jaxrelax.perturbed_fy_loss(KEY, x, y).sum())(labels)
+    np.testing.assert_allclose(labels_grad, -x, rtol=1e-6)
+
+
+# --- edges ---
+
+
+def test_masked_and_infinite_entries():
+    inf = np.inf
+    x = np.float32(
+        [
+            [1.0, 50.0, 0.0, -inf],  # 50 is masked
+            [inf, 1.0, inf, 2.0],  # the +inf entries share every win
+            [-inf, -inf, -inf, 9.0],  # 9 is masked: nothing left
+            [np.nan, 1.0, 2.0, 3.0],
+        ]
+    )
+    where = np.array([[True, False, True, True], [True] * 4, [True, True, True, False], [True] * 4])
+    labels = np.eye(4, dtype=np.float32)[[0, 0, 0, 1]]
+    kwargs = dict(num_samples=200, where=where)
+    argmax, argmax_grad = jax.value_and_grad(
+        lambda x: jnp.nansum(jaxrelax.perturbed_argmax(KEY, x, **kwargs) * np.arange(4))
+    )(x), jax.grad(lambda x: jnp.nansum(jaxrelax.perturbed_argmax(KEY, x, **kwargs)[:, 0]))(x)
+    del argmax
+    value = jaxrelax.perturbed_argmax(KEY, x, **kwargs)
+    np.testing.assert_array_equal(value[0, [1, 3]], 0)
+    np.testing.assert_array_equal(value[1, [1, 3]], 0)
+    assert 0.3 < value[1, 0] < 0.7 and value[1, 0] + value[1, 2] == 1
+    np.testing.assert_array_equal(value[2], 0)
+    assert np.all(np.isnan(value[3]))
+    for grad in [argmax_grad]:
+        np.testing.assert_array_equal(grad[0, [1, 3]], 0)
+        np.testing.assert_array_equal(grad[1:3], 0)  # every entry is fixed, or masked
+        assert np.all(np.isnan(grad[3]))
+        assert np.all(np.isfinite(grad[:3]))
+    maximum = jaxrelax.perturbed_max(KEY, x, **kwargs)
+    assert np.isfinite(maximum[0]) and maximum[1] == inf and maximum[2] == -inf
+    assert np.isnan(maximum[3])
+    max_grad = jax.grad(lambda x: jnp.nansum(jaxrelax.perturbed_max(KEY, x, **kwargs)[:3]))(x)
+    np.testing.assert_array_equal(max_grad[:3], np.nan_to_num(value[:3]))
+    loss = jaxrelax.perturbed_fy_loss(KEY, x, labels, **kwargs)
+    assert np.isfinite(loss[0]) and np.isfinite(loss[1]) and loss[2] == 0 and np.isnan(loss[3])
+    # Label mass off the +inf entries makes the loss +inf.
+    assert jaxrelax.perturbed_fy_loss(KEY, x[1:2], labels[3:4])[0] == inf
+    topk = jaxrelax.perturbed_topk(KEY, x, 2, **kwargs)
+    np.testing.assert_array_equal(topk[1], [1, 0, 1, 0])
+    np.testing.assert_allclose(topk[0], [1, 0, 1, 0])  # only two entries compete
+    np.testing.assert_array_equal(topk[2], 0)
+    topk_grad = jax.grad(lambda x: jnp.nansum(jaxrelax.perturbed_topk(KEY, x, 2, **kwargs)[:3]))(x)
+    # Masked and -inf entries get 0; the others of rows 0 and 1, whose choice is fixed, get
+    # an estimate that is 0 only in expectation.
+    np.testing.assert_array_equal(topk_grad[0, [1, 3]], 0)
+    np.testing.assert_array_equal(topk_grad[2], 0)
+    assert np.all(np.isfinite(topk_grad[:3]))
+
+
+def test_half_precision_and_integers(rng):
+    x = rng.normal(size=(3, 5))
+    for dtype in [jnp.float16, jnp.bfloat16]:
+        xd = jnp.asarray(x, dtype)
+        for fn in [
+            lambda x: jaxrelax.perturbed_argmax(KEY, x),
+            lambda x: jaxrelax.perturbed_topk(KEY, x, 2),
+            lambda x: jaxrelax.perturbed_max(KEY, x),
+            lambda x: jaxrelax.perturbed(jaxrelax.hardmax)(KEY, x),
+        ]:
+            value, vjp = jax.vjp(fn, xd)
+            assert value.dtype == dtype and vjp(jnp.ones_like(value))[0].dtype == dtype
+        np.testing.assert_allclose(
+            jaxrelax.perturbed_argmax(KEY, xd).astype(np.float32),
+            jaxrelax.perturbed_argmax(KEY, xd.astype(np.float32)),
+            atol=1e-3,
+        )
+    ints = jnp.int32([[3, 1, 2]])
+    assert jaxrelax.perturbed_argmax(KEY, ints).dtype == jnp.float32
+
+
+def test_same_key_same_value_and_gradient(rng):
+    x = jnp.float32(rng.normal(size=(4, 6)))
+
+    def both(key):
+        return jax.value_and_grad(
+            lambda x: jnp.sum(jaxrelax.perturbed_argmax(key, x, num_samples=20) ** 2)
+        )(x)
+
+    first, again, other = both(KEY), both(jax.random.PRNGKey(0)), both(jax.random.key(1))
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(first[1], other[1])
+
+
+# --- transformations and layouts ---
+
+
+def test_jit_vmap_and_tuple_axes(rng):
+    x = jnp.float32(rng.normal(size=(2, 3, 4)))
+    plain = jaxrelax.perturbed_argmax(KEY, x, axis=(0, 2), num_samples=16)
+    # The noise is drawn for the slices laid out as rows: (3, 8) here.
+    rows = jnp.transpose(x, (1, 0, 2)).reshape(3, 8)
+    as_rows = jaxrelax.perturbed_argmax(KEY, rows, num_samples=16)
+    np.testing.assert_array_equal(plain, jnp.transpose(as_rows.reshape(3, 2, 4), (1, 0, 2)))
+    jitted = jax.jit(lambda k, x: jaxrelax.perturbed_argmax(k, x, axis=(0, 2), num_samples=16))
+    np.testing.assert_array_equal(jitted(KEY, x), plain)
+    everything = jaxrelax.perturbed_max(KEY, x, axis=None, num_samples=16)
+    np.testing.assert_allclose(
+        everything, jaxrelax.perturbed_max(KEY, x.reshape(-1), num_samples=16), rtol=1e-6
+    )
+    keys = jax.random.split(KEY, 2)
+    batched = jax.vmap(lambda k, x: jaxrelax.perturbed_max(k, x, num_samples=16))(keys, x)
+    for i in range(2):
+        np.testing.assert_allclose(
+            batched[i], jaxrelax.perturbed_max(keys[i], x[i], num_samples=16), rtol=1e-6
+        )
+    grads = jax.vmap(jax.grad(lambda x: jaxrelax.perturbed_fy_loss(KEY, x, x > 0).sum()))(x)
+    np.testing.assert_allclose(
+        grads[1], jax.grad(lambda x: jaxrelax.perturbed_fy_loss(KEY, x, x > 0).sum())(x[1])
+    )
+
+
+def test_perturbed_takes_pytrees_and_arguments(rng):
+    x = jnp.float32(rng.normal(size=(5,)))
+    threshold = jnp.float32(0.1)
+
+    def solver(y, threshold):
+        return {"chosen": y > threshold, "count": jnp.sum(y > threshold, dtype=jnp.int32)}
+
+    smoothed = jaxrelax.perturbed(solver, num_samples=64, noise="normal", sigma=0.5)
+    out = smoothed(KEY, x, threshold)
+    assert out["chosen"].dtype == jnp.float32 and out["count"].dtype == jnp.float32
+    np.testing.assert_allclose(out["count"], out["chosen"].sum(), rtol=1e-6)
+    z = _noise(KEY, 64, x.shape, "normal")
+    np.testing.assert_allclose(out["chosen"], np.mean(x + 0.5 * z > 0.1, 0), rtol=1e-6)
+    grad_x, grad_threshold = jax.grad(
+        lambda x, t: smoothed(KEY, x, t)["count"], argnums=(0, 1)
+    )(x, threshold)
+    assert np.all(np.isfinite(grad_x)) and np.any(grad_x != 0)
+    assert grad_threshold == 0  # only x receives a gradient
+
+
+def test_the_backward_pass_keeps_nothing_sample_sized(rng):
+    x = jnp.float32(rng.normal(size=(4, 8)))
+    num_samples = 64
+    for fn in [
+        lambda x: jaxrelax.perturbed_argmax(KEY, x, num_samples=num_samples),
+        lambda x: jaxrelax.perturbed_topk(KEY, x, 3, num_samples=num_samples),
+        lambda x: jaxrelax.perturbed_max(KEY, x, num_samples=num_samples),
+        lambda x: jaxrelax.perturbed_fy_loss(KEY, x, x > 0, num_samples=num_samples),
+        lambda x: jaxrelax.perturbed(jaxrelax.hardmax, num_samples=num_samples)(KEY, x),
+    ]:
+        _, vjp = jax.vjp(fn, x)
+        sizes = [np.size(leaf) for leaf in jax.tree_util.tree_leaves(vjp)]
+        assert max(sizes) <= x.size, sizes
+        assert sum(size == x.size for size in sizes) <= 4, sizes
+
+
+def test_memory_is_flat_in_num_samples_with_batches(rng):
+    x = jnp.float32(rng.normal(size=(32, 64)))
+
+    def peak(num_samples):
+        smoothed = jaxrelax.perturbed(jaxrelax.hardmax, num_samples=num_samples, batch_size=4)
+
+        def value_and_grad(x):
+            return jax.value_and_grad(lambda x: jnp.sum(smoothed(KEY, x) ** 2))(x)
+
+        return jax.jit(value_and_grad).lower(x).compile().memory_analysis().temp_size_in_bytes
+
+    small, large = peak(8), peak(512)
+    assert large <= 1.25 * small, (small, large)
+    assert large < 512 * x.nbytes / 8  # far below one array per sample
