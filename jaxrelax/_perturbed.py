@@ -501,7 +501,9 @@ def _check_outputs(fn, y, args):
         raise TypeError(f"fn must return an array or a pytree of arrays, got {outputs!r}")
     for leaf in leaves:
         if not isinstance(leaf, jax.ShapeDtypeStruct) or not (
-            jnp.issubdtype(leaf.dtype, jnp.number) or leaf.dtype == jnp.bool_
+            jnp.issubdtype(leaf.dtype, jnp.floating)
+            or jnp.issubdtype(leaf.dtype, jnp.integer)
+            or leaf.dtype == jnp.bool_
         ):
             raise TypeError(f"fn must return real or boolean arrays, got {leaf!r}")
     return outputs

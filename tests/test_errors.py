@@ -22,10 +22,30 @@ TEMPERED = {
     "sparse_topk": lambda x, axis=-1, **kwargs: jaxrelax.sparse_topk(x, 0.5, axis, **kwargs),
     "st_topk": lambda x, axis=-1, **kwargs: jaxrelax.st_topk(x, 1, axis, **kwargs),
 }
+KEY = jax.random.key(0)
+PERTURBED = {
+    "perturbed_argmax": lambda x, axis=-1, **kwargs: jaxrelax.perturbed_argmax(
+        KEY, x, axis, **{"num_samples": 2, **kwargs}
+    ),
+    "perturbed_topk": lambda x, axis=-1, **kwargs: jaxrelax.perturbed_topk(
+        KEY, x, 1, axis, **{"num_samples": 2, **kwargs}
+    ),
+    "perturbed_max": lambda x, axis=-1, **kwargs: jaxrelax.perturbed_max(
+        KEY, x, axis, **{"num_samples": 2, **kwargs}
+    ),
+    "perturbed_fy_loss": lambda x, axis=-1, **kwargs: jaxrelax.perturbed_fy_loss(
+        KEY,
+        x,
+        jnp.ones(np.shape(x) if isinstance(x, jax.Array) else X.shape),
+        axis,
+        **{"num_samples": 2, **kwargs},
+    ),
+}
 MASKED = {
     "hardmax": jaxrelax.hardmax,
     "topk_mask": lambda x, axis=-1, **kwargs: jaxrelax.topk_mask(x, 1, axis, **kwargs),
     **TEMPERED,
+    **PERTURBED,
 }
 
 
@@ -324,3 +344,65 @@ def test_bad_max_pool_and_unpool_arguments():
         jaxrelax.max_unpool(values[0, 0], indices[0, 0], (5, 4, 1))
     with pytest.raises(TypeError, match="values must be an array of real numbers"):
         jaxrelax.max_unpool(None, indices, (5, 4))
+
+
+@pytest.mark.parametrize("name", PERTURBED)
+def test_bad_perturbation_arguments(name):
+    fn = PERTURBED[name]
+    for sigma in [0.0, -1.0, np.nan, np.inf, np.array([1.0, 0.0, 1.0])]:
+        with pytest.raises(ValueError, match="sigma must be positive"):
+            fn(X, sigma=sigma)
+    with pytest.raises(ValueError, match="sigma of shape"):
+        fn(X, sigma=jnp.ones((3, 1)))
+    with pytest.raises(TypeError, match="sigma"):
+        fn(X, sigma="1")
+    with pytest.raises(ValueError, match="noise must be one of"):
+        fn(X, noise="uniform")
+    with pytest.raises(ValueError, match="num_samples"):
+        fn(X, num_samples=0)
+    with pytest.raises(TypeError, match="num_samples"):
+        fn(X, num_samples=2.5)
+    assert fn(X, sigma=jnp.ones((2, 1)) * 0.5).shape == fn(X).shape  # one per slice
+
+
+def test_bad_perturbed_keys_labels_and_k():
+    with pytest.raises(TypeError, match="key"):
+        jaxrelax.perturbed_argmax(0, X)
+    with pytest.raises(ValueError, match="labels of shape"):
+        jaxrelax.perturbed_fy_loss(KEY, X, jnp.ones(3))
+    with pytest.raises(TypeError, match="labels"):
+        jaxrelax.perturbed_fy_loss(KEY, X, "one-hot")
+    with pytest.raises(ValueError, match="k must be in"):
+        jaxrelax.perturbed_topk(KEY, X, 4)
+
+
+def test_bad_perturbed_options():
+    def solver(y):
+        return jaxrelax.hardmax(y)
+
+    with pytest.raises(TypeError, match="fn must be callable"):
+        jaxrelax.perturbed("argmax")
+    for num_samples, error in [(0, ValueError), (1.5, TypeError), (None, TypeError)]:
+        with pytest.raises(error, match="num_samples"):
+            jaxrelax.perturbed(solver, num_samples=num_samples)
+    with pytest.raises(ValueError, match="sigma must be positive"):
+        jaxrelax.perturbed(solver, sigma=0.0)
+    with pytest.raises(ValueError, match="noise must be one of"):
+        jaxrelax.perturbed(solver, noise="cauchy")
+    for batch_size, error in [(0, ValueError), (2.0, TypeError), ("all", TypeError)]:
+        with pytest.raises(error, match="batch_size"):
+            jaxrelax.perturbed(solver, batch_size=batch_size)
+    with pytest.raises(TypeError, match="control_variate must be a bool"):
+        jaxrelax.perturbed(solver, control_variate=1)
+    smoothed = jaxrelax.perturbed(solver, num_samples=2)
+    with pytest.raises(TypeError, match="key"):
+        smoothed(None, X)
+    with pytest.raises(TypeError, match="x must be an array of real numbers"):
+        smoothed(KEY, "scores")
+    for bad in [lambda y: "chosen", lambda y: None, lambda y: (y > 0).astype(jnp.complex64)]:
+        with pytest.raises(TypeError, match="fn must return"):
+            jaxrelax.perturbed(bad)(KEY, X)
+    with pytest.raises(ValueError, match="sigma of shape"):
+        jaxrelax.perturbed(solver, sigma=jnp.ones(4))(KEY, X)
+    # batch_size larger than num_samples is taken as num_samples
+    assert jaxrelax.perturbed(solver, num_samples=2, batch_size=8)(KEY, X).shape == X.shape

@@ -246,7 +246,7 @@ def test_control_variate_lowers_the_variance():
         smoothed = jaxrelax.perturbed(
             jaxrelax.hardmax, num_samples=8, control_variate=control_variate
         )
-        grads = jax.vmap(jax.grad(lambda k, x: smoothed(k, x) @ c, 1), (0, None))(keys, x)
+        grads = jax.vmap(jax.grad(lambda k, x, f=smoothed: f(k, x) @ c, 1), (0, None))(keys, x)
         grads = np.asarray(grads, np.float64)
         _within(grads.mean(0), exact, grads.std(0) / np.sqrt(len(keys)))
         variances.append(grads.var(0).sum())
@@ -259,7 +259,7 @@ def test_batch_size_does_not_change_the_result(rng):
     results = []
     for batch_size in [None, 1, 3, 7, 100]:
         smoothed = jaxrelax.perturbed(jaxrelax.hardmax, num_samples=10, batch_size=batch_size)
-        value, vjp = jax.vjp(lambda x: smoothed(KEY, x), x)
+        value, vjp = jax.vjp(lambda x, f=smoothed: f(KEY, x), x)
         results.append((value, vjp(cotangent)[0]))
     for value, grad in results[1:]:
         np.testing.assert_allclose(value, results[0][0], rtol=1e-6)
@@ -289,8 +289,8 @@ def test_optax_with_the_same_noise():
         )
         np.testing.assert_allclose(ours(KEY, X), theirs(KEY, X), rtol=1e-6)
         np.testing.assert_allclose(
-            jax.grad(lambda x: ours(KEY, x) @ c)(X),
-            jax.grad(lambda x: theirs(KEY, x) @ c)(X),
+            jax.grad(lambda x, f=ours: f(KEY, x) @ c)(X),
+            jax.grad(lambda x, f=theirs: f(KEY, x) @ c)(X),
             rtol=1e-4,
             atol=1e-6,
         )
@@ -361,9 +361,12 @@ def test_masked_and_infinite_entries():
     where = np.array([[True, False, True, True], [True] * 4, [True, True, True, False], [True] * 4])
     labels = np.eye(4, dtype=np.float32)[[0, 0, 0, 1]]
     kwargs = dict(num_samples=200, where=where)
-    argmax, argmax_grad = jax.value_and_grad(
-        lambda x: jnp.nansum(jaxrelax.perturbed_argmax(KEY, x, **kwargs) * np.arange(4))
-    )(x), jax.grad(lambda x: jnp.nansum(jaxrelax.perturbed_argmax(KEY, x, **kwargs)[:, 0]))(x)
+    argmax, argmax_grad = (
+        jax.value_and_grad(
+            lambda x: jnp.nansum(jaxrelax.perturbed_argmax(KEY, x, **kwargs) * np.arange(4))
+        )(x),
+        jax.grad(lambda x: jnp.nansum(jaxrelax.perturbed_argmax(KEY, x, **kwargs)[:, 0]))(x),
+    )
     del argmax
     value = jaxrelax.perturbed_argmax(KEY, x, **kwargs)
     np.testing.assert_array_equal(value[0, [1, 3]], 0)
@@ -473,9 +476,9 @@ def test_perturbed_takes_pytrees_and_arguments(rng):
     np.testing.assert_allclose(out["count"], out["chosen"].sum(), rtol=1e-6)
     z = _noise(KEY, 64, x.shape, "normal")
     np.testing.assert_allclose(out["chosen"], np.mean(x + 0.5 * z > 0.1, 0), rtol=1e-6)
-    grad_x, grad_threshold = jax.grad(
-        lambda x, t: smoothed(KEY, x, t)["count"], argnums=(0, 1)
-    )(x, threshold)
+    grad_x, grad_threshold = jax.grad(lambda x, t: smoothed(KEY, x, t)["count"], argnums=(0, 1))(
+        x, threshold
+    )
     assert np.all(np.isfinite(grad_x)) and np.any(grad_x != 0)
     assert grad_threshold == 0  # only x receives a gradient
 
