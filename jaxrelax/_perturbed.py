@@ -17,10 +17,12 @@ how many samples are evaluated at once.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -121,13 +123,12 @@ def perturbed(
       Perturbation Techniques in Online Learning and Optimization, 2016
 
     Note:
-      Only ``x`` receives a gradient; ``args`` (and any value ``fn`` closes over) get none,
-      and differentiating a closed-over value raises JAX's custom_vjp error. The gradient
-      at infinite entries of ``x`` is 0 (moving them changes nothing); NaN propagates to the
-      value and the gradient as ``fn`` propagates it. Second derivatives differentiate the
-      estimate with the noise held fixed (they are the estimator's own derivatives, zero
-      for a piecewise-constant ``fn``). Forward mode (``jax.jvp``) is not supported: the
-      gradient is a ``custom_vjp``.
+      Only ``x`` receives a gradient; ``args`` and any value ``fn`` closes over get zero.
+      The gradient at infinite entries of ``x`` is 0 (moving them changes nothing); NaN
+      propagates to the value and the gradient as ``fn`` propagates it. Second derivatives
+      differentiate the estimate with the noise held fixed (they are the estimator's own
+      derivatives, zero for a piecewise-constant ``fn``). Forward mode (``jax.jvp``) is not
+      supported: the gradient is a ``custom_vjp``.
     """
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
@@ -139,7 +140,9 @@ def perturbed(
     def estimate(key, x, scale, dtype, *args):
         outputs = jax.eval_shape(fn, jax.ShapeDtypeStruct(x.shape, dtype), *args)
         evaluate = functools.partial(_evaluate_as, fn, dtype, outputs)
-        means = perturbed_rule(evaluate, plan, key, x, scale, _moving(x, None, x), *args)
+        evaluate, consts = _hoist_closure(evaluate, x, *args)
+        moving = _moving(x, None)
+        means = perturbed_rule(evaluate, plan, key, x, scale, moving, *args, *consts)
         return jax.tree.map(lambda v, o: v.astype(_result_dtype(o.dtype)), means, outputs)
 
     @functools.wraps(fn)
@@ -416,8 +419,8 @@ def perturbed_fy_loss(
 
 @functools.partial(jax.jit, static_argnums=(4, 5))
 def _argmax(key, x, sigma, where, axes, plan):
-    shifted = _utils.shift_by_max(x, where, axes)[1]
-    return _max_and_argmax_rows(key, shifted, sigma, _moving(x, where, shifted), axes, plan)[1]
+    _, shifted, moving = _shift(x, where, axes)
+    return _max_and_argmax_rows(key, shifted, sigma, moving, axes, plan)[1]
 
 
 @functools.partial(jax.jit, static_argnums=(4, 5, 6))
@@ -427,22 +430,22 @@ def _topk_mask(key, x, sigma, where, axes, plan, k):
     def top_k(y):
         return _topk.topk_mask_rule(y, None, None, axes=axes, k=k, ties="first")
 
-    return perturbed_rule(top_k, plan, key, limited, sigma, _moving(x, where, limited))
+    moving = _moving(x, where, fixed=limited == -jnp.inf)
+    return perturbed_rule(top_k, plan, key, limited, sigma, moving)
 
 
 @functools.partial(jax.jit, static_argnums=(4, 5))
 def _max(key, x, sigma, where, axes, plan):
-    m, shifted = _utils.shift_by_max(x, where, axes)
-    value = _exact_max(key, shifted, sigma, _moving(x, where, shifted), axes, plan) + m
-    return jnp.squeeze(value, axes)
+    m, shifted, moving = _shift(x, where, axes)
+    return jnp.squeeze(_exact_max(key, shifted, sigma, moving, axes, plan) + m, axes)
 
 
 @functools.partial(jax.jit, static_argnums=(5, 6))
 def _fy_loss(key, x, labels, sigma, where, axes, plan):
     keep = ~jnp.isneginf(x) if where is None else where & ~jnp.isneginf(x)
     labels = jnp.where(keep, labels, 0)
-    m, shifted = _utils.shift_by_max(x, where, axes)
-    value = _exact_max(key, shifted, sigma, _moving(x, where, shifted), axes, plan)
+    m, shifted, moving = _shift(x, where, axes)
+    value = _exact_max(key, shifted, sigma, moving, axes, plan)
     # F(x) - <x, y> = F(x - m) + m (1 - sum y) - <x - m, y>, m the slice maximum: no
     # difference of two large numbers where the labels sum to 1, and a slice holding +inf
     # (shifted: 0 there, -inf elsewhere) gives +inf only when label mass lies off its +inf
@@ -509,6 +512,22 @@ def _check_outputs(fn, y, args):
     return outputs
 
 
+def _hoist_closure(fn, *example_args):
+    """(converted, consts): ``fn`` with the values it closes over, traced ones included, as
+    explicit trailing arguments (the rule's backward pass is traced after the trace that
+    holds them has ended). ``jax.closure_convert`` hoists only values being differentiated."""
+    closed, shape = jax.make_jaxpr(fn, return_shape=True)(*example_args)
+    out_tree = jax.tree.structure(shape)
+    count = len(example_args)
+
+    def converted(*args_and_consts):
+        args, consts = args_and_consts[:count], args_and_consts[count:]
+        call = jax.extend.core.jaxpr_as_fun(jax.extend.core.ClosedJaxpr(closed.jaxpr, consts))
+        return jax.tree.unflatten(out_tree, call(*jax.tree.leaves(args)))
+
+    return converted, closed.consts
+
+
 def _evaluate_as(fn, input_dtype, outputs, y, *args):
     """``fn`` on the perturbed input in ``x``'s own dtype, its outputs cast to their
     averaging dtype (float32 for half precision, booleans and integers)."""
@@ -525,12 +544,21 @@ def _average_dtype(dtype):
     return _utils.compute_dtype(_result_dtype(dtype))
 
 
-def _moving(x: jax.Array, where: jax.Array | None, shifted: jax.Array) -> jax.Array:
-    """Where a change of the input can change the choice: unmasked entries that are finite
-    before and after the shift (in a slice holding ``+inf``, every entry is fixed), and NaN
-    entries, which keep their NaN gradient."""
-    finite = (jnp.isfinite(x) & jnp.isfinite(shifted)) | jnp.isnan(x)
-    return finite if where is None else finite & where
+def _moving(x: jax.Array, where: jax.Array | None, fixed: jax.Array | None = None):
+    """Where a change of the input can change the choice: finite, unmasked entries that are
+    not ``fixed``, and NaN entries, which keep their NaN gradient."""
+    moving = jnp.isfinite(x) if fixed is None else jnp.isfinite(x) & ~fixed
+    moving = moving | jnp.isnan(x)
+    return moving if where is None else moving & where
+
+
+def _shift(x, where, axes):
+    """(m, shifted, moving) for one choice per slice: the slice maximum, the scores less it
+    (in a slice holding +inf, 0 at those and -inf or -finfo.max elsewhere), and the entries
+    that move: in a slice holding +inf, none."""
+    m, shifted = _utils.shift_by_max(x, where, axes)
+    holds_posinf = jnp.any(_utils.fill_masked(x, where) == jnp.inf, axes, keepdims=True)
+    return m, shifted, _moving(x, where, fixed=holds_posinf)
 
 
 # --- the estimate ---
@@ -657,7 +685,7 @@ def _max_and_argmax_rows(key, shifted, sigma, moving, axes, plan):
     ``axes``, computed on its slices laid out as the rows of a matrix (the noise is drawn in
     that layout)."""
     rows, back = _utils.rows_last(shifted, axes)
-    matrix = rows.reshape(-1, rows.shape[-1])
+    matrix = rows.reshape(math.prod(rows.shape[:-1]), rows.shape[-1])
 
     def as_matrix(v):  # a per-entry array broadcastable to the scores
         if np.ndim(v) == 0:

@@ -47,6 +47,14 @@ FUNCTIONS = {
     "sparse_topk": lambda x, w: jaxrelax.sparse_topk(x, 8, temperature=0.7, where=w),
     "st_topk": lambda x, w: jaxrelax.st_topk(x, 8, temperature=0.7, where=w),
     "gumbel_topk_hard": lambda x, w: jaxrelax.gumbel_topk(KEY, x, 8, hard=True, where=w),
+    "perturbed_argmax": lambda x, w: jaxrelax.perturbed_argmax(KEY, x, num_samples=8, where=w),
+    "perturbed_topk": lambda x, w: jaxrelax.perturbed_topk(KEY, x, 8, num_samples=4, where=w),
+    "perturbed_fy_loss": lambda x, w: jaxrelax.perturbed_fy_loss(
+        KEY, x, jax.nn.one_hot(jnp.argmax(x, -1), x.shape[-1]), num_samples=8, where=w
+    ),
+    "perturbed": lambda x, w: jaxrelax.perturbed(jaxrelax.hardmax, num_samples=8, batch_size=3)(
+        KEY, x
+    ),
     # pooling: the rows as 8x8 single-feature images, overlapping padded 3x3 windows
     "max_pool": lambda x, w: jaxrelax.max_pool(_images(x), (3, 3), (2, 2), "SAME"),
     "soft_pool": lambda x, w: jaxrelax.soft_pool(_images(x), (3, 3), (2, 2), "SAME"),

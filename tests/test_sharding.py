@@ -15,4 +15,4 @@ def test_sharded_inputs_give_unsharded_results():
         [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "ok: 26 functions x 2 shardings" in result.stdout
+    assert "ok: 30 functions x 2 shardings" in result.stdout
