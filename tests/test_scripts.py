@@ -264,3 +264,22 @@ def test_pooling_benchmark_checks_its_baselines_and_prints_its_table():
     assert re.search(
         r"^max_pool 2x2/2\s+8x32x32x16\s+float32\s+fwd\+bwd\s.*\s0 vs 1\s*$", out, re.M
     )
+
+
+@pytest.mark.slow
+def test_perturbed_benchmark_checks_optax_and_prints_its_tables():
+    out = _run("benchmarks/perturbed.py", "--quick", "--repeats", "2")
+    assert "checked: optax fed our noise gives our values and gradients" in out, out
+    for op, mode, baseline in [
+        ("perturbed_argmax M=4", "fwd+bwd", "noise draw"),
+        ("perturbed_argmax M=4", "fwd+bwd", "optax"),
+        ("perturbed_argmax M=4", "fwd+bwd", "optax, one key"),
+        ("perturbed, vmapped M=4", "fwd+bwd", "optax"),
+    ]:
+        assert re.search(
+            rf"^{re.escape(op)}\s+8x64\s+float32\s+{re.escape(mode)}\s+[\d.]+\s+"
+            rf"{re.escape(baseline)}\s",
+            out,
+            re.M,
+        ), (op, mode, out)
+    assert re.search(r"^8x64\s+4\s+[\d.]+\s+[\d.]+\s+[\d.]+\s*$", out, re.M), out
