@@ -80,7 +80,9 @@ def perturbed(
     Sample ``m``'s noise is drawn from ``jax.random.fold_in(key, m)``, in the forward pass and
     again in the backward pass: nothing of size ``num_samples * size(x)`` is kept, and with
     ``batch_size`` set, nothing of that size is ever built (the samples are evaluated
-    ``batch_size`` at a time in a loop). The result does not depend on ``batch_size``.
+    ``batch_size`` at a time in a loop). The result does not depend on ``batch_size``. The
+    price is time: ``fn`` runs ``num_samples`` times forward and as many again backward (once
+    more with ``control_variate``).
 
     Args:
       fn: the function ``fn(y, *args)`` of an array ``y`` of ``x``'s shape and dtype,
@@ -565,14 +567,20 @@ def _shift(x, where, axes):
 
 
 def _draw(noise, key, shape, dtype):
-    """(z, score): a noise sample, bit for bit ``jax.random.gumbel`` (its default mode) or
-    ``jax.random.normal``, and the gradient of its negative log-density."""
+    """(z, score): a noise sample and the gradient of its negative log-density.
+
+    Normal noise is ``jax.random.normal``'s. Gumbel noise is ``-log(-log(u))`` with ``u`` on
+    the midpoints of ``jax.random.uniform``'s grid, in the open interval (0, 1):
+    ``jax.random.gumbel`` maps a draw of 0 (one in 2**23 in float32) to ``finfo.tiny``, a
+    Gumbel value of -4.5 that should almost never occur (probability about exp(-87)) and
+    whose score, 1 - exp(4.5) = -86, would dominate a gradient estimate.
+    """
     if noise == "normal":
         low = np.nextafter(np.array(-1.0, dtype), np.array(0.0, dtype))
         z = np.array(np.sqrt(2), dtype) * lax.erf_inv(_utils.uniform(key, shape, dtype, low, 1.0))
         return z, z
-    # -log(-log(u)), keeping e = -log(u) = exp(-z).
-    e = -jnp.log(_utils.uniform(key, shape, dtype, jnp.finfo(dtype).tiny, 1.0))
+    half_step = np.array(2.0 ** -(jnp.finfo(dtype).nmant + 1), dtype)
+    e = -jnp.log(_utils.uniform(key, shape, dtype) + half_step)  # = exp(-z)
     return -jnp.log(e), 1 - e
 
 

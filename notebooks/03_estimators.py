@@ -28,6 +28,10 @@
 #    Gumbel-Rao lowers the variance of straight-through Gumbel-softmax without changing its
 #    expectation.
 #
+# A last section puts the perturbed argmax of Berthet et al. (2020) beside them on both toys,
+# as the number of perturbations grows: an unbiased estimator, with and without its control
+# variate, and the biased plug-in gradient that a loss of the perturbed argmax gets.
+#
 # Run it as a script (`python notebooks/03_estimators.py`) or open it in Jupyter with
 # jupytext. `JAXRELAX_SMOKE=1` runs it at a small size (the tests do); figures go to
 # `JAXRELAX_FIGURES` (default `figures/estimators`).
@@ -403,5 +407,296 @@ assert np.all(np.abs(many.mean[i] - straight.mean[i]) <= Z * stderr)
 # The deterministic straight-through is far more biased than the sampled ones at t = 0.5.
 hardmax_bias = np.sum(qp_stats["st_hardmax"].bias[i] ** 2)
 assert hardmax_bias > 100 * np.sum(straight.bias[i] ** 2)
+
+
+# %% [markdown]
+# ## The perturbed argmax of Berthet et al.
+#
+# Berthet, Blondel, Teboul, Cuturi, Vert & Bach (Learning with Differentiable Perturbed
+# Optimizers, NeurIPS 2020, [arXiv:2002.08676](https://arxiv.org/abs/2002.08676)) smooth a
+# hard function $g$ by averaging it over random perturbations of its input, and differentiate
+# the average with values of $g$ alone: for noise $Z$ of density $\propto e^{-\nu(z)}$,
+# $\nabla_\theta \mathbb E\, g(\theta + Z) = \mathbb E\, g(\theta + Z) \nabla\nu(Z)$, with
+# $\nabla\nu(z) = 1 - e^{-z}$ for Gumbel noise. With Gumbel noise of scale 1,
+# $D = \mathrm{hardmax}(\theta + Z)$ is an exact sample of $\mathrm{softmax}(\theta)$, and the
+# same $M$ draws $Z_m$, $D_m = \mathrm{hardmax}(\theta + Z_m)$ serve two uses, which estimate
+# the gradients of two different objectives:
+#
+# * **perturbed**: `jaxrelax.perturbed(lambda y: f(jaxrelax.hardmax(y)), num_samples=M)`.
+#   Its value is the mean of the $f(D_m)$, and its gradient
+#   $\frac1M \sum_m (f(D_m) - b) \nabla\nu(Z_m)$, with $b = 0$, is an **unbiased** estimate
+#   of $\nabla_\theta \mathbb E_{D \sim \mathrm{softmax}(\theta)} f(D)$, the exact gradient
+#   of the sections above, at every $M$: REINFORCE on the noise $Z$ rather than on $D$;
+# * **perturbed + control variate**: the same with `control_variate=True`, which takes
+#   $b = f(\mathrm{hardmax}(\theta))$, $f$ at the unperturbed choice. It adds a constant
+#   times $\nabla\nu(Z)$, whose expectation is 0, so the estimate stays unbiased; it removes
+#   the part of $f$ that all the samples share;
+# * **plug-in**: `f(jaxrelax.perturbed_argmax(key, logits, num_samples=M))`: $f$ at the
+#   average $\bar y$ of the $M$ one-hots, differentiated through the perturbed argmax,
+#   $\frac1M \sum_m \langle \nabla f(\bar y), D_m \rangle \nabla\nu(Z_m)$. This is how
+#   Berthet et al. use the layer inside a loss. As $M$ grows, $\bar y$ tends to
+#   $\mathbb E D = \mathrm{softmax}(\theta)$ and the gradient to
+#   $\nabla_\theta f(\mathrm{softmax}(\theta))$, the gradient of the loss **at the expected
+#   choice**, which is not $\nabla_\theta \mathbb E f(D)$ unless $f$ is linear. At finite
+#   $M$ it is biased even for that limit, since $f$ is applied to an average of samples.
+#
+# The cost: one gradient evaluates the hard function $f \circ \mathrm{hardmax}$ at $M$
+# perturbed logits in the forward pass and at the same $M$ again in the backward pass (the
+# noise is drawn again from the key, not kept), and once more at $\theta$ for the control
+# variate; it never differentiates $f$. The plug-in takes $2M$ hardmaxes and one evaluation
+# of $f$ and its gradient. The mean of $M$ samples of a Gumbel estimator also takes $M$
+# evaluations of $f$, and $M$ backward passes; its error would be its squared bias plus its
+# variance over $M$, from the tables above (the dashed lines below, at temperature 1/2).
+# $M$ runs over 1, 4, 16, 64 and 256, with as many gradient samples as above (in smoke mode,
+# the quadratic program alone at $M = 16$: on a CPU each estimator takes about a second to
+# compile).
+
+# %%
+PERTURBATIONS = (16,) if SMOKE else (1, 4, 16, 64, 256)  # M: perturbations per gradient
+
+
+def perturbation_estimators(f, num_samples):
+    """Estimators ``estimator(key, logits)`` of the gradient of E f(D), D ~ softmax(logits),
+    from ``num_samples`` perturbations; the two perturbed ones draw the same noise."""
+
+    def perturbed(control_variate):
+        smoothed = jaxrelax.perturbed(
+            lambda y: f(jaxrelax.hardmax(y)),
+            num_samples=num_samples,
+            control_variate=control_variate,
+        )
+        return lambda key, logits: jax.grad(lambda logits: smoothed(key, logits))(logits)
+
+    def plug_in(key, logits):
+        def loss(logits):
+            return f(jaxrelax.perturbed_argmax(key, logits, num_samples=num_samples))
+
+        return jax.grad(loss)(logits)
+
+    return {
+        "perturbed": perturbed(False),
+        "perturbed + control variate": perturbed(True),
+        "plug-in": plug_in,
+    }
+
+
+def exact_gradients(f, logits):
+    """The gradient of E f(D), D ~ softmax(logits), and for the plug-in, its expectation at
+    M = 1 (the gradient of E <grad f(D), D>) and its limit (the gradient of f(softmax))."""
+    return (
+        diagnostics.exact_gradient(f, logits),
+        diagnostics.exact_gradient(lambda d: jax.grad(f)(d) @ d, logits),
+        jax.grad(lambda logits: f(jax.nn.softmax(logits)))(logits),
+    )
+
+
+def stats_over_perturbations(f, key, logits, entries, exact):
+    """``estimator_stats`` of the ``entries`` of each perturbation estimator's gradient at
+    each M in PERTURBATIONS, all with the same key, stacked over M. One compiled program."""
+
+    def at(num_samples):
+        return {
+            name: diagnostics.estimator_stats(
+                lambda key, logits, e=estimator: e(key, logits)[entries],
+                key,
+                logits,
+                exact,
+                NUM_SAMPLES,
+                batch_size=NUM_SAMPLES,
+            )
+            for name, estimator in perturbation_estimators(f, num_samples).items()
+        }
+
+    stats = jax.jit(lambda: [at(m) for m in PERTURBATIONS])()
+    return {
+        name: jax.tree.map(lambda *v: np.stack(v), *(s[name] for s in stats)) for name in stats[0]
+    }
+
+
+# Each toy: f, its logits, the entries of the gradient judged (for the Bernoulli toy, d/da
+# through the logits (0, a)) and a seed; then the Gumbel estimators at t = 1/2 to compare.
+toys = {
+    "Bernoulli toy": (lambda z: bernoulli_loss(z[1]), jnp.stack([0.0, a_probe]), slice(1, 2), 4),
+    "quadratic program": (quadratic, LOGITS, slice(None), 5),
+}
+if SMOKE:
+    del toys["Bernoulli toy"]
+half = list(TEMPERATURES).index(0.5)
+references = {
+    "Bernoulli toy": {
+        name: bernoulli_stats[name] for name in ["relaxed (binary Concrete)", "straight-through"]
+    },
+    "quadratic program": {name: qp_stats[name] for name in ["Gumbel-softmax", "ST Gumbel"]},
+}
+perturbation_stats, exact_of, plug_in_one, plug_in_limit = {}, {}, {}, {}
+for toy, (f, logits, entries, seed) in toys.items():
+    gradients = jax.jit(exact_gradients, static_argnums=0)(f, logits)
+    exact_of[toy], plug_in_one[toy], plug_in_limit[toy] = (
+        np.asarray(g)[entries] for g in gradients
+    )
+    perturbation_stats[toy] = stats_over_perturbations(
+        f, jax.random.key(seed), logits, entries, exact_of[toy]
+    )
+
+
+def stderr(stats):
+    return np.sqrt(stats.variance / NUM_SAMPLES)
+
+
+def line(name, m, bias, variance, measured=True, mse_stderr=""):
+    """A row of the tables, summed over the logits: the squared bias, the largest bias in
+    standard errors (if measured), the variance, and the MSE, their sum."""
+    z = f"{np.max(np.abs(bias) / np.sqrt(variance / NUM_SAMPLES)):.1f}" if measured else ""
+    squared_bias, variance = np.sum(bias**2), np.sum(variance)
+    print(
+        f"{name:32} {m:4} {squared_bias:10.3e} {z:>9} {variance:10.3e}"
+        f" {squared_bias + variance:10.3e} {mse_stderr:>8}"
+    )
+
+
+for toy, estimators in perturbation_stats.items():
+    exact, limit = exact_of[toy], plug_in_limit[toy]
+    print(f"{toy}: exact gradient {exact} (squared norm {np.sum(exact**2):.2e})")
+    print(f"gradient of f(softmax) {limit} (squared distance {np.sum((limit - exact) ** 2):.2e})")
+    print(
+        f"{'estimator':32} {'M':>4} {'bias²':>10} {'|bias|/se':>9} {'variance':>10}"
+        f" {'MSE':>10} {'± s.e.':>8}"
+    )
+    for name, stats in estimators.items():
+        for j, m in enumerate(PERTURBATIONS):
+            se = f"{stats.mse_stderr[j]:.1e}"
+            line(name, m, stats.bias[j], stats.variance[j], mse_stderr=se)
+    for name, stats in references[toy].items():  # the mean of M samples
+        for m in PERTURBATIONS:
+            line(f"{name}, t=1/2", m, stats.bias[half], stats.variance[half] / m, measured=False)
+    plug_in = estimators["plug-in"]
+    for j, m in enumerate(PERTURBATIONS):
+        line("plug-in, against ∇f(softmax)", m, plug_in.mean[j] - limit, plug_in.variance[j])
+    plain, cv = estimators["perturbed"], estimators["perturbed + control variate"]
+    factors = np.sum(plain.variance, -1) / np.sum(cv.variance, -1)
+    print(f"the control variate divides the variance by {factors.min():.0f} to {factors.max():.0f}")
+    name, stats = list(references[toy].items())[-1]
+    ratio = np.float32(PERTURBATIONS) / np.sum(stats.variance[half])  # 1 / (variance / M)
+    print(
+        f"variance over that of the mean of M {name} samples (t = 1/2):"
+        f" {np.mean(ratio * np.sum(plain.variance, -1)):.2f} without the control variate,"
+        f" {np.mean(ratio * np.sum(cv.variance, -1)):.1e} with it\n"
+    )
+
+# %% [markdown]
+# In the tables, |bias|/se is the largest bias over the logits in standard errors; the rows
+# of the Gumbel estimators are for the mean of $M$ of their samples; the last rows measure
+# the plug-in against its limit $\nabla f(\mathrm{softmax}(\theta))$ instead of the exact
+# gradient. In the figure, left: the mean squared error, the Gumbel estimators dashed;
+# middle: the squared bias, with a thick line at each estimator's noise level
+# $\sum \mathrm{Var} / N$ (below it, a squared bias is within Monte-Carlo noise), and the
+# plug-in against its limit dotted; right: the variance. The claims below without numbers
+# are asserted in the last cell (in smoke mode, for the quadratic program at $M = 16$ only);
+# the numbers are read from the tables.
+#
+# * **The perturbed estimator is unbiased at every $M$**, with or without the control
+#   variate: its bias stays within a few standard errors of zero, and its variance falls as
+#   $1/M$, so its error falls to zero with $M$, where each Gumbel estimator's levels off at
+#   its squared bias (the dashed lines). Without the control variate it pays for that with
+#   a large variance: one perturbed gradient has about the variance of one straight-through
+#   sample at $t = 1/2$ on the Bernoulli toy and about twice it on the quadratic program
+#   (printed under each table), since every sample weighs the whole of $f(D)$, about 0.25
+#   and 0.6 there, by noise of unit variance.
+# * **The control variate** subtracts $f(\mathrm{hardmax}(\theta))$ from every $f(D_m)$, at
+#   the cost of one more evaluation of $f$. It divides the variance by the same factor at
+#   every $M$ (printed under each table): more than $10^4$ on the Bernoulli toy, where
+#   $f(D) - f(\mathrm{hardmax}(\theta))$ is 0 or 0.002 against $f \approx 0.25$, and more
+#   than 100 on the quadratic program, where it is 0 or $-0.08$ against $f \approx 0.6$. It
+#   is the baseline of REINFORCE, which the REINFORCE of the first section lacks. With it,
+#   at the largest $M$ the perturbed estimator beats every Gumbel estimator averaged over as
+#   many samples, and its error falls well below that of always answering 0 (dotted), which
+#   no other estimator in this notebook does: from $M = 4$ on the Bernoulli toy and
+#   $M = 16$ on the quadratic program.
+# * **The plug-in is biased for $\nabla \mathbb E f(D)$, and stays so as $M$ grows**: it
+#   tends to $\nabla f(\mathrm{softmax}(\theta))$, its squared distance to that limit
+#   falling as $1/M^2$. Both toys are quadratic in $D$, and then its expectation is exactly
+#   $\frac1M g_1 + (1 - \frac1M) \nabla f(\mathrm{softmax}(\theta))$, with
+#   $g_1 = \nabla \mathbb E \langle \nabla f(D), D \rangle$ its expectation at $M = 1$. On
+#   the quadratic program $g_1$ happens to equal $\nabla \mathbb E f(D)$ ($Q$ has a constant
+#   diagonal, so $\langle \nabla f(D), D \rangle$ is $f(D)$ plus a constant on the
+#   vertices): the plug-in is unbiased at $M = 1$ by luck, and at large $M$ its squared bias
+#   is about thirty times the squared gradient. On the Bernoulli toy
+#   $\langle \nabla f(D), D \rangle = 2 (D_1 - 0.499) D_1 = 1.002 D_1$, so $g_1$ is
+#   $1.002\, \sigma'(a)$, 501 times the gradient $0.002\, \sigma'(a)$; from $M = 4$ on the
+#   plug-in points the wrong way, toward $\nabla (\sigma(a) - 0.499)^2$: the mistake of the
+#   relaxed estimators of the first section, for the same reason, $f$ taken between the
+#   vertices.
+#
+# In short: `perturbed` estimates $\nabla \mathbb E f(D)$ without bias; the plug-in
+# estimates $\nabla f(\mathrm{softmax}(\theta))$ with a bias of order $1/M$, and does not
+# estimate $\nabla \mathbb E f(D)$ at all. To minimise $\mathbb E f(D)$ over a discrete
+# choice, use `perturbed` with the control variate, whose error vanishes with $M$ at a cost
+# of $2M + 1$ evaluations of $f$. The plug-in fits a loss meant to be taken at the expected
+# choice, as when a perturbed argmax is a layer inside a network, with $M$ large enough that
+# its $1/M$ bias is below the noise; a loss linear in $\bar y$, such as the Fenchel-Young
+# loss (`jaxrelax.perturbed_fy_loss`, whose gradient is $\bar y - y$), has no such bias.
+
+# %%
+figure, axes = plt.subplots(
+    len(toys), 3, figsize=(16, 4 * len(toys)), squeeze=False, layout="constrained"
+)
+m = np.float32(PERTURBATIONS)
+for row, (toy, estimators) in zip(axes, perturbation_stats.items(), strict=True):
+    for (name, stats), color in zip(estimators.items(), ["C0", "C1", "C2"], strict=True):
+        row[0].errorbar(m, stats.mse, stats.mse_stderr, color=color, marker="o", capsize=3)
+        row[1].plot(m, np.sum(stats.bias**2, -1), color=color, marker="o", label=name)
+        noise = np.sum(stats.variance, -1) / NUM_SAMPLES  # the squared bias of pure noise
+        row[1].plot(m, noise, color=color, linewidth=6, alpha=0.25)
+        row[2].plot(m, np.sum(stats.variance, -1), color=color, marker="o")
+    gap = estimators["plug-in"].mean - plug_in_limit[toy]
+    row[1].plot(m, np.sum(gap**2, -1), "C2:o", label="plug-in, against ∇f(softmax)")
+    for (name, stats), color in zip(references[toy].items(), ["C3", "C4"], strict=True):
+        squared_bias, variance = np.sum(stats.bias[half] ** 2), np.sum(stats.variance[half])
+        row[0].plot(m, squared_bias + variance / m, "--x", color=color, label=f"{name}, t = 1/2")
+    row[0].axhline(np.sum(exact_of[toy] ** 2), color="black", linestyle=":", label="always 0")
+    row[0].legend(fontsize=8)
+    titles = ["mean squared error ± s.e.", "squared bias (thick: noise level)", "variance"]
+    for ax, title in zip(row, titles, strict=True):
+        ax.set(xscale="log", yscale="log", xlabel="M, perturbations per gradient")
+        ax.set_title(f"{toy}: {title}", fontsize=10)
+        ax.set_xticks(m, [str(k) for k in PERTURBATIONS])
+        ax.set_xticks([], minor=True)
+handles, _ = axes[0, 1].get_legend_handles_labels()
+figure.legend(handles=handles, loc="outside lower center", ncols=4)
+save(figure, "perturbed.png")
+
+# %%
+for toy, estimators in perturbation_stats.items():
+    plain, cv, plug_in = estimators.values()
+    m = np.float32(PERTURBATIONS)
+    for stats in (plain, cv):
+        # The perturbed estimators are unbiased: within Z standard errors of the exact
+        # gradient, for every logit and every M (40 comparisons at full size, each failing
+        # by chance with probability 6e-7) ...
+        assert np.all(np.abs(stats.bias) <= Z * stderr(stats)), toy
+        # ... and their variance falls as 1/M: (M / M_0) times the error at M is the error
+        # at the first M_0, within Z standard errors.
+        ratio = m / m[0]
+        gap = ratio * stats.mse - stats.mse[0]
+        assert np.all(np.abs(gap) <= Z * np.hypot(ratio * stats.mse_stderr, stats.mse_stderr[0]))
+    # The control variate divides the error by more than 10^4 (Bernoulli toy) or 100 at
+    # every M, by Z standard errors.
+    factor = 1e4 if toy == "Bernoulli toy" else 100
+    gap = plain.mse - factor * cv.mse
+    assert np.all(gap > Z * np.hypot(plain.mse_stderr, factor * cv.mse_stderr)), toy
+    # At the largest M, with the control variate it beats every Gumbel estimator averaged
+    # over as many samples, by Z standard errors of its own error (theirs are derived).
+    for stats in references[toy].values():
+        averaged = np.sum(stats.bias[half] ** 2) + np.sum(stats.variance[half]) / m[-1]
+        assert cv.mse[-1] + Z * cv.mse_stderr[-1] < averaged, toy
+    # The plug-in's expectation interpolates between its value at M = 1 and the gradient of
+    # f(softmax) (exactly, f being quadratic): within Z standard errors at every M ...
+    expected = plug_in_one[toy] / m[:, None] + (1 - 1 / m[:, None]) * plug_in_limit[toy]
+    assert np.all(np.abs(plug_in.mean - expected) <= Z * stderr(plug_in)), toy
+    # ... so at the largest M it is far from the exact gradient.
+    assert np.max(np.abs(plug_in.bias[-1]) / stderr(plug_in)[-1]) > Z, toy
+    # On the Bernoulli toy it points the wrong way from M = 4 on, beyond Z standard errors.
+    if toy == "Bernoulli toy":
+        assert exact_probe > 0 and np.all((plug_in.mean + Z * stderr(plug_in))[m >= 4] < 0)
 
 print(f"estimator figures written to {FIGURES}")

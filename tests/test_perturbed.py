@@ -26,9 +26,15 @@ KEY = jax.random.key(0)
 X = np.array([0.3, -1.2, 1.1, 0.0, 0.9], np.float32)
 
 
+def _gumbel(key, shape, dtype=jnp.float32):
+    """The documented Gumbel noise: -log(-log(u)), u on the midpoints of the uniform grid."""
+    u = jax.random.uniform(key, shape, dtype) + 2.0 ** -(jnp.finfo(dtype).nmant + 1)
+    return -jnp.log(-jnp.log(u))
+
+
 def _noise(key, num_samples, shape, kind="gumbel"):
     """Sample m's noise of the perturbed functions, float64, stacked: (num_samples, *shape)."""
-    draw = jax.random.gumbel if kind == "gumbel" else jax.random.normal
+    draw = _gumbel if kind == "gumbel" else jax.random.normal
     keys = jax.vmap(lambda m: jax.random.fold_in(key, m))(jnp.arange(num_samples))
     return np.asarray(jax.vmap(lambda k: draw(k, shape))(keys), np.float64)
 
@@ -74,12 +80,24 @@ def test_uniform_falls_back_to_jax_random(x64):
 
 
 @pytest.mark.parametrize("kind", ["gumbel", "normal"])
-def test_noise_is_jax_random_and_its_score(kind):
+def test_the_noise_and_its_score(kind):
     key = jax.random.key(7)
     z, score = _perturbed._draw(kind, key, (6, 50), jnp.float32)
-    want = (jax.random.gumbel if kind == "gumbel" else jax.random.normal)(key, (6, 50))
-    np.testing.assert_array_equal(z, want)
-    np.testing.assert_allclose(score, _score(np.float64(z), kind), rtol=2e-6, atol=2e-7)
+    want = (_gumbel if kind == "gumbel" else jax.random.normal)(key, (6, 50))
+    np.testing.assert_allclose(z, want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(score, _score(np.float64(z), kind), rtol=2e-6, atol=2e-6)
+
+
+def test_gumbel_noise_has_no_outlier_at_zero():
+    # A uniform draw of 0 becomes the midpoint 2**-24, not finfo.tiny: the smallest Gumbel
+    # value is -log(-log(2**-24)) = -2.81 (jax.random.gumbel's is -4.47), its score -15.6.
+    z, score = _perturbed._draw("gumbel", jax.random.key(0), (2**23,), jnp.float32)
+    assert float(z.min()) >= -2.82 and float(score.min()) >= -15.7
+    with jax.enable_x64(True):
+        z64, _ = _perturbed._draw("gumbel", jax.random.key(0), (1000,), jnp.float64)
+        assert z64.dtype == jnp.float64 and np.all(np.isfinite(z64))
+    # The Gumbel law: mean Euler's constant, variance pi^2 / 6.
+    assert abs(float(z.mean()) - EULER_GAMMA) < Z * np.pi / np.sqrt(6 * z.size)
 
 
 # --- closed forms ---
@@ -277,7 +295,7 @@ def test_optax_with_the_same_noise():
     class OurNoise(optax.perturbations.Gumbel):
         def sample(self, key, sample_shape=(), dtype=float):
             m = jnp.argmax(jnp.all(optax_keys == jax.random.key_data(key), -1))
-            return jax.random.gumbel(jax.random.fold_in(KEY, m), sample_shape, dtype)
+            return _gumbel(jax.random.fold_in(KEY, m), sample_shape, dtype)
 
     c = jnp.float32([0.5, -1.0, 2.0, 0.0, 1.5])
     for control_variate in [False, True]:
