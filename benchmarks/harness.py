@@ -229,6 +229,11 @@ def print_table(rows: list[Row], markdown: bool) -> None:
         ]
         for r in rows
     ]
+    print_cells(columns, cells, markdown)
+
+
+def print_cells(columns: list[str], cells: list[list[str]], markdown: bool) -> None:
+    """A table of strings, as Markdown or aligned plain text."""
     if markdown:
         print("| " + " | ".join(columns) + " |")
         print("|" + "---|" * len(columns))

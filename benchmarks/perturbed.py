@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax.perturbations
-from harness import Case, forward_backward, run
+from harness import Case, forward_backward, print_cells, run
 
 import jaxrelax
 
@@ -171,15 +171,7 @@ def memory_table(shapes, markdown: bool) -> None:
             ]
             lines.append(cells)
     print("\npeak temporary memory of the compiled forward and backward pass")
-    if markdown:
-        print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
-        for cells in lines:
-            print("| " + " | ".join(cells) + " |")
-        return
-    widths = [max(len(c), *(len(r[i]) for r in lines)) for i, c in enumerate(columns)]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
-    for cells in lines:
-        print("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)))
+    print_cells(columns, lines, markdown)
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ def hardmax_rule(x, temperature, where, *, axes, ties, poison=None):
     if ties == "uniform":
         at_max = 1 - below  # NaN at NaN entries, so the sum poisons the slice
         return at_max / jnp.maximum(jnp.sum(at_max, axes, keepdims=True), 1)
-    positions, first = _first_max_position(below, axes)
+    positions, first = first_max_position(below, axes)
     poison = _utils.nan_poison(_utils.fill_masked(x, where), axes) if poison is None else poison
     if jnp.issubdtype(positions.dtype, jnp.integer):
         return (positions == first).astype(x.dtype) + poison
@@ -92,7 +92,7 @@ def argmax_rule(x, temperature, where, *, axes):
     """The index of the first maximum along the single axis in ``axes``, as a float of ``x``'s
     dtype: 0 for a fully masked slice, NaN for a slice holding NaN."""
     del temperature
-    _, first = _first_max_position(_utils.below_max(x, where, axes), axes)
+    _, first = first_max_position(_utils.below_max(x, where, axes), axes)
     index = jnp.where(first < x.shape[axes[0]], first, 0).astype(x.dtype)
     index = index + _utils.nan_poison(_utils.fill_masked(x, where), axes)
     return jnp.squeeze(index, axes)
@@ -105,7 +105,7 @@ def max_rule(x, temperature, where, *, axes):
     return jnp.max(x, axes, keepdims=True, initial=-jnp.inf) + _utils.nan_poison(x, axes)
 
 
-def _first_max_position(below, axes):
+def first_max_position(below, axes):
     """(positions, first): each element's row-major position in its slice, and the position
     of the slice's first maximum (the slice size if it has none), from ``below``, 1 below the
     maximum and 0 at it. NaN may be dropped: add a ``nan_poison`` to what is built from them.

@@ -34,10 +34,6 @@ NOISES = ("gumbel", "normal")
 # The functions of one choice per slice evaluate about this many perturbed scores at once:
 # memory stays flat in num_samples, and batches are large enough to run at full speed.
 BATCH_NUMBERS = 2**19
-_REFERENCE = (
-    "Berthet, Blondel, Teboul, Cuturi, Vert & Bach, Learning with Differentiable Perturbed "
-    "Optimizers, 2020, https://arxiv.org/abs/2002.08676"
-)
 
 
 class Plan(NamedTuple):
@@ -712,7 +708,7 @@ def _winners(plan, key, x, sigma, m):
     z, score = _draw(plan.noise, jax.random.fold_in(key, m), x.shape, x.dtype)
     y = x + sigma * z
     maximum = jnp.max(y, 1, keepdims=True, initial=-jnp.inf)  # NaN: see the callers' poison
-    _, first = _hard._first_max_position(_utils.below_max(y, None, (1,)), (1,))
+    _, first = _hard.first_max_position(_utils.below_max(y, None, (1,)), (1,))
     return maximum, first.astype(jnp.int32), score
 
 
