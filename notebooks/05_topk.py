@@ -40,7 +40,6 @@
 # `JAXRELAX_SMOKE=1` runs it at a small size.
 
 # %%
-import gzip
 import math
 import os
 import sys
@@ -52,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import real_data
 
 import jaxrelax
 
@@ -70,55 +70,15 @@ print(f"jaxrelax {jaxrelax.__version__} on jax {jax.__version__} ({jax.default_b
 # ## Data: images as grids of patches
 #
 # Fashion-MNIST from Debian's `dataset-fashion-mnist` package when it is installed (IDX
-# files, read here with NumPy): 28x28 images cut into 49 patches of 4x4 pixels, a random
-# subset of 20,000 of the 60,000 training images (to keep the run to minutes on a laptop
+# files, read by `notebooks/real_data.py`): 28x28 images cut into 49 patches of 4x4 pixels,
+# a random subset of 20,000 of the 60,000 training images (to keep the run to minutes on a laptop
 # CPU) and all 10,000 test images. Otherwise scikit-learn's bundled 8x8 digits, cut into 16
 # patches of 2x2 pixels; with only 16 patches there, k runs over {2, 4, 8} instead of
 # {4, 8, 16}. At smoke size, k takes the smallest and the largest of these values only.
 
 # %%
-FASHION = Path("/usr/share/datasets/fashion-mnist")
 TRAIN_SIZE = 600 if SMOKE else 20_000
 TEST_SIZE = 500 if SMOKE else 10_000
-
-
-def read_idx(path):
-    """An IDX array: two zero bytes, a type byte (8: unsigned bytes), the number of
-    dimensions, each dimension as a big-endian int32, then the data in C order."""
-    with gzip.open(path) as f:
-        raw = f.read()
-    if raw[:3] != b"\0\0\x08":
-        raise ValueError(f"{path} is not an IDX file of unsigned bytes")
-    shape = np.frombuffer(raw, ">i4", count=raw[3], offset=4)
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * raw[3]).reshape(shape)
-
-
-def load_data():
-    """(name, train images, train labels, test images, test labels, patch size), images in
-    [0, 1] of shape (n, side, side)."""
-    names = [
-        f"{s}-{kind}-ubyte.gz" for s in ("train", "t10k") for kind in ("images-idx3", "labels-idx1")
-    ]
-    if all((FASHION / name).exists() for name in names):
-        train_x, train_y, test_x, test_y = (read_idx(FASHION / name) for name in names)
-        keep = np.random.default_rng(0).permutation(len(train_x))[:TRAIN_SIZE]
-        train_x, train_y = train_x[keep], train_y[keep]
-        return (
-            "Fashion-MNIST",
-            train_x / 255,
-            train_y,
-            test_x[:TEST_SIZE] / 255,
-            test_y[:TEST_SIZE],
-            4,
-        )
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    order = np.random.default_rng(0).permutation(len(digits.images))
-    images, labels = digits.images[order] / 16, digits.target[order]
-    train = min(TRAIN_SIZE, 1400)
-    test = slice(1400, 1400 + min(TEST_SIZE, len(images) - 1400))
-    return "scikit-learn 8x8 digits", images[:train], labels[:train], images[test], labels[test], 2
 
 
 def to_patches(images, size):
@@ -128,7 +88,10 @@ def to_patches(images, size):
     return jnp.asarray(patches.reshape(n, side * side, size * size), jnp.float32)
 
 
-DATASET, train_images, train_y, test_images, test_y, PATCH = load_data()
+DATASET, train_images, train_y, test_images, test_y = real_data.load(
+    TRAIN_SIZE, TEST_SIZE, verbose=False
+)
+PATCH = 4 if DATASET == "Fashion-MNIST" else 2
 train_x, test_x = to_patches(train_images, PATCH), to_patches(test_images, PATCH)
 train_y, test_y = jnp.asarray(train_y, jnp.int32), jnp.asarray(test_y, jnp.int32)
 SIDE = test_images.shape[1] // PATCH

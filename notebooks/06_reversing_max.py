@@ -40,7 +40,6 @@
 # names; `JAXRELAX_SMOKE=1` runs it at a small size.
 
 # %%
-import gzip
 import os
 import sys
 import time
@@ -51,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import real_data
 from jax import lax
 
 import jaxrelax
@@ -71,45 +71,16 @@ print(f"jaxrelax {jaxrelax.__version__} on jax {jax.__version__} ({jax.default_b
 # ## Data
 #
 # Fashion-MNIST from Debian's `dataset-fashion-mnist` package when it is installed (IDX
-# files, read here with NumPy): 28x28 images, a random subset of 12,000 of the 60,000
-# training images (to keep the run to a few minutes on a laptop CPU) and all 10,000 test
+# files, read by `notebooks/real_data.py`): 28x28 images, a random subset of 12,000 of the
+# 60,000 training images (to keep the run to a few minutes on a laptop CPU) and all 10,000 test
 # images. Otherwise scikit-learn's bundled 8x8 digits (1,400 for training, the other 397 for
 # testing). Pixels are scaled to [0, 1]. All pooling here is over 2x2 windows with stride 2.
 # At smoke size: 2,000 training and 500 test images.
 
 # %%
-FASHION = Path("/usr/share/datasets/fashion-mnist")
 TRAIN_SIZE = 2_000 if SMOKE else 12_000
 TEST_SIZE = 500 if SMOKE else 10_000
-
-
-def read_idx(path):
-    """An IDX array: two zero bytes, a type byte (8: unsigned bytes), the number of
-    dimensions, each dimension as a big-endian int32, then the data in C order."""
-    with gzip.open(path) as f:
-        raw = f.read()
-    if raw[:3] != b"\0\0\x08":
-        raise ValueError(f"{path} is not an IDX file of unsigned bytes")
-    shape = np.frombuffer(raw, ">i4", count=raw[3], offset=4)
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * raw[3]).reshape(shape)
-
-
-def load_data():
-    """(name, train images, test images), in [0, 1], of shape (n, side, side)."""
-    names = ["train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz"]
-    if all((FASHION / name).exists() for name in names):
-        train, test = (read_idx(FASHION / name) for name in names)
-        keep = np.random.default_rng(0).permutation(len(train))[:TRAIN_SIZE]
-        return "Fashion-MNIST", train[keep] / 255, test[:TEST_SIZE] / 255
-    from sklearn.datasets import load_digits
-
-    images = load_digits().images
-    images = images[np.random.default_rng(0).permutation(len(images))] / 16
-    test = slice(1400, 1400 + min(TEST_SIZE, len(images) - 1400))
-    return "scikit-learn 8x8 digits", images[: min(TRAIN_SIZE, 1400)], images[test]
-
-
-DATASET, train_images, test_images = load_data()
+DATASET, train_images, _, test_images, _ = real_data.load(TRAIN_SIZE, TEST_SIZE, verbose=False)
 # channels last: (n, side, side, 1)
 train_x = jnp.asarray(train_images[..., None], jnp.float32)
 test_x = jnp.asarray(test_images[..., None], jnp.float32)
