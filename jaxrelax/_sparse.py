@@ -584,7 +584,7 @@ def _fenchel_young_fwd(x, labels, temperature, alpha, where, axes, kind):
 
 def _linear_term(x, p, labels, temperature, keep, axes):
     """``x . (p - labels) / t`` per slice, where ``x`` may hold infinities and huge values
-    (each term is ``(x (p - labels)) / t``, at most ``|x| / t``).
+    (see :func:`_scaled_dot`).
 
     Entries with no difference add nothing, even where ``x`` is infinite or NaN (masked and
     ``-inf`` entries are out of ``keep``, and their labels already 0). The ``+inf`` entries of
@@ -594,11 +594,20 @@ def _linear_term(x, p, labels, temperature, keep, axes):
     """
     difference = p - labels
     top = keep & (x == jnp.inf)
-    finite_part = jnp.where(keep & ~top & (difference != 0), x * difference / temperature, 0)
     mass_elsewhere = jnp.sum(jnp.where(keep & ~top, labels, 0), axes, keepdims=True)
     has_top = jnp.any(top, axes, keepdims=True)
-    finite_sum = jnp.sum(finite_part, axes, keepdims=True)
+    finite_sum = _scaled_dot(x, difference, keep & ~top, temperature, axes)
     return jnp.where(has_top & (mass_elsewhere != 0), jnp.inf, finite_sum)
+
+
+def _scaled_dot(x, difference, include, temperature, axes):
+    """``sum_i x_i d_i / t`` over the ``include``d entries with ``d_i != 0``, as
+    ``(sum_i (x_i / 2) d_i) (2 / t)``: the halved sum cannot overflow (the differences of two
+    distributions add up to at most 2 in absolute value), and a sum that cancels to 0 stays
+    0, where terms ``x_i d_i / t`` taken one by one overflow to ``+inf`` and ``-inf`` (two
+    entries of ``finfo.max`` at ``t = 1e-6``) and add up to NaN."""
+    halves = jnp.where(include & (difference != 0), (x / 2) * difference, 0)
+    return jnp.sum(halves, axes, keepdims=True) * (2 / temperature)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
@@ -610,8 +619,8 @@ def _fenchel_young_bwd(axes, kind, residuals, cotangent):
     x, p, labels, temperature, alpha, keep = residuals
     difference = p - labels
     dx = jnp.where(keep, cotangent * difference / temperature, 0)
-    linear = jnp.where(keep & (difference != 0) & jnp.isfinite(x), x * difference / temperature, 0)
-    dt = -(jnp.sum(linear, axes, keepdims=True) / temperature) * cotangent
+    linear = _scaled_dot(x, difference, keep & jnp.isfinite(x), temperature, axes)
+    dt = -(linear / temperature) * cotangent
     # With +inf scores the loss is +inf, or Omega(labels) - Omega(p): constant in t.
     dt = jnp.where(jnp.any(keep & (x == jnp.inf), axes, keepdims=True), 0, dt)
     shannon_slope = 1 + _utils.safe_log(labels)
