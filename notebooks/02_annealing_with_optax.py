@@ -36,7 +36,6 @@
 # and writes its figures to a folder it names. `JAXRELAX_SMOKE=1` runs it at a small size.
 
 # %%
-import gzip
 import math
 import os
 import sys
@@ -47,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import real_data
 from tqdm import tqdm
 
 import jaxrelax
@@ -65,36 +65,18 @@ print(f"jaxrelax {jaxrelax.__version__} on jax {jax.__version__} ({jax.default_b
 # %% [markdown]
 # ## Data
 #
-# Binarized Fashion-MNIST from Debian's `dataset-fashion-mnist` package when it is installed,
-# and scikit-learn's bundled 8x8 digits otherwise.
+# Binarized Fashion-MNIST from Debian's `dataset-fashion-mnist` package when it is installed
+# (`sudo apt-get install dataset-fashion-mnist`; read by `notebooks/real_data.py`), and
+# scikit-learn's bundled 8x8 digits otherwise.
 
 # %%
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-
-
-def read_idx_images(path):
-    with gzip.open(path) as f:
-        data = np.frombuffer(f.read(), np.uint8, offset=16)
-    return data.reshape(-1, 28 * 28) / 255.0, (28, 28)
-
-
-def load_images():
-    train_file, test_file = (FASHION / f"{s}-images-idx3-ubyte.gz" for s in ("train", "t10k"))
-    if train_file.exists() and test_file.exists():
-        (train, shape), (test, _) = read_idx_images(train_file), read_idx_images(test_file)
-        return "Fashion-MNIST (binarized at 0.5)", train > 0.5, test > 0.5, shape
-    from sklearn.datasets import load_digits
-
-    images = load_digits().data / 16.0 > 0.5
-    order = np.random.default_rng(0).permutation(len(images))
-    images = images[order]
-    return "scikit-learn 8x8 digits (binarized at 0.5)", images[:1500], images[1500:], (8, 8)
-
-
-DATASET, train_images, test_images, IMAGE_SHAPE = load_images()
+DATA = real_data.load(digits_train=1500)
+DATASET = f"{DATA.name} (binarized at 0.5)"
+IMAGE_SHAPE = DATA.test_images.shape[1:]
+train_images = (DATA.train_images > 0.5).reshape(len(DATA.train_images), -1)
+test_images = (DATA.test_images > 0.5).reshape(len(DATA.test_images), -1)
 train_images = jnp.asarray(train_images, jnp.float32)
 test_images = jnp.asarray(test_images, jnp.float32)
-print(f"data: {DATASET}: {len(train_images)} training, {len(test_images)} held-out images")
 
 # %% [markdown]
 # ## The model
