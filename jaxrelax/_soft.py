@@ -63,7 +63,10 @@ def softmax(
       unmasked entry makes its slice NaN. A concrete ``temperature <= 0`` raises ValueError;
       a traced one is not checked and gives NaN if it is negative (0 gives the limit). A
       temperature beyond about ``1e38`` (float32) gives the uniform distribution, and its
-      gradients underflow to 0.
+      gradients underflow to 0. The scores are shifted by their maximum in halves (so that
+      nothing overflows); XLA's CPU backend flushes subnormal numbers to zero, so there
+      scores below ``2 * finfo.tiny`` in magnitude count as 0, which matters only at
+      temperatures that small.
       Forward mode (``jax.jvp``, ``jax.jacfwd``) is not supported: the gradient is a ``custom_vjp``.
       Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives (``jax.hessian``, grad of
       grad) work.
