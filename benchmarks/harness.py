@@ -7,6 +7,7 @@ drift in the machine's speed hits both alike, and reports medians and their rati
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import statistics
@@ -74,20 +75,18 @@ def run(description: str, cases: Callable, shapes: list, quick_shapes: list) -> 
                     baseline = case.baseline(mode, np.asarray(x), np.asarray(cotangent))
                 else:
                     baseline = _timed(case.baseline, mode, x, cotangent, extra)
-                ms, baseline_ms, speedup = alternate(ours, baseline, (), args.repeats, args.budget)
                 ours_kept = input_sized_residuals(case.ours, x, extra)
                 theirs_kept = "-" if case.peer else input_sized_residuals(case.baseline, x, extra)
                 residuals = f"{ours_kept} vs {theirs_kept}"
                 rows.append(
-                    Row(
+                    measure(
                         case.op,
                         shape,
-                        "float32",
                         mode,
-                        ms,
+                        ours,
                         case.baseline_name,
-                        baseline_ms,
-                        speedup,
+                        baseline,
+                        args,
                         residuals,
                         target,
                     )
@@ -95,6 +94,30 @@ def run(description: str, cases: Callable, shapes: list, quick_shapes: list) -> 
                 print(f"  measured {case.op} {mode} {shape}", flush=True)
     print()
     print_table(rows, args.markdown)
+
+
+def measure(
+    op: str,
+    shape: tuple[int, ...],
+    mode: str,
+    ours: Callable,
+    baseline_name: str,
+    baseline: Callable,
+    args: argparse.Namespace,
+    residuals: str = "-",
+    target: str = "",
+) -> Row:
+    """A float32 row: ``ours`` and ``baseline``, zero-argument callables that each run
+    ``mode`` once, timed by :func:`alternate` with the command line's repeats and budget."""
+    ms, baseline_ms, speedup = alternate(ours, baseline, (), args.repeats, args.budget)
+    return Row(
+        op, shape, "float32", mode, ms, baseline_name, baseline_ms, speedup, residuals, target
+    )
+
+
+def normal(shape: tuple[int, ...], seed: int) -> jax.Array:
+    """Standard normal float32 entries, drawn by NumPy: nothing to compile."""
+    return jax.numpy.asarray(np.random.default_rng(seed).standard_normal(shape, np.float32))
 
 
 def _timed(fn: Callable, mode: str, x, cotangent, extra: tuple) -> Callable:
@@ -188,9 +211,10 @@ def forward_backward(fn: Callable) -> Callable:
 
 
 def input_sized_residuals(fn: Callable, x, extra: tuple = ()) -> int:
-    """Arrays of ``x``'s size that the backward pass of ``fn(x, *extra)`` keeps."""
-    _, vjp = jax.vjp(lambda x: fn(x, *extra), x)
-    return sum(int(np.size(leaf) >= np.size(x)) for leaf in jax.tree_util.tree_leaves(vjp))
+    """Arrays of ``x``'s size that the backward pass of ``fn(x, *extra)`` keeps, counted from
+    shapes alone: nothing is run."""
+    vjp = jax.eval_shape(lambda x: jax.vjp(lambda x: fn(x, *extra), x)[1], x)
+    return sum(int(math.prod(leaf.shape) >= np.size(x)) for leaf in jax.tree_util.tree_leaves(vjp))
 
 
 def header() -> str:

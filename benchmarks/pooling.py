@@ -55,11 +55,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from harness import (
-    Row,
-    alternate,
     forward,
     forward_backward,
     header,
+    input_sized_residuals,
+    measure,
+    normal,
     parse_args,
     print_table,
 )
@@ -151,11 +152,6 @@ def direct_lse_pool(x, w: Window, t=T):
     return top + t * jnp.log(_reduce_window(e, 0.0, lax.add, w))
 
 
-def normal(shape, seed: int) -> jax.Array:
-    """Standard normal float32 entries (drawn by NumPy: nothing to compile)."""
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape, np.float32))
-
-
 def ours(name: str, w: Window, **options) -> Callable:
     fn = getattr(jaxrelax, name)
     return lambda x: fn(x, w.shape, w.strides, w.padding, **options)
@@ -167,12 +163,6 @@ def soft(name: str, w: Window) -> Callable:
 
 def ours_unpool(spatial) -> Callable:
     return jax.jit(lambda values, indices: jaxrelax.max_unpool(values, indices, spatial))
-
-
-def input_sized_residuals(fn: Callable, x) -> int:
-    """As ``harness.input_sized_residuals``, from shapes alone: nothing is run at full size."""
-    vjp = jax.eval_shape(lambda x: jax.vjp(fn, x)[1], x)
-    return sum(int(math.prod(leaf.shape) >= x.size) for leaf in jax.tree_util.tree_leaves(vjp))
 
 
 def torch_input(x: np.ndarray, requires_grad: bool = False):
@@ -358,24 +348,20 @@ def main() -> None:
                     continue
                 ours_call, ours_fn = calls[op, mode]
                 baseline_call, baseline_fn = calls[baseline, mode]
-                ms, baseline_ms, speedup = alternate(
-                    ours_call, baseline_call, (), args.repeats, args.budget
-                )
                 residuals = "-"
                 if mode == "fwd+bwd":
                     theirs = "-" if baseline_fn is None else input_sized_residuals(baseline_fn, x)
                     residuals = f"{input_sized_residuals(ours_fn, x)} vs {theirs}"
                 label = f"{op} {w.label}"
                 rows.append(
-                    Row(
+                    measure(
                         label,
                         shape,
-                        "float32",
                         mode,
-                        ms,
+                        ours_call,
                         baseline,
-                        baseline_ms,
-                        speedup,
+                        baseline_call,
+                        args,
                         residuals,
                         target,
                     )
