@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import ArrayLike
 
-from . import _soft, _straight_through, _topk, _utils
+from . import _checks, _numerics, _soft, _straight_through
 
 
 def gumbel_softmax(
@@ -79,94 +79,16 @@ def gumbel_softmax(
       Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives (``jax.hessian``, grad of
       grad) work.
     """
-    key = _utils.check_key(key)
-    hard = _utils.check_flag(hard, "hard")
-    a = _utils.prepare(logits, axis, temperature, where, name="logits", integers=False)
+    key = _checks.check_key(key)
+    hard = _checks.check_flag(hard, "hard")
+    a = _checks.prepare(logits, axis, temperature, where, name="logits", integers=False)
     perturbed = _limit_logits(a) + jax.random.gumbel(key, a.x.shape, a.x.dtype)
     if hard:
         value = _straight_through.st_hardmax_rule(
             perturbed, a.temperature, a.where, a.axes, "first"
         )
     else:
-        value = _soft.softmax_rule(perturbed, a.temperature, a.where, axes=a.axes)
-    return value.astype(a.dtype)
-
-
-def gumbel_topk(
-    key: ArrayLike,
-    logits: ArrayLike,
-    k: int,
-    axis: int | tuple[int, ...] = -1,
-    *,
-    temperature: ArrayLike = 1.0,
-    hard: bool = False,
-    where: ArrayLike | None = None,
-) -> jax.Array:
-    r"""A k-subset sampled without replacement, relaxed, or straight-through with ``hard=True``.
-
-    .. math::
-        y = \mathrm{soft\_topk}(\ell + g, k, t), \qquad g_i \sim \mathrm{Gumbel}(0, 1)
-
-    The top ``k`` of ``logits + g`` are a sample of the Plackett-Luce distribution: ``k``
-    classes drawn one after another without replacement, each with probability proportional
-    to ``exp(logits)`` among those left (the Gumbel-top-k trick). With ``hard=True`` the
-    forward value is that exact k-hot sample and the backward pass is the vector-Jacobian
-    product of the relaxed sample ``y`` with the same noise; only ``y`` is saved for it. The
-    gradient reaches ``logits`` and ``temperature``; the noise is ``jax.random.gumbel(key,
-    logits.shape)``. ``k = 1`` is distributed as ``gumbel_softmax(hard=True)``.
-
-    Args:
-      key: a PRNG key (``jax.random.key`` or a legacy ``jax.random.PRNGKey``).
-      logits: unnormalised log-probabilities, a float array (half precision computed in
-        float32).
-      k: the subset's size, a Python int in ``[0, n]``.
-      axis: the axis, or tuple of axes (``None``: all of them), of the classes (one sample
-        per slice).
-      temperature: the relaxation's temperature; it receives a gradient.
-      hard: whether to return the exact k-hot sample (straight-through).
-      where: optional boolean mask broadcastable to ``logits``; masked classes are never
-        sampled.
-
-    Returns:
-      The relaxed sample (in ``[0, 1]``, summing to ``k``) or the k-hot sample, of
-      ``logits``' shape and dtype.
-
-    Examples:
-      >>> import jax
-      >>> import jax.numpy as jnp
-      >>> import jaxrelax
-      >>> logits = jnp.log(jnp.array([0.1, 0.2, 0.3, 0.4]))
-      >>> sample = jaxrelax.gumbel_topk(jax.random.key(0), logits, 2, hard=True)
-      >>> float(sample.sum())
-      2.0
-
-    References:
-      Kool, van Hoof & Welling, Stochastic Beams and Where to Find Them: The Gumbel-Top-k
-      Trick for Sampling Sequences Without Replacement, 2019, https://arxiv.org/abs/1903.06059;
-      Xie & Ermon, Reparameterizable Subset Sampling via Continuous Relaxations, 2019,
-      https://arxiv.org/abs/1901.10517
-
-    Note:
-      Masked classes and ``-inf`` logits are never sampled and get zero gradient; with fewer
-      than ``k`` classes left, all of them are taken; a slice with none gives zeros. ``+inf``
-      logits are drawn first, and among more than ``k`` of them the noise decides. A NaN
-      logit makes its slice NaN.
-      Forward mode (``jax.jvp``, ``jax.jacfwd``) is not supported: the gradient is a
-      ``custom_vjp``. Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives
-      (``jax.hessian``, grad of grad) work.
-    """
-    key = _utils.check_key(key)
-    hard = _utils.check_flag(hard, "hard")
-    a = _utils.prepare(logits, axis, temperature, where, name="logits", integers=False)
-    k = _topk.check_count(k, _utils.slice_size(a.x.shape, a.axes))
-    perturbed = limit_for_subsets(a, k) + jax.random.gumbel(key, a.x.shape, a.x.dtype)
-    if hard:
-        value = _straight_through.st_topk_rule(
-            perturbed, a.temperature, a.where, a.axes, k, "first", "soft"
-        )
-    else:
-        k = jnp.asarray(k, a.x.dtype)
-        value = _topk.relaxed_rule(perturbed, k, a.temperature, a.where, a.axes, "soft")
+        value = _soft.softmax_impl(perturbed, a.temperature, a.where, axes=a.axes)
     return value.astype(a.dtype)
 
 
@@ -231,12 +153,12 @@ def gumbel_rao(
       gradient is a ``custom_vjp``. Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``, and grad of
       grad for second derivatives.
     """
-    key = _utils.check_key(key)
-    num_samples = _utils.check_integer(num_samples, "num_samples")
-    a = _utils.prepare(logits, axis, temperature, where, name="logits", integers=False)
+    key = _checks.check_key(key)
+    num_samples = _checks.check_integer(num_samples, "num_samples")
+    a = _checks.prepare(logits, axis, temperature, where, name="logits", integers=False)
     forward_key, backward_key = jax.random.split(key)
     noise = jax.random.gumbel(forward_key, a.x.shape, a.x.dtype)
-    value = _gumbel_rao(
+    value = _gumbel_rao_rule(
         _limit_logits(a), a.temperature, a.where, noise, backward_key, a.axes, num_samples
     )
     return value.astype(a.dtype)
@@ -289,21 +211,21 @@ def binary_concrete(
       Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives (``jax.hessian``, grad of
       grad) work.
     """
-    key = _utils.check_key(key)
-    hard = _utils.check_flag(hard, "hard")
-    a = _utils.prepare(logits, None, temperature, name="logits", integers=False, elementwise=True)
+    key = _checks.check_key(key)
+    hard = _checks.check_flag(hard, "hard")
+    a = _checks.prepare(logits, None, temperature, name="logits", integers=False, elementwise=True)
     perturbed = a.x + jax.random.logistic(key, a.x.shape, a.x.dtype)
     if hard:
         value = _straight_through.straight_through_rule(
-            _bernoulli_from_perturbed, _relaxed_bernoulli, perturbed, a.temperature
+            _bernoulli_from_perturbed, _relaxed_bernoulli_rule, perturbed, a.temperature
         )
     else:
-        value = _relaxed_bernoulli(perturbed, a.temperature)
+        value = _relaxed_bernoulli_rule(perturbed, a.temperature)
     return value.astype(a.dtype)
 
 
 @jax.custom_vjp
-def _relaxed_bernoulli(perturbed, temperature):
+def _relaxed_bernoulli_rule(perturbed, temperature):
     return jax.nn.sigmoid(perturbed / temperature)
 
 
@@ -318,11 +240,11 @@ def _relaxed_bernoulli_bwd(residuals, cotangent):
     tiny = jnp.finfo(y.dtype).tiny
     d_scaled = cotangent * y * (1 - y)
     logit = jnp.log(jnp.maximum(y, tiny)) - jnp.log(jnp.maximum(1 - y, tiny))
-    dt = _utils.sum_to_shape(-d_scaled * logit / temperature, temperature.shape)
+    dt = _numerics.sum_to_shape(-d_scaled * logit / temperature, temperature.shape)
     return d_scaled / temperature, dt
 
 
-_relaxed_bernoulli.defvjp(_relaxed_bernoulli_fwd, _relaxed_bernoulli_bwd)
+_relaxed_bernoulli_rule.defvjp(_relaxed_bernoulli_fwd, _relaxed_bernoulli_bwd)
 
 
 def _bernoulli_from_perturbed(perturbed, temperature):
@@ -331,41 +253,18 @@ def _bernoulli_from_perturbed(perturbed, temperature):
     return jnp.where(jnp.isnan(perturbed), jnp.nan, (perturbed > 0).astype(perturbed.dtype))
 
 
-def _limit_logits(a: _utils.Prepared) -> jax.Array:
+def _limit_logits(a: _checks.Prepared) -> jax.Array:
     """The logits less their slice maximum: the same distribution, and in a slice holding
     +inf logits, 0 at those and -inf elsewhere (the limit of equal, ever larger logits), so
     that the noise decides among the +inf classes as among equal finite ones."""
-    return _utils.shift_by_max(a.x, a.where, a.axes)[1]
-
-
-def limit_for_subsets(a: _utils.Prepared, k: int) -> jax.Array:
-    """The logits less the maximum of their finite entries, +inf logits kept (they are drawn
-    first); in a slice with more than ``k`` +inf logits, 0 at those and -inf elsewhere, so
-    that the noise decides among them. The gradient passes through unchanged: the
-    relaxation's own backward pass gives 0 wherever the sample cannot move."""
-    v, top, top_count = _topk.limit_scores(a.x, a.where, a.axes)
-    limit = jnp.where(top_count > k, jnp.where(top, 0, -jnp.inf), v)
-    return _unit_slope(a.x, limit)
-
-
-@jax.custom_jvp
-def _unit_slope(x, value):
-    """``value``, a function of ``x`` whose first derivative is taken to be the identity (its
-    own, through the masks, is needed only at second order)."""
-    del x
-    return value
-
-
-@_unit_slope.defjvp
-def _unit_slope_jvp(primals, tangents):
-    return primals[1], tangents[0]
+    return _numerics.shift_by_max(a.x, a.where, a.axes)[1]
 
 
 # --- Gumbel-Rao ---
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _gumbel_rao(logits, temperature, where, noise, backward_key, axes, num_samples):
+def _gumbel_rao_rule(logits, temperature, where, noise, backward_key, axes, num_samples):
     return _gumbel_rao_fwd(logits, temperature, where, noise, backward_key, axes, num_samples)[0]
 
 
@@ -381,9 +280,9 @@ def _gumbel_rao_bwd(axes, num_samples, residuals, cotangent):
     logits, sample, e, scale, temperature, key, where = residuals
     # The forward noise is the first conditional sample.
     dx, dt = _soft.softmax_vjp(e, scale, temperature, cotangent, axes)
-    logits = _utils.fill_masked(logits, where)
+    logits = _numerics.fill_masked(logits, where)
     probs = lax.stop_gradient(
-        _soft.softmax_rule(logits, jnp.ones_like(temperature), None, axes=axes)
+        _soft.softmax_impl(logits, jnp.ones_like(temperature), None, axes=axes)
     )
     # Second derivatives see logits + fixed noise: gaps move with logits_i - logits_D.
     finite_logits = jnp.where(jnp.isfinite(logits), logits, 0)
@@ -402,7 +301,7 @@ def _gumbel_rao_bwd(axes, num_samples, residuals, cotangent):
     return dx / num_samples, dt / num_samples, None, None, None
 
 
-_gumbel_rao.defvjp(_gumbel_rao_fwd, _gumbel_rao_bwd)
+_gumbel_rao_rule.defvjp(_gumbel_rao_fwd, _gumbel_rao_bwd)
 
 
 def _exponentials(key, shape, dtype):

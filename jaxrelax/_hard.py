@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import ArrayLike
 
-from . import _utils
+from . import _checks, _numerics
 
 TIES = ("first", "uniform")
 
@@ -62,12 +62,12 @@ def hardmax(
       (exact otherwise), so there scores below about ``4.7e-38`` in float32 (``4 * tiny``)
       tie with zero.
     """
-    ties = _utils.check_choice(ties, "ties", TIES)
-    a = _utils.prepare(x, axis, where=where)
-    return hardmax_rule(a.x, None, a.where, axes=a.axes, ties=ties).astype(a.dtype)
+    ties = _checks.check_choice(ties, "ties", TIES)
+    a = _checks.prepare(x, axis, where=where)
+    return hardmax_impl(a.x, None, a.where, axes=a.axes, ties=ties).astype(a.dtype)
 
 
-def hardmax_rule(x, temperature, where, *, axes, ties, poison=None):
+def hardmax_impl(x, temperature, where, *, axes, ties, poison=None):
     """hardmax on prepared arguments; ``temperature`` is accepted and ignored, so that the
     hard and soft rules share one signature for :func:`jaxrelax.straight_through`.
 
@@ -76,33 +76,35 @@ def hardmax_rule(x, temperature, where, *, axes, ties, poison=None):
     """
     del temperature
     x = lax.stop_gradient(x)
-    below = _utils.below_max(x, where, axes)
+    below = _numerics.below_max(x, where, axes)
     if ties == "uniform":
         at_max = 1 - below  # NaN at NaN entries, so the sum poisons the slice
         return at_max / jnp.maximum(jnp.sum(at_max, axes, keepdims=True), 1)
     positions, first = first_max_position(below, axes)
-    poison = _utils.nan_poison(_utils.fill_masked(x, where), axes) if poison is None else poison
+    poison = (
+        _numerics.nan_poison(_numerics.fill_masked(x, where), axes) if poison is None else poison
+    )
     if jnp.issubdtype(positions.dtype, jnp.integer):
         return (positions == first).astype(x.dtype) + poison
     # positions and first are whole numbers, so this is exactly 1 at first and 0 elsewhere.
     return 1 - jnp.minimum(jnp.abs(positions - first), 1) + poison
 
 
-def argmax_rule(x, temperature, where, *, axes):
+def argmax_impl(x, temperature, where, *, axes):
     """The index of the first maximum along the single axis in ``axes``, as a float of ``x``'s
     dtype: 0 for a fully masked slice, NaN for a slice holding NaN."""
     del temperature
-    _, first = first_max_position(_utils.below_max(x, where, axes), axes)
+    _, first = first_max_position(_numerics.below_max(x, where, axes), axes)
     index = jnp.where(first < x.shape[axes[0]], first, 0).astype(x.dtype)
-    index = index + _utils.nan_poison(_utils.fill_masked(x, where), axes)
+    index = index + _numerics.nan_poison(_numerics.fill_masked(x, where), axes)
     return jnp.squeeze(index, axes)
 
 
-def max_rule(x, temperature, where, *, axes):
+def max_impl(x, temperature, where, *, axes):
     """The exact maximum over ``axes`` (kept as size-1 dims): -inf for a fully masked slice."""
     del temperature
-    x = _utils.fill_masked(lax.stop_gradient(x), where)
-    return jnp.max(x, axes, keepdims=True, initial=-jnp.inf) + _utils.nan_poison(x, axes)
+    x = _numerics.fill_masked(lax.stop_gradient(x), where)
+    return jnp.max(x, axes, keepdims=True, initial=-jnp.inf) + _numerics.nan_poison(x, axes)
 
 
 def first_max_position(below, axes):
@@ -114,13 +116,13 @@ def first_max_position(below, axes):
     fused arithmetic min-reduce; past that (more than 2**23 elements in float32) it falls back
     to int32 positions and a select.
     """
-    size = _utils.slice_size(below.shape, axes)
+    size = _numerics.slice_size(below.shape, axes)
     if 2 * size <= 2 ** (jnp.finfo(below.dtype).nmant + 1):
-        positions = _utils.slice_positions(below.shape, axes, below.dtype)
+        positions = _numerics.slice_positions(below.shape, axes, below.dtype)
         keys = positions + size * below
         identity = jnp.inf
     else:
-        positions = _utils.slice_positions(below.shape, axes, jnp.int32)
+        positions = _numerics.slice_positions(below.shape, axes, jnp.int32)
         keys = jnp.where(below == 0, positions, size)
         identity = jnp.iinfo(jnp.int32).max
     # Seeded with min's identity (see slice_max); keys >= size mean "no maximum".

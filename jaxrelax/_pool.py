@@ -28,7 +28,7 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
-from . import _utils
+from . import _checks, _numerics
 
 PADDINGS = ("VALID", "SAME")
 
@@ -107,8 +107,8 @@ def max_pool(
       always passes) leaves a real entry in every window. Invalid window shapes, strides or
       padding raise ValueError naming the argument.
     """
-    return_indices = _utils.check_flag(return_indices, "return_indices")
-    a = _utils.prepare(x, None)
+    return_indices = _checks.check_flag(return_indices, "return_indices")
+    a = _checks.prepare(x, None)
     windows = pooling_windows(a.x.shape, window_shape, strides, padding)
     if not return_indices:
         return _max_pool(a.x, windows).astype(a.dtype)
@@ -155,7 +155,7 @@ def max_unpool(values: ArrayLike, indices: ArrayLike, spatial_shape: Sequence[in
       ``-inf``. Concrete indices out of range raise ValueError; traced ones cannot be
       checked, and a value whose index is out of range is dropped (its gradient is 0).
     """
-    v = _utils.prepare(values, None, name="values")
+    v = _checks.prepare(values, None, name="values")
     spatial = _check_sizes(spatial_shape, "spatial_shape")
     if v.x.ndim < len(spatial) + 1:
         raise ValueError(
@@ -313,10 +313,10 @@ def st_max_pool(
 
 
 def _smooth_pool(kind, x, window_shape, strides, padding, temperature):
-    a = _utils.prepare(x, None)
+    a = _checks.prepare(x, None)
     windows = pooling_windows(a.x.shape, window_shape, strides, padding)
     spatial_axes = tuple(range(windows.first_axis, windows.first_axis + len(windows.window)))
-    t = _utils.check_temperature(temperature, a.x, spatial_axes)
+    t = _checks.check_temperature(temperature, a.x, spatial_axes)
     return _smooth(a.x, t, windows, kind).astype(a.dtype)
 
 
@@ -381,7 +381,7 @@ def _check_sizes(value, name: str, length: int | None = None) -> tuple[int, ...]
     naming the argument."""
     if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
         raise TypeError(f"{name} must be a sequence of positive integers, got {value!r}")
-    sizes = tuple(_utils.check_integer(v, name) for v in value)
+    sizes = tuple(_checks.check_integer(v, name) for v in value)
     expected = "1, 2 or 3" if length is None else str(length)
     if (length is None and not 1 <= len(sizes) <= 3) or (length not in (None, len(sizes))):
         raise ValueError(f"{name} must have {expected} entries, got {tuple(value)!r}")
@@ -400,7 +400,7 @@ def _check_pads(padding, window) -> tuple[tuple[int, int], ...]:
             f"padding must have one (low, high) pair per spatial dimension ({len(window)}), "
             f"got {padding!r}"
         )
-    pads = tuple(tuple(_utils.check_integer(p, "padding", low=0) for p in pair) for pair in pads)
+    pads = tuple(tuple(_checks.check_integer(p, "padding", low=0) for p in pair) for pair in pads)
     if any(p >= w for pair, w in zip(pads, window, strict=True) for p in pair):
         raise ValueError(
             f"padding must be smaller than window_shape {window} on each side (wider padding "
@@ -553,7 +553,7 @@ _max_pool_winners_rule.defvjp(_max_pool_winners_fwd, _max_pool_bwd)
 def _flat_indices(indices, values_shape, spatial) -> jax.Array:
     """Checks max_unpool's indices and returns them as flat indices into the whole output
     (batch, plane, feature), with out-of-range traced indices mapped past its end."""
-    indices = _utils.as_real_array(indices, "indices", booleans=False)
+    indices = _checks.as_real_array(indices, "indices", booleans=False)
     if not jnp.issubdtype(indices.dtype, jnp.integer):
         raise TypeError(f"indices must be an integer array, got dtype {indices.dtype}")
     if indices.shape != tuple(values_shape):
@@ -578,8 +578,8 @@ def _global_indices(plane_indices, shape, spatial) -> jax.Array:
     ``shape`` (*batch, *spatial, features); out-of-range ones point past its end."""
     plane = int(np.prod(spatial))
     total = int(np.prod(shape))
-    dtype = jnp.int64 if total > _utils.MAX_INT32 and jax.config.jax_enable_x64 else jnp.int32
-    if total > _utils.MAX_INT32 and dtype == jnp.int32:
+    dtype = jnp.int64 if total > _checks.MAX_INT32 and jax.config.jax_enable_x64 else jnp.int32
+    if total > _checks.MAX_INT32 and dtype == jnp.int32:
         raise ValueError(f"an array of {total} entries needs 64-bit indices: enable x64")
     lead = len(shape) - 1 - len(spatial)
     batch, features = int(np.prod(shape[:lead])), shape[-1]
@@ -621,9 +621,9 @@ _unpool_rule.defvjp(_unpool_fwd, _unpool_bwd)
 
 class _WindowSoftmax(NamedTuple):
     """The per-window statistics of the softmax ``p = exp(u) / den`` over each window, with
-    ``u = (x - max) / t`` (computed from halves, see ``_utils.shift_from_top``)."""
+    ``u = (x - max) / t`` (computed from halves, see ``_numerics.shift_from_top``)."""
 
-    top: jax.Array  # half the window's maximum (capped; see _utils.halved_top)
+    top: jax.Array  # half the window's maximum (capped; see _numerics.halved_top)
     den: jax.Array  # sum of exp(u): at least 1, or 0 when all real entries are -inf
     mean_u: jax.Array  # sum of p u
 
@@ -633,8 +633,8 @@ def _window_softmax(x, t, windows) -> tuple[_WindowSoftmax, jax.Array]:
     backend vectorises it; a select per offset would halve its speed): the logits are
     clamped at a floor whose exponential is 0, so that -inf entries weigh 0 with no 0 * inf."""
     peak = _window_max(x, windows)
-    top = _utils.halved_top(lax.stop_gradient(peak))
-    factor = _utils.halves_factor(1 / t, x.dtype)
+    top = _numerics.halved_top(lax.stop_gradient(peak))
+    factor = _numerics.halves_factor(1 / t, x.dtype)
     den = sum_u = 0
     for _, part in _window_slices(x, windows):
         u = _window_logits(part, top, factor)
@@ -658,7 +658,7 @@ def _logit_floor(dtype) -> float:
 def _window_logits(part, top, factor):
     """``max((x - max) / t, floor)`` from halves (``factor`` is ``2 / t``): ``-inf`` entries
     and padding give the floor, with derivative 0 (no 0 * inf), and ``top`` gets none."""
-    u = (_utils.capped_half(part) - top) * factor
+    u = (_numerics.capped_half(part) - top) * factor
     return jnp.maximum(u, _logit_floor(part.dtype))
 
 
@@ -668,7 +668,7 @@ def _window_logits_jvp(primals, tangents):
     d_part, _, d_factor = tangents
     u = _window_logits(part, top, factor)
     live = u > _logit_floor(part.dtype)
-    half_gap = jnp.where(live, _utils.capped_half(part) - top, 0)  # double where
+    half_gap = jnp.where(live, _numerics.capped_half(part) - top, 0)  # double where
     return u, jnp.where(live, d_part * (factor / 2) + half_gap * d_factor, 0)
 
 
@@ -676,7 +676,7 @@ def _smooth_value(kind, stats: _WindowSoftmax, peak, t):
     if kind == "st":
         return peak
     if kind == "lse":
-        return _utils.max_of_top(stats.top) + t * jnp.log(stats.den)
+        return _numerics.max_of_top(stats.top) + t * jnp.log(stats.den)
     # max + t sum p u = 2 (top + sum p (x - max) / 2): from halves, so that it cannot overflow
     value = 2 * (stats.top + (t / 2) * stats.mean_u)
     return jnp.where(stats.den == 0, -jnp.inf, value)
@@ -698,7 +698,7 @@ def _smooth_fwd(x, t, windows, kind):
 def _smooth_bwd(windows, kind, residuals, cotangent):
     x, t, stats = residuals
     den = _nonzero(stats.den)
-    factor = _utils.halves_factor(1 / t, x.dtype)
+    factor = _numerics.halves_factor(1 / t, x.dtype)
     parts, spread_u = [], 0
     for _, part in _window_slices(x, windows):
         u = _window_logits(part, stats.top, factor)
@@ -714,7 +714,7 @@ def _smooth_bwd(windows, kind, residuals, cotangent):
         dt = cotangent * (jnp.log(den) - stats.mean_u)
     else:  # -Var_p(x) / t^2, as the mean of squared (x - y) / t
         dt = -cotangent * spread_u
-    return dx, _utils.sum_to_shape(dt, t.shape).astype(t.dtype)
+    return dx, _numerics.sum_to_shape(dt, t.shape).astype(t.dtype)
 
 
 _smooth_rule.defvjp(_smooth_fwd, _smooth_bwd)

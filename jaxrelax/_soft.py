@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from . import _utils
+from . import _checks, _numerics
 
 METHODS = ("logsumexp", "softmax")
 
@@ -71,8 +71,8 @@ def softmax(
       Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives (``jax.hessian``, grad of
       grad) work.
     """
-    a = _utils.prepare(x, axis, temperature, where)
-    return softmax_rule(a.x, a.temperature, a.where, axes=a.axes).astype(a.dtype)
+    a = _checks.prepare(x, axis, temperature, where)
+    return softmax_impl(a.x, a.temperature, a.where, axes=a.axes).astype(a.dtype)
 
 
 def smooth_max(
@@ -123,10 +123,10 @@ def smooth_max(
       Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives (``jax.hessian``, grad of
       grad) work.
     """
-    method = _utils.check_choice(method, "method", METHODS)
-    keepdims = _utils.check_flag(keepdims, "keepdims")
-    a = _utils.prepare(x, axis, temperature, where)
-    value = smooth_max_rule(a.x, a.temperature, a.where, axes=a.axes, method=method)
+    method = _checks.check_choice(method, "method", METHODS)
+    keepdims = _checks.check_flag(keepdims, "keepdims")
+    a = _checks.prepare(x, axis, temperature, where)
+    value = smooth_max_impl(a.x, a.temperature, a.where, axes=a.axes, method=method)
     return (value if keepdims else jnp.squeeze(value, a.axes)).astype(a.dtype)
 
 
@@ -168,8 +168,8 @@ def soft_argmax(
       Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives (``jax.hessian``, grad of
       grad) work.
     """
-    a = _utils.prepare(x, axis, temperature, where, single_axis=True)
-    return soft_argmax_rule(a.x, a.temperature, a.where, axes=a.axes).astype(a.dtype)
+    a = _checks.prepare(x, axis, temperature, where, single_axis=True)
+    return soft_argmax_impl(a.x, a.temperature, a.where, axes=a.axes).astype(a.dtype)
 
 
 def spatial_soft_argmax(
@@ -218,9 +218,9 @@ def spatial_soft_argmax(
       Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives (``jax.hessian``, grad of
       grad) work.
     """
-    normalized = _utils.check_flag(normalized, "normalized")
-    a = _utils.prepare(heatmaps, (-2, -1), temperature, name="heatmaps", min_ndim=2)
-    p = softmax_rule(a.x, a.temperature, None, axes=a.axes)
+    normalized = _checks.check_flag(normalized, "normalized")
+    a = _checks.prepare(heatmaps, (-2, -1), temperature, name="heatmaps", min_ndim=2)
+    p = softmax_impl(a.x, a.temperature, None, axes=a.axes)
     rows, cols = (_coordinates(n, normalized, p.dtype) for n in p.shape[-2:])
     row = jnp.einsum("...hw,h->...", p, rows)
     col = jnp.einsum("...hw,w->...", p, cols)
@@ -241,7 +241,7 @@ def softmax_parts(x, temperature, where, axes):
     Arithmetic only, so XLA fuses it into two passes over ``x``; ``total`` is NaN exactly for
     slices holding NaN, since sums propagate NaN.
     """
-    m, shifted = _utils.shift_by_max(x, where, axes, 1 / temperature)
+    m, shifted = _numerics.shift_by_max(x, where, axes, 1 / temperature)
     e = jnp.exp(shifted)
     return m, e, jnp.sum(e, axes, keepdims=True)
 
@@ -273,12 +273,12 @@ def softmax_vjp(e, scale, temperature, cotangent, axes):
     """
     centred = cotangent - jnp.sum(cotangent * e, axes, keepdims=True) * scale
     dx = e * (scale / temperature) * centred  # = p (g - <g, p>) / t
-    dt = -jnp.sum(dx * _utils.safe_log(e * scale), axes, keepdims=True)
-    return dx, _utils.sum_to_shape(dt, temperature.shape)
+    dt = -jnp.sum(dx * _numerics.safe_log(e * scale), axes, keepdims=True)
+    return dx, _numerics.sum_to_shape(dt, temperature.shape)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _softmax(x, temperature, where, axes):
+def _softmax_rule(x, temperature, where, axes):
     return softmax_value(x, temperature, where, axes)
 
 
@@ -292,15 +292,15 @@ def _softmax_bwd(axes, residuals, cotangent):
     return (*softmax_vjp(p, 1, temperature, cotangent, axes), None)
 
 
-_softmax.defvjp(_softmax_fwd, _softmax_bwd)
+_softmax_rule.defvjp(_softmax_fwd, _softmax_bwd)
 
 
-def softmax_rule(x, temperature, where, *, axes):
-    return _softmax(x, temperature, where, axes)
+def softmax_impl(x, temperature, where, *, axes):
+    return _softmax_rule(x, temperature, where, axes)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _smooth_max(x, temperature, where, axes, method):
+def _smooth_max_rule(x, temperature, where, axes, method):
     return _smooth_max_fwd(x, temperature, where, axes, method)[0]
 
 
@@ -320,7 +320,7 @@ def _smooth_max_bwd(axes, method, residuals, cotangent):
     # With z = (x - c) / t = log p + const: d lse / dx = p, d lse / dt = H(p); for the
     # softmax-weighted mean m = <p, x>: dm/dx = p (1 + log p + H(p)), dm/dt = -Var_p(log p).
     p, temperature = residuals
-    log_p = _utils.safe_log(p)
+    log_p = _numerics.safe_log(p)
     p_log_p = p * log_p
     neg_entropy = jnp.sum(p_log_p, axes, keepdims=True)
     if method == "logsumexp":
@@ -330,20 +330,20 @@ def _smooth_max_bwd(axes, method, residuals, cotangent):
         dx = cotangent * (p + p_log_p - p * neg_entropy)
         variance = jnp.sum(p_log_p * log_p, axes, keepdims=True) - neg_entropy**2
         dt = -cotangent * variance
-    return dx, _utils.sum_to_shape(dt, temperature.shape), None
+    return dx, _numerics.sum_to_shape(dt, temperature.shape), None
 
 
-_smooth_max.defvjp(_smooth_max_fwd, _smooth_max_bwd)
+_smooth_max_rule.defvjp(_smooth_max_fwd, _smooth_max_bwd)
 
 
-def smooth_max_rule(x, temperature, where, *, axes, method):
+def smooth_max_impl(x, temperature, where, *, axes, method):
     """smooth_max on prepared arguments, keeping the reduced axes."""
-    return _smooth_max(x, temperature, where, axes, method)
+    return _smooth_max_rule(x, temperature, where, axes, method)
 
 
-def soft_argmax_rule(x, temperature, where, *, axes):
+def soft_argmax_impl(x, temperature, where, *, axes):
     """The expected index along the single axis in ``axes``, with that axis removed."""
-    p = _softmax(x, temperature, where, axes)
+    p = _softmax_rule(x, temperature, where, axes)
     (axis,) = axes
     # A contraction with a length-n vector: its backward pass keeps nothing of x's size.
     return jnp.tensordot(p, jnp.arange(x.shape[axis], dtype=p.dtype), axes=[[axis], [0]])

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from . import _soft, _threshold, _utils
+from . import _checks, _numerics, _soft, _threshold
 
 
 def sparsemax(
@@ -286,12 +286,12 @@ def entmax_loss(
 
 
 def _prepare(x, alpha, axis, temperature, where):
-    a = _utils.prepare(x, axis, temperature, where)
+    a = _checks.prepare(x, axis, temperature, where)
     if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
         if not 1 <= alpha < float("inf"):
             raise ValueError(f"alpha must be finite and >= 1, got {alpha}")
         return a, float(alpha), jnp.asarray(alpha, a.x.dtype)
-    alpha = _utils.check_per_slice(
+    alpha = _checks.check_per_slice(
         alpha, "alpha", a.x, a.axes, lambda v: (v >= 1) & np.isfinite(v), "finite and >= 1"
     )
     return a, None, alpha
@@ -300,19 +300,19 @@ def _prepare(x, alpha, axis, temperature, where):
 def _entmax_public(x, alpha, axis, temperature, where):
     a, static_alpha, alpha = _prepare(x, alpha, axis, temperature, where)
     if static_alpha == 1:
-        return _soft.softmax_rule(a.x, a.temperature, a.where, axes=a.axes).astype(a.dtype)
+        return _soft.softmax_impl(a.x, a.temperature, a.where, axes=a.axes).astype(a.dtype)
     kind = _kind(static_alpha)
-    return _entmax(a.x, a.temperature, alpha, a.where, a.axes, kind).astype(a.dtype)
+    return _entmax_rule(a.x, a.temperature, alpha, a.where, a.axes, kind).astype(a.dtype)
 
 
 def _entmax_loss_public(x, labels, alpha, axis, temperature, where):
     a, static_alpha, alpha = _prepare(x, alpha, axis, temperature, where)
-    labels = _utils.as_real_array(labels, "labels")
+    labels = _checks.as_real_array(labels, "labels")
     if labels.shape != a.x.shape:
         raise ValueError(f"labels of shape {labels.shape} must have x's shape {a.x.shape}")
     labels = labels.astype(a.x.dtype)
     kind = "softmax" if static_alpha == 1 else _kind(static_alpha)
-    loss = _fenchel_young(a.x, labels, a.temperature, alpha, a.where, a.axes, kind)
+    loss = _fenchel_young_rule(a.x, labels, a.temperature, alpha, a.where, a.axes, kind)
     return jnp.squeeze(loss, a.axes).astype(a.dtype)
 
 
@@ -382,7 +382,7 @@ def _threshold_of(v, beta, kind, axes):
     the bracket's left end is where the entry at 0 alone gives mass 1. For beta >= 1, ``|f'|
     <= beta * n`` on the bracket, a first step that stays left of the root."""
     lo, hi = _BRACKETS[kind]
-    size = _utils.slice_size(v.shape, axes)
+    size = _numerics.slice_size(v.shape, axes)
     max_slope = jnp.where(beta >= 1, beta * size, jnp.inf)
     one = jnp.ones_like(beta)
     return _threshold.solve(v, one, lo, hi, _MASSES[kind], axes, beta, max_slope)
@@ -396,16 +396,16 @@ def _entmax_value(x, temperature, alpha, where, axes, kind):
     # scale at least the smallest normal number, so that a huge temperature gives the uniform
     # limit, never 0 * -inf at a masked entry.
     scale = jnp.broadcast_to((alpha - 1) / temperature, slices).astype(x.dtype)
-    _, v = _utils.shift_by_max(x, where, axes, scale)
+    _, v = _numerics.shift_by_max(x, where, axes, scale)
     tau = _threshold_of(v, beta, kind, axes)
-    mass = _MASSES[kind].value(v - tau, beta, _utils.slice_zero(tau))
+    mass = _MASSES[kind].value(v - tau, beta, _numerics.slice_zero(tau))
     if kind != "general":
         return mass
     # For alpha > 2 (beta < 1) an entry at the support's edge magnifies the threshold's
     # rounding (float32: up to 5e-4 of mass); normalising keeps the sum at 1. The power of
     # the mass maps NaN to 0: the poison keeps a NaN slice NaN.
     total = jnp.sum(mass, axes, keepdims=True)
-    return mass / jnp.where(total > 0, total, 1) + _utils.nan_poison(v, axes)
+    return mass / jnp.where(total > 0, total, 1) + _numerics.nan_poison(v, axes)
 
 
 def _general_value(x, temperature, alpha, where, axes):
@@ -432,7 +432,7 @@ def _value(x, temperature, alpha, where, axes, kind):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _entmax(x, temperature, alpha, where, axes, kind):
+def _entmax_rule(x, temperature, alpha, where, axes, kind):
     return _value(x, temperature, alpha, where, axes, kind)
 
 
@@ -464,7 +464,7 @@ def _entmax_vjp(p, temperature, alpha, cotangent, axes, kind):
     )
     centred = cotangent - g_hat
     p_centred = p * centred
-    log_p = _utils.safe_log(p)
+    log_p = _numerics.safe_log(p)
     beta = 1 / (jnp.where(alpha == 1, 2, alpha) - 1)  # alpha = 1: see below
     dt = -beta * jnp.sum(p_centred, axes, keepdims=True)
     dalpha = beta**2 * jnp.sum(p_centred * (1 - (alpha - 1) * log_p), axes, keepdims=True)
@@ -476,8 +476,8 @@ def _entmax_vjp(p, temperature, alpha, cotangent, axes, kind):
         dalpha = jnp.where(below_two, dalpha_near, dalpha)
     return (
         w * centred / temperature,
-        _utils.sum_to_shape(dt / temperature, temperature.shape),
-        _utils.sum_to_shape(dalpha, alpha.shape),
+        _numerics.sum_to_shape(dt / temperature, temperature.shape),
+        _numerics.sum_to_shape(dalpha, alpha.shape),
     )
 
 
@@ -516,7 +516,7 @@ def _entmax_bwd(axes, kind, residuals, cotangent):
     return (*_entmax_vjp(p, temperature, alpha, cotangent, axes, kind), None)
 
 
-_entmax.defvjp(_entmax_fwd, _entmax_bwd)
+_entmax_rule.defvjp(_entmax_fwd, _entmax_bwd)
 
 
 # --- Fenchel-Young losses ---
@@ -530,7 +530,7 @@ def _tsallis(q, alpha, axes, kind, on_simplex=False):
     ``on_simplex``: its rounding would be magnified by ``1 / (alpha - 1)``), which keeps its
     digits as alpha -> 1.
     """
-    shannon = jnp.sum(q * _utils.safe_log(q), axes, keepdims=True)
+    shannon = jnp.sum(q * _numerics.safe_log(q), axes, keepdims=True)
     if kind == "softmax":
         return shannon
     if kind == "sparsemax":
@@ -539,7 +539,7 @@ def _tsallis(q, alpha, axes, kind, on_simplex=False):
         return (jnp.sum(_power(q, 1.5), axes, keepdims=True) - 1) / 0.75
     is_one = alpha == 1
     alpha = jnp.where(is_one, 2, alpha)
-    gain = jnp.where(q > 0, q * jnp.expm1((alpha - 1) * _utils.safe_log(q)), 0)
+    gain = jnp.where(q > 0, q * jnp.expm1((alpha - 1) * _numerics.safe_log(q)), 0)
     excess = jnp.sum(gain, axes, keepdims=True) + (_total(q, axes, on_simplex) - 1)
     return jnp.where(is_one, shannon, excess / (alpha * (alpha - 1)))
 
@@ -552,7 +552,7 @@ def _dtsallis_dalpha(q, alpha, axes, on_simplex=False):
     / alpha**2`` less ``(2 alpha - 1) (sum q - 1) / (alpha e)**2``; at alpha = 1 it tends to
     ``H_2 / 2 - H_1``.
     """
-    log_q = _utils.safe_log(q)
+    log_q = _numerics.safe_log(q)
     epsilon = alpha - 1
     q_l = jnp.where(q > 0, q * log_q, 0)
     h1 = jnp.sum(q_l, axes, keepdims=True)
@@ -611,7 +611,7 @@ def _scaled_dot(x, difference, include, temperature, axes):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _fenchel_young(x, labels, temperature, alpha, where, axes, kind):
+def _fenchel_young_rule(x, labels, temperature, alpha, where, axes, kind):
     return _fenchel_young_fwd(x, labels, temperature, alpha, where, axes, kind)[0]
 
 
@@ -623,7 +623,7 @@ def _fenchel_young_bwd(axes, kind, residuals, cotangent):
     dt = -(linear / temperature) * cotangent
     # With +inf scores the loss is +inf, or Omega(labels) - Omega(p): constant in t.
     dt = jnp.where(jnp.any(keep & (x == jnp.inf), axes, keepdims=True), 0, dt)
-    shannon_slope = 1 + _utils.safe_log(labels)
+    shannon_slope = 1 + _numerics.safe_log(labels)
     if kind == "softmax":
         d_labels = shannon_slope
         dalpha = jnp.zeros_like(dt)
@@ -645,10 +645,10 @@ def _fenchel_young_bwd(axes, kind, residuals, cotangent):
     return (
         dx,
         d_labels,
-        _utils.sum_to_shape(dt, temperature.shape),
-        _utils.sum_to_shape(dalpha, alpha.shape),
+        _numerics.sum_to_shape(dt, temperature.shape),
+        _numerics.sum_to_shape(dalpha, alpha.shape),
         None,
     )
 
 
-_fenchel_young.defvjp(_fenchel_young_fwd, _fenchel_young_bwd)
+_fenchel_young_rule.defvjp(_fenchel_young_fwd, _fenchel_young_bwd)

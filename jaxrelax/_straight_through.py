@@ -13,10 +13,9 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from . import _hard, _soft, _topk, _utils
+from . import _checks, _hard, _soft
 
 BACKWARDS = ("softmax", "identity")
-TOPK_BACKWARDS = ("soft", "sparse", "identity")
 
 
 def straight_through(hard_fn: Callable, soft_fn: Callable) -> Callable:
@@ -149,88 +148,15 @@ def st_hardmax(
       Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives (``jax.hessian``, grad of
       grad) work.
     """
-    ties = _utils.check_choice(ties, "ties", _hard.TIES)
-    backward = _utils.check_choice(backward, "backward", BACKWARDS)
-    a = _utils.prepare(x, axis, temperature, where)
+    ties = _checks.check_choice(ties, "ties", _hard.TIES)
+    backward = _checks.check_choice(backward, "backward", BACKWARDS)
+    a = _checks.prepare(x, axis, temperature, where)
     if backward == "softmax":
         value = st_hardmax_rule(a.x, a.temperature, a.where, a.axes, ties)
     else:
-        hard = functools.partial(_hard.hardmax_rule, axes=a.axes, ties=ties)
-        value = straight_through_rule(hard, _masked_identity, a.x, a.temperature, a.where)
+        hard = functools.partial(_hard.hardmax_impl, axes=a.axes, ties=ties)
+        value = straight_through_rule(hard, masked_identity_rule, a.x, a.temperature, a.where)
     return value.astype(a.dtype)
-
-
-def st_topk(
-    x: ArrayLike,
-    k: int,
-    axis: int | tuple[int, ...] = -1,
-    *,
-    temperature: ArrayLike = 1.0,
-    where: ArrayLike | None = None,
-    ties: str = "first",
-    backward: str = "soft",
-) -> jax.Array:
-    r"""Straight-through top-k: the exact k-hot forward, a relaxed top-k's gradient backward.
-
-    The forward pass is ``topk_mask(x, k, axis, where=where, ties=ties)`` exactly; the
-    backward pass is the vector-Jacobian product of ``soft_topk(x, k, axis,
-    temperature=temperature, where=where)`` (``backward="soft"``), of ``sparse_topk`` with the
-    same arguments (``"sparse"``), or passes the cotangent through unchanged (``"identity"``,
-    zero at masked and ``-inf`` entries). Only the relaxation's output is saved for the
-    backward pass (with ``"identity"``, a boolean array of the entries that take part).
-
-    Args:
-      x: the scores, any real dtype (see :func:`jaxrelax.soft_topk`).
-      k: how many to choose, a Python int in ``[0, n]``.
-      axis: the axis, or tuple of axes (``None``: all of them), of the choice.
-      temperature: the relaxation's temperature in the backward pass; it receives a gradient.
-      where: optional boolean mask broadcastable to ``x``.
-      ties: the forward tie policy, as in :func:`jaxrelax.topk_mask`.
-      backward: ``"soft"``, ``"sparse"`` or ``"identity"``.
-
-    Returns:
-      The k-hot mask, of ``x``'s shape and float dtype.
-
-    Examples:
-      >>> import jax
-      >>> import jax.numpy as jnp
-      >>> import jaxrelax
-      >>> x = jnp.array([3.0, 1.0, 0.5, -2.0])
-      >>> print(jaxrelax.st_topk(x, 2))
-      [1. 1. 0. 0.]
-      >>> print(jax.grad(lambda x: jaxrelax.st_topk(x, 2, backward="sparse")[1])(x) + 0.0)
-      [ 0.   0.5 -0.5  0. ]
-
-    References:
-      Bengio et al., Estimating or Propagating Gradients Through Stochastic Neurons for
-      Conditional Computation, 2013, https://arxiv.org/abs/1308.3432; Amos et al., 2019 and
-      Sander et al., 2023 (see :func:`jaxrelax.soft_topk` and :func:`jaxrelax.sparse_topk`).
-
-    Note:
-      Masks, infinities, NaN and ties behave in the forward pass as in
-      :func:`jaxrelax.topk_mask` and in the backward pass as in the relaxation.
-      Forward mode (``jax.jvp``, ``jax.jacfwd``) is not supported: the gradient is a
-      ``custom_vjp``. Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives
-      (``jax.hessian``, grad of grad) work.
-    """
-    ties = _utils.check_choice(ties, "ties", _topk.TIES)
-    backward = _utils.check_choice(backward, "backward", TOPK_BACKWARDS)
-    a = _utils.prepare(x, axis, temperature, where)
-    k = _topk.check_count(k, _utils.slice_size(a.x.shape, a.axes))
-    return st_topk_rule(a.x, a.temperature, a.where, a.axes, k, ties, backward).astype(a.dtype)
-
-
-def st_topk_rule(x, temperature, where, axes, k, ties, backward):
-    """st_topk on prepared arguments, ``k`` a Python int."""
-    hard = functools.partial(_topk.topk_mask_rule, axes=axes, k=k, ties=ties)
-    if backward == "identity":
-        return straight_through_rule(hard, _masked_identity, x, temperature, where)
-    soft = functools.partial(_relaxed_topk, k=k, axes=axes, kind=backward)
-    return straight_through_rule(hard, soft, x, temperature, where)
-
-
-def _relaxed_topk(x, temperature, where, *, k, axes, kind):
-    return _topk.relaxed_rule(x, jnp.asarray(k, x.dtype), temperature, where, axes, kind)
 
 
 def st_argmax(
@@ -274,9 +200,9 @@ def st_argmax(
       Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives (``jax.hessian``, grad of
       grad) work.
     """
-    a = _utils.prepare(x, axis, temperature, where, single_axis=True)
-    hard = functools.partial(_hard.argmax_rule, axes=a.axes)
-    soft = functools.partial(_soft.soft_argmax_rule, axes=a.axes)
+    a = _checks.prepare(x, axis, temperature, where, single_axis=True)
+    hard = functools.partial(_hard.argmax_impl, axes=a.axes)
+    soft = functools.partial(_soft.soft_argmax_impl, axes=a.axes)
     return straight_through_rule(hard, soft, a.x, a.temperature, a.where).astype(a.dtype)
 
 
@@ -323,18 +249,18 @@ def st_max(
       Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives (``jax.hessian``, grad of
       grad) work.
     """
-    method = _utils.check_choice(method, "method", _soft.METHODS)
-    keepdims = _utils.check_flag(keepdims, "keepdims")
-    a = _utils.prepare(x, axis, temperature, where)
-    hard = functools.partial(_hard.max_rule, axes=a.axes)
-    soft = functools.partial(_soft.smooth_max_rule, axes=a.axes, method=method)
+    method = _checks.check_choice(method, "method", _soft.METHODS)
+    keepdims = _checks.check_flag(keepdims, "keepdims")
+    a = _checks.prepare(x, axis, temperature, where)
+    hard = functools.partial(_hard.max_impl, axes=a.axes)
+    soft = functools.partial(_soft.smooth_max_impl, axes=a.axes, method=method)
     value = straight_through_rule(hard, soft, a.x, a.temperature, a.where)
     return (value if keepdims else jnp.squeeze(value, a.axes)).astype(a.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def st_hardmax_rule(x, temperature, where, axes, ties):
-    """``straight_through(hardmax_rule, softmax_rule)`` with the two forward passes fused.
+    """``straight_through(hardmax_impl, softmax_impl)`` with the two forward passes fused.
 
     The softmax's normaliser doubles as the hardmax's NaN check, and the backward pass keeps
     the unnormalised exponentials and a per-slice scale. The hard part takes its own max of
@@ -342,12 +268,12 @@ def st_hardmax_rule(x, temperature, where, axes, ties):
     the softmax's max made XLA store a full-size broadcast of it.
     """
     del temperature  # undifferentiated, it is hardmax itself
-    return _hard.hardmax_rule(x, None, where, axes=axes, ties=ties)
+    return _hard.hardmax_impl(x, None, where, axes=axes, ties=ties)
 
 
 def st_hardmax_fwd(x, temperature, where, axes, ties):
     _, e, total = _soft.softmax_parts(x, temperature, where, axes)
-    hard = _hard.hardmax_rule(x, None, where, axes=axes, ties=ties, poison=0 * total)
+    hard = _hard.hardmax_impl(x, None, where, axes=axes, ties=ties, poison=0 * total)
     return hard, (e, _soft.inverse_total(total), temperature)
 
 
@@ -361,7 +287,7 @@ st_hardmax_rule.defvjp(st_hardmax_fwd, _st_hardmax_bwd)
 
 
 @jax.custom_vjp
-def _masked_identity(x, temperature, where):
+def masked_identity_rule(x, temperature, where):
     """The identity surrogate: passes the cotangent through, zero at masked and ``-inf``
     entries (which take no part in the choice).
 
@@ -381,4 +307,4 @@ def _masked_identity_bwd(takes_part, cotangent):
     return jnp.where(takes_part, cotangent, 0), None, None  # no cotangent for the temperature
 
 
-_masked_identity.defvjp(_masked_identity_fwd, _masked_identity_bwd)
+masked_identity_rule.defvjp(_masked_identity_fwd, _masked_identity_bwd)

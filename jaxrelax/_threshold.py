@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from . import _utils
+from . import _numerics
 
 MAX_STEPS = 200
 
@@ -38,7 +38,7 @@ class Mass(NamedTuple):
     """A relaxation's mass as a function of ``d = v - tau``.
 
     ``value(d, param, zero)`` is the mass (``zero`` is 0 per slice, see
-    :func:`jaxrelax._utils.slice_zero`); ``slope(d, param)`` its derivative in ``d``;
+    :func:`jaxrelax._numerics.slice_zero`); ``slope(d, param)`` its derivative in ``d``;
     ``param_slope(d, param, zero)``, if the mass has a parameter with a gradient, its
     derivative in that parameter.
     """
@@ -69,7 +69,7 @@ def _solve(v, param, capacity, lo, hi, max_slope, mass, axes):
     two ulps or leaves two ulps of mass (relative to the capacity)."""
     eps = jnp.finfo(v.dtype).eps
     tolerance = 2 * eps * jnp.maximum(capacity, 1)
-    zero = _utils.slice_zero(lo)
+    zero = _numerics.slice_zero(lo)
 
     def excess(tau):
         return jnp.sum(mass.value(v - tau, param, zero), axes, keepdims=True) - capacity
@@ -126,7 +126,7 @@ def _solve_jvp(mass, axes, primals, tangents):
     slope = mass.slope(d, param)
     change = jnp.sum(slope * d_v, axes, keepdims=True) - d_capacity
     if mass.param_slope is not None:
-        weight = mass.param_slope(d, param, _utils.slice_zero(tau))
+        weight = mass.param_slope(d, param, _numerics.slice_zero(tau))
         change = change + jnp.sum(weight, axes, keepdims=True) * d_param
     total = jnp.sum(slope, axes, keepdims=True)
     return tau, change / jnp.maximum(total, jnp.finfo(v.dtype).tiny)

@@ -27,10 +27,11 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
-from . import _hard, _threshold, _utils
+from . import _checks, _hard, _numerics, _perturbation, _straight_through, _threshold
 
 TIES = ("first", "uniform")
 KINDS = ("soft", "sparse")
+ST_BACKWARDS = ("soft", "sparse", "identity")
 
 
 def topk_mask(
@@ -79,10 +80,10 @@ def topk_mask(
       those are chosen, and a slice with none is all zeros. ``+inf`` entries are chosen first.
       ``-0.0`` ties with ``0.0``. A NaN in an unmasked entry makes its slice NaN.
     """
-    ties = _utils.check_choice(ties, "ties", TIES)
-    a = _utils.prepare(x, axis, where=where)
-    k = check_count(k, _utils.slice_size(a.x.shape, a.axes))
-    return topk_mask_rule(a.x, None, a.where, axes=a.axes, k=k, ties=ties).astype(a.dtype)
+    ties = _checks.check_choice(ties, "ties", TIES)
+    a = _checks.prepare(x, axis, where=where)
+    k = check_count(k, _numerics.slice_size(a.x.shape, a.axes))
+    return topk_mask_impl(a.x, None, a.where, axes=a.axes, k=k, ties=ties).astype(a.dtype)
 
 
 def soft_topk(
@@ -199,26 +200,228 @@ def sparse_topk(
     return _relaxed_public(x, k, axis, temperature, where, "sparse")
 
 
+def st_topk(
+    x: ArrayLike,
+    k: int,
+    axis: int | tuple[int, ...] = -1,
+    *,
+    temperature: ArrayLike = 1.0,
+    where: ArrayLike | None = None,
+    ties: str = "first",
+    backward: str = "soft",
+) -> jax.Array:
+    r"""Straight-through top-k: the exact k-hot forward, a relaxed top-k's gradient backward.
+
+    The forward pass is ``topk_mask(x, k, axis, where=where, ties=ties)`` exactly; the
+    backward pass is the vector-Jacobian product of ``soft_topk(x, k, axis,
+    temperature=temperature, where=where)`` (``backward="soft"``), of ``sparse_topk`` with the
+    same arguments (``"sparse"``), or passes the cotangent through unchanged (``"identity"``,
+    zero at masked and ``-inf`` entries). Only the relaxation's output is saved for the
+    backward pass (with ``"identity"``, a boolean array of the entries that take part).
+
+    Args:
+      x: the scores, any real dtype (see :func:`jaxrelax.soft_topk`).
+      k: how many to choose, a Python int in ``[0, n]``.
+      axis: the axis, or tuple of axes (``None``: all of them), of the choice.
+      temperature: the relaxation's temperature in the backward pass; it receives a gradient.
+      where: optional boolean mask broadcastable to ``x``.
+      ties: the forward tie policy, as in :func:`jaxrelax.topk_mask`.
+      backward: ``"soft"``, ``"sparse"`` or ``"identity"``.
+
+    Returns:
+      The k-hot mask, of ``x``'s shape and float dtype.
+
+    Examples:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import jaxrelax
+      >>> x = jnp.array([3.0, 1.0, 0.5, -2.0])
+      >>> print(jaxrelax.st_topk(x, 2))
+      [1. 1. 0. 0.]
+      >>> print(jax.grad(lambda x: jaxrelax.st_topk(x, 2, backward="sparse")[1])(x) + 0.0)
+      [ 0.   0.5 -0.5  0. ]
+
+    References:
+      Bengio et al., Estimating or Propagating Gradients Through Stochastic Neurons for
+      Conditional Computation, 2013, https://arxiv.org/abs/1308.3432; Amos et al., 2019 and
+      Sander et al., 2023 (see :func:`jaxrelax.soft_topk` and :func:`jaxrelax.sparse_topk`).
+
+    Note:
+      Masks, infinities, NaN and ties behave in the forward pass as in
+      :func:`jaxrelax.topk_mask` and in the backward pass as in the relaxation.
+      Forward mode (``jax.jvp``, ``jax.jacfwd``) is not supported: the gradient is a
+      ``custom_vjp``. Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives
+      (``jax.hessian``, grad of grad) work.
+    """
+    ties = _checks.check_choice(ties, "ties", TIES)
+    backward = _checks.check_choice(backward, "backward", ST_BACKWARDS)
+    a = _checks.prepare(x, axis, temperature, where)
+    k = check_count(k, _numerics.slice_size(a.x.shape, a.axes))
+    return st_topk_impl(a.x, a.temperature, a.where, a.axes, k, ties, backward).astype(a.dtype)
+
+
+def gumbel_topk(
+    key: ArrayLike,
+    logits: ArrayLike,
+    k: int,
+    axis: int | tuple[int, ...] = -1,
+    *,
+    temperature: ArrayLike = 1.0,
+    hard: bool = False,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    r"""A k-subset sampled without replacement, relaxed, or straight-through with ``hard=True``.
+
+    .. math::
+        y = \mathrm{soft\_topk}(\ell + g, k, t), \qquad g_i \sim \mathrm{Gumbel}(0, 1)
+
+    The top ``k`` of ``logits + g`` are a sample of the Plackett-Luce distribution: ``k``
+    classes drawn one after another without replacement, each with probability proportional
+    to ``exp(logits)`` among those left (the Gumbel-top-k trick). With ``hard=True`` the
+    forward value is that exact k-hot sample and the backward pass is the vector-Jacobian
+    product of the relaxed sample ``y`` with the same noise; only ``y`` is saved for it. The
+    gradient reaches ``logits`` and ``temperature``; the noise is ``jax.random.gumbel(key,
+    logits.shape)``. ``k = 1`` is distributed as ``gumbel_softmax(hard=True)``.
+
+    Args:
+      key: a PRNG key (``jax.random.key`` or a legacy ``jax.random.PRNGKey``).
+      logits: unnormalised log-probabilities, a float array (half precision computed in
+        float32).
+      k: the subset's size, a Python int in ``[0, n]``.
+      axis: the axis, or tuple of axes (``None``: all of them), of the classes (one sample
+        per slice).
+      temperature: the relaxation's temperature; it receives a gradient.
+      hard: whether to return the exact k-hot sample (straight-through).
+      where: optional boolean mask broadcastable to ``logits``; masked classes are never
+        sampled.
+
+    Returns:
+      The relaxed sample (in ``[0, 1]``, summing to ``k``) or the k-hot sample, of
+      ``logits``' shape and dtype.
+
+    Examples:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import jaxrelax
+      >>> logits = jnp.log(jnp.array([0.1, 0.2, 0.3, 0.4]))
+      >>> sample = jaxrelax.gumbel_topk(jax.random.key(0), logits, 2, hard=True)
+      >>> float(sample.sum())
+      2.0
+
+    References:
+      Kool, van Hoof & Welling, Stochastic Beams and Where to Find Them: The Gumbel-Top-k
+      Trick for Sampling Sequences Without Replacement, 2019, https://arxiv.org/abs/1903.06059;
+      Xie & Ermon, Reparameterizable Subset Sampling via Continuous Relaxations, 2019,
+      https://arxiv.org/abs/1901.10517
+
+    Note:
+      Masked classes and ``-inf`` logits are never sampled and get zero gradient; with fewer
+      than ``k`` classes left, all of them are taken; a slice with none gives zeros. ``+inf``
+      logits are drawn first, and among more than ``k`` of them the noise decides. A NaN
+      logit makes its slice NaN.
+      Forward mode (``jax.jvp``, ``jax.jacfwd``) is not supported: the gradient is a
+      ``custom_vjp``. Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives
+      (``jax.hessian``, grad of grad) work.
+    """
+    key = _checks.check_key(key)
+    hard = _checks.check_flag(hard, "hard")
+    a = _checks.prepare(logits, axis, temperature, where, name="logits", integers=False)
+    k = check_count(k, _numerics.slice_size(a.x.shape, a.axes))
+    perturbed = limit_for_subsets(a, k) + jax.random.gumbel(key, a.x.shape, a.x.dtype)
+    if hard:
+        value = st_topk_impl(perturbed, a.temperature, a.where, a.axes, k, "first", "soft")
+    else:
+        k = jnp.asarray(k, a.x.dtype)
+        value = relaxed_rule(perturbed, k, a.temperature, a.where, a.axes, "soft")
+    return value.astype(a.dtype)
+
+
+def perturbed_topk(
+    key: ArrayLike,
+    x: ArrayLike,
+    k: int,
+    axis: int | tuple[int, ...] = -1,
+    *,
+    num_samples: int = 100,
+    sigma: ArrayLike = 1.0,
+    noise: str = "gumbel",
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    r"""The perturbed top-k: the k-hot mask of the largest entries averaged over noisy scores.
+
+    .. math::
+        y = \frac1M \sum_{m=1}^M \mathrm{topk\_mask}(x + \sigma Z_m, k)
+
+    With Gumbel noise and ``sigma = 1`` each sample is a draw of ``k`` classes without
+    replacement from ``softmax(x)`` (the Gumbel-top-k trick), so ``y`` estimates their
+    inclusion probabilities. The backward pass is the perturbation estimate of
+    :func:`perturbed`, per slice, with the noise drawn again.
+
+    Args:
+      key: a PRNG key (``jax.random.key`` or a legacy ``jax.random.PRNGKey``).
+      x: the scores, any real dtype; integers are promoted, half precision is computed in
+        float32.
+      k: how many to choose, a Python int in ``[0, n]``.
+      axis: the axis, or tuple of axes (``None``: all of them), along which to choose.
+      num_samples: the number of perturbations averaged, at least 1.
+      sigma: the noise's scale, positive: a scalar or an array broadcastable to ``x``; it
+        receives no gradient.
+      noise: ``"gumbel"`` or ``"normal"``.
+      where: optional boolean mask broadcastable to ``x``; only entries where it is True
+        compete.
+
+    Returns:
+      The average of ``num_samples`` k-hot masks (in ``[0, 1]``, summing to
+      ``min(k, number of competing entries)`` along ``axis``), of ``x``'s shape and float
+      dtype.
+
+    Examples:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import jaxrelax
+      >>> y = jaxrelax.perturbed_topk(jax.random.key(0), jnp.array([0.0, 1.0, 5.0, 2.0]), 2)
+      >>> print(float(y.sum()), float(y[2]))
+      2.0 1.0
+
+    References:
+      Berthet, Blondel, Teboul, Cuturi, Vert & Bach, Learning with Differentiable Perturbed
+      Optimizers, 2020, https://arxiv.org/abs/2002.08676; Kool, van Hoof & Welling,
+      Stochastic Beams and Where to Find Them, 2019, https://arxiv.org/abs/1903.06059
+
+    Note:
+      Masked entries and ``-inf`` scores are never chosen and get zero gradient; with fewer
+      than ``k`` others, all of those are chosen. ``+inf`` scores are chosen first (the noise
+      deciding among more than ``k`` of them) and get zero gradient. A NaN score makes its
+      slice NaN. Forward mode (``jax.jvp``) is not supported: the gradient is a
+      ``custom_vjp``.
+    """
+    a, key, sigma, plan = _perturbation.prepare_per_slice(
+        key, x, axis, num_samples, sigma, noise, where
+    )
+    k = check_count(k, _numerics.slice_size(a.x.shape, a.axes))
+    return _topk_mask(key, a.x, sigma, a.where, a.axes, plan, k).astype(a.dtype)
+
+
 # --- arguments ---
 
 
 def check_count(k, n: int) -> int:
     """``k`` as an int in ``[0, n]``, or an error naming it."""
-    k = _utils.check_integer(k, "k", low=-_utils.MAX_INT32)
+    k = _checks.check_integer(k, "k", low=-_checks.MAX_INT32)
     if not 0 <= k <= n:
         raise ValueError(f"k must be in [0, {n}] (the size of the reduced axes), got {k}")
     return k
 
 
 def _check_mass(k, x, axes):
-    n = _utils.slice_size(x.shape, axes)
-    return _utils.check_per_slice(
+    n = _numerics.slice_size(x.shape, axes)
+    return _checks.check_per_slice(
         k, "k", x, axes, lambda v: np.isfinite(v) & (v >= 0) & (v <= n), f"in [0, {n}]"
     )
 
 
 def _relaxed_public(x, k, axis, temperature, where, kind):
-    a = _utils.prepare(x, axis, temperature, where)
+    a = _checks.prepare(x, axis, temperature, where)
     k = _check_mass(k, a.x, a.axes)
     return relaxed_rule(a.x, k, a.temperature, a.where, a.axes, kind).astype(a.dtype)
 
@@ -226,20 +429,20 @@ def _relaxed_public(x, k, axis, temperature, where, kind):
 # --- the exact mask ---
 
 
-def topk_mask_rule(x, temperature, where, *, axes, k, ties):
+def topk_mask_impl(x, temperature, where, *, axes, k, ties):
     """topk_mask on prepared arguments; ``temperature`` is accepted and ignored, so that the
     hard and soft rules share one signature for :func:`jaxrelax.straight_through`."""
     del temperature
     x = lax.stop_gradient(x)
     if k == 1:
-        return _hard.hardmax_rule(x, None, where, axes=axes, ties=ties)
-    x = _utils.fill_masked(x, where)
+        return _hard.hardmax_impl(x, None, where, axes=axes, ties=ties)
+    x = _numerics.fill_masked(x, where)
     if k == 0:
-        return jnp.zeros_like(x) + _utils.nan_poison(x, axes)
+        return jnp.zeros_like(x) + _numerics.nan_poison(x, axes)
     competing = x > -jnp.inf  # not masked (now -inf), not -inf; NaN poisons below
     needed = jnp.minimum(_count(competing, axes), k)
     if k <= SMALL_K and ties == "first":
-        return _scatter_top_k(x, needed, axes, k) + _utils.nan_poison(x, axes)
+        return _scatter_top_k(x, needed, axes, k) + _numerics.nan_poison(x, axes)
     if k <= SMALL_K:
         above, band, chosen, in_band = _bracket_by_top_k(x, needed, axes, k)
     else:
@@ -251,7 +454,7 @@ def topk_mask_rule(x, temperature, where, *, axes, k, ties):
         mask = above.astype(x.dtype) + jnp.where(band, share, 0)
     else:
         mask = (above | _first_of(band, still_needed, in_band, axes)).astype(x.dtype)
-    return jnp.where(needed > 0, mask, 0) + _utils.nan_poison(x, axes)
+    return jnp.where(needed > 0, mask, 0) + _numerics.nan_poison(x, axes)
 
 
 SMALL_K = 64  # below this, XLA's TopK finds the k-th largest score faster than counting
@@ -261,7 +464,7 @@ def _count(mask, axes):
     """The number of True entries per slice, as int32. Summed in float32 where that is exact
     (slices under 2**24 entries): XLA's CPU backend vectorises float reductions, not integer
     ones (about three times faster)."""
-    if _utils.slice_size(mask.shape, axes) < 2**24:
+    if _numerics.slice_size(mask.shape, axes) < 2**24:
         return jnp.sum(mask.astype(jnp.float32), axes, keepdims=True).astype(jnp.int32)
     return jnp.sum(mask, axes, keepdims=True, dtype=jnp.int32)
 
@@ -269,7 +472,7 @@ def _count(mask, axes):
 def _scatter_top_k(x, needed, axes, k):
     """The k-hot of the first ``needed`` of ``lax.top_k``'s indices (lowest index first on
     ties)."""
-    rows, back = _utils.rows_last(jnp.where(x == 0, 0, x), axes)  # -0.0 ties with 0.0
+    rows, back = _numerics.rows_last(jnp.where(x == 0, 0, x), axes)  # -0.0 ties with 0.0
     _, indices = lax.top_k(rows, k)
     chosen = jnp.arange(k) < needed.reshape(*rows.shape[:-1], 1)
     return back(jnp.put_along_axis(jnp.zeros_like(rows), indices, chosen, -1, inplace=False))
@@ -280,7 +483,7 @@ def _bracket_by_top_k(x, needed, axes, k):
     largest score and those equal to it, from ``lax.top_k`` along the reduced axes moved
     last. (Its values pass an optimisation barrier: comparing the scores with them otherwise
     makes XLA sort the whole slice.)"""
-    rows, _ = _utils.rows_last(x, axes)
+    rows, _ = _numerics.rows_last(x, axes)
     largest = lax.optimization_barrier(lax.top_k(rows, k)[0])
     kth = jnp.take_along_axis(
         largest, jnp.maximum(needed.reshape(rows.shape[:-1] + (1,)), 1) - 1, -1
@@ -297,7 +500,7 @@ def _bracket_by_counting(x, competing, needed, axes, exact=False):
     ``exact``, the band holds exactly the entries equal to the ``needed``-th largest."""
     keys = _ordered_keys(x)
     lowest = jnp.min(jnp.where(competing, x, jnp.inf), axes, keepdims=True, initial=jnp.inf)
-    highest = _utils.slice_max(x, axes)
+    highest = _numerics.slice_max(x, axes)
     lo = _ordered_keys(jnp.minimum(lowest, highest))
     hi = _ordered_keys(highest) + 1  # at or above: nothing
     count_lo = _count(competing, axes)
@@ -399,8 +602,8 @@ def _unsigned(dtype):
 def _first_of(band, needed, in_band, axes):
     """The first ``needed`` entries of the ``band`` of each slice in row-major order: a search
     on positions, run only when some slice's band holds more than it needs."""
-    positions = _utils.slice_positions(band.shape, axes, jnp.int32)
-    size = _utils.slice_size(band.shape, axes)
+    positions = _numerics.slice_positions(band.shape, axes, jnp.int32)
+    size = _numerics.slice_size(band.shape, axes)
 
     def break_ties(band):
         # Earlier positions get larger keys; entries out of the band get 0, below all others.
@@ -459,7 +662,7 @@ _MASSES = {
 
 def limit_scores(x, where, axes, scale=None):
     """(v, top, top_count): the scores less the maximum of their finite entries, times
-    ``scale`` (see :func:`jaxrelax._utils.shift_by_max`), with ``+inf`` entries (``top``)
+    ``scale`` (see :func:`jaxrelax._numerics.shift_by_max`), with ``+inf`` entries (``top``)
     kept at ``+inf`` and masked ones at ``-inf``; ``top_count`` per slice. ``+inf`` is the
     limit of ever larger scores: each such entry takes a whole unit of k, before any other."""
     v, top, top_count, _ = _limit_scores(x, where, axes, scale)
@@ -467,9 +670,9 @@ def limit_scores(x, where, axes, scale=None):
 
 
 def _limit_scores(x, where, axes, scale):
-    x = _utils.fill_masked(x, where)
+    x = _numerics.fill_masked(x, where)
     top = x == jnp.inf
-    m, v = _utils.shift_by_max(x, ~top, axes, scale)
+    m, v = _numerics.shift_by_max(x, ~top, axes, scale)
     top_count = jnp.sum(top, axes, keepdims=True, dtype=x.dtype)
     return jnp.where(top, jnp.inf, v), top, top_count, m
 
@@ -525,7 +728,7 @@ def _relaxed_value(x, k, temperature, where, axes, kind):
     # derivatives in the temperature (second order) stay finite there.
     d = v - tau
     finite = jnp.isfinite(d)
-    p = mass.value(jnp.where(finite, d, 0), scale, _utils.slice_zero(tau))
+    p = mass.value(jnp.where(finite, d, 0), scale, _numerics.slice_zero(tau))
     p = jnp.where(finite, p, (d > 0).astype(p.dtype))
     p = _settle(p, v, total, axes, kind)
     p = jnp.where(everything, competing.astype(x.dtype), p)
@@ -597,7 +800,7 @@ def _relaxed_bwd(axes, kind, residuals, cotangent):
     p, shared, k, temperature = residuals
     if kind == "soft":
         s = p * (1 - p)
-        z = _utils.safe_log(p) - _utils.safe_log(1 - p)
+        z = _numerics.safe_log(p) - _numerics.safe_log(1 - p)
     else:
         s = jnp.ceil(p) - jnp.floor(p)  # 1 on the free set, where 0 < p < 1
         z = p
@@ -612,10 +815,62 @@ def _relaxed_bwd(axes, kind, residuals, cotangent):
     dt = -jnp.sum(c * z, axes, keepdims=True) / temperature
     return (
         c / temperature,
-        _utils.sum_to_shape(dk, k.shape).astype(k.dtype),
-        _utils.sum_to_shape(dt, temperature.shape),
+        _numerics.sum_to_shape(dk, k.shape).astype(k.dtype),
+        _numerics.sum_to_shape(dt, temperature.shape),
         None,
     )
 
 
 relaxed_rule.defvjp(_relaxed_fwd, _relaxed_bwd)
+
+
+# --- straight-through, sampled and perturbed top-k ---
+
+
+def st_topk_impl(x, temperature, where, axes, k, ties, backward):
+    """st_topk on prepared arguments, ``k`` a Python int."""
+    hard = functools.partial(topk_mask_impl, axes=axes, k=k, ties=ties)
+    if backward == "identity":
+        return _straight_through.straight_through_rule(
+            hard, _straight_through.masked_identity_rule, x, temperature, where
+        )
+    soft = functools.partial(_relaxed_topk, k=k, axes=axes, kind=backward)
+    return _straight_through.straight_through_rule(hard, soft, x, temperature, where)
+
+
+def _relaxed_topk(x, temperature, where, *, k, axes, kind):
+    return relaxed_rule(x, jnp.asarray(k, x.dtype), temperature, where, axes, kind)
+
+
+def limit_for_subsets(a: _checks.Prepared, k: int) -> jax.Array:
+    """The logits less the maximum of their finite entries, +inf logits kept (they are drawn
+    first); in a slice with more than ``k`` +inf logits, 0 at those and -inf elsewhere, so
+    that the noise decides among them. The gradient passes through unchanged: the
+    relaxation's own backward pass gives 0 wherever the sample cannot move."""
+    v, top, top_count = limit_scores(a.x, a.where, a.axes)
+    limit = jnp.where(top_count > k, jnp.where(top, 0, -jnp.inf), v)
+    return _unit_slope(a.x, limit)
+
+
+@jax.custom_jvp
+def _unit_slope(x, value):
+    """``value``, a function of ``x`` whose first derivative is taken to be the identity (its
+    own, through the masks, is needed only at second order)."""
+    del x
+    return value
+
+
+@_unit_slope.defjvp
+def _unit_slope_jvp(primals, tangents):
+    return primals[1], tangents[0]
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5, 6))
+def _topk_mask(key, x, sigma, where, axes, plan, k):
+    limited = limit_for_subsets(_checks.Prepared(x, axes, None, where, x.dtype), k)
+
+    def top_k(y):
+        return topk_mask_impl(y, None, None, axes=axes, k=k, ties="first")
+
+    moving = _perturbation.moving_entries(x, where, fixed=limited == -jnp.inf)
+    return _perturbation.perturbed_rule(top_k, plan, key, limited, sigma, moving)

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from . import _utils
+from . import _checks
 
 __all__ = [
     "GradientStats",
@@ -86,7 +86,9 @@ def one_hot_configurations(shape: tuple[int, ...]) -> jax.Array:
     """
     if not isinstance(shape, (tuple, list)):
         raise TypeError(f"shape must be a tuple (n,) or (m, n), got {shape!r}")
-    return _configurations(tuple(_utils.check_integer(size, "shape", 1) for size in shape), "shape")
+    return _configurations(
+        tuple(_checks.check_integer(size, "shape", 1) for size in shape), "shape"
+    )
 
 
 def _configurations(shape, name):
@@ -149,7 +151,7 @@ def _check_callable(value, name):
 
 def _float_logits(logits):
     """Logits as a floating-point array, finite unless traced; raises naming ``logits``."""
-    logits = _utils.as_real_array(logits, "logits", booleans=False)
+    logits = _checks.as_real_array(logits, "logits", booleans=False)
     if not jnp.issubdtype(logits.dtype, jnp.floating):
         raise TypeError(f"logits must be a floating-point array, got dtype {logits.dtype}")
     if not isinstance(logits, jax.core.Tracer) and not np.isfinite(logits).all():
@@ -182,10 +184,10 @@ def estimate_gradients(
       (100, 3)
     """
     _check_callable(estimator, "estimator")
-    _utils.check_key(key)
+    _checks.check_key(key)
     logits = _float_logits(logits)
-    num_samples = _utils.check_integer(num_samples, "num_samples", 1)
-    batch_size = _utils.check_integer(batch_size, "batch_size", 1)
+    num_samples = _checks.check_integer(num_samples, "num_samples", 1)
+    batch_size = _checks.check_integer(batch_size, "batch_size", 1)
     keys = jax.random.split(key, num_samples)
     return jax.lax.map(lambda k: estimator(k, logits), keys, batch_size=batch_size)
 
@@ -205,8 +207,8 @@ def gradient_stats(samples: ArrayLike, exact: ArrayLike) -> GradientStats:
       [ 1. -1.] [2. 0.] 3.0
     """
     samples, exact = (
-        _utils.as_real_array(samples, "samples", booleans=False),
-        _utils.as_real_array(exact, "exact", booleans=False),
+        _checks.as_real_array(samples, "samples", booleans=False),
+        _checks.as_real_array(exact, "exact", booleans=False),
     )
     if samples.ndim < 1 or samples.shape[0] < 2:
         raise ValueError(
@@ -255,7 +257,7 @@ def estimator_stats(
       >>> bool(stats.mse > 0), stats.bias.shape
       (True, (3,))
     """
-    num_samples = _utils.check_integer(num_samples, "num_samples", 2)
-    exact = _utils.as_real_array(exact, "exact", booleans=False)
+    num_samples = _checks.check_integer(num_samples, "num_samples", 2)
+    exact = _checks.as_real_array(exact, "exact", booleans=False)
     samples = estimate_gradients(estimator, key, logits, num_samples, batch_size)
     return gradient_stats(samples, exact)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import _utils
+from . import _checks
 
 __all__ = ["cosine_anneal", "exponential_anneal", "linear_anneal", "piecewise_anneal"]
 
@@ -70,7 +70,7 @@ def exponential_anneal(
     rate = _real(rate, "rate")
     if not (math.isfinite(rate) and rate >= 0):
         raise ValueError(f"rate must be finite and >= 0, got {rate}")
-    interval = _utils.check_integer(interval, "interval", 1)
+    interval = _checks.check_integer(interval, "interval", 1)
     if rate == 0:
         return _anneal(optax.constant_schedule(initial), initial, minimum)
     # Optax's own staircase would take decay_rate = exp(-rate * interval), whose float32
@@ -102,7 +102,7 @@ def linear_anneal(initial: float, minimum: float, steps: int) -> optax.Schedule:
       [2.0, 2.0, 1.25, 0.5, 0.5]
     """
     initial, minimum = _check_range(initial, minimum)
-    steps = _utils.check_integer(steps, "steps", 1)
+    steps = _checks.check_integer(steps, "steps", 1)
     schedule = optax.linear_schedule(init_value=initial, end_value=minimum, transition_steps=steps)
     return _anneal(schedule, initial, minimum, steps)
 
@@ -122,7 +122,7 @@ def cosine_anneal(initial: float, minimum: float, steps: int) -> optax.Schedule:
       [2.0, 1.25, 0.5, 0.5]
     """
     initial, minimum = _check_range(initial, minimum)
-    steps = _utils.check_integer(steps, "steps", 1)
+    steps = _checks.check_integer(steps, "steps", 1)
     schedule = optax.cosine_decay_schedule(
         init_value=initial, decay_steps=steps, alpha=minimum / initial
     )
@@ -156,7 +156,7 @@ def piecewise_anneal(initial: float, boundaries_and_scales: Mapping[int, float])
         scale = _real(scale, f"{name} scales")
         if not (math.isfinite(scale) and scale > 0):
             raise ValueError(f"{name} must hold finite positive scales, got {scale}")
-        scales[_utils.check_integer(boundary, f"{name} steps", 0)] = scale
+        scales[_checks.check_integer(boundary, f"{name} steps", 0)] = scale
     values = [initial]  # the values the schedule takes, in float64
     for boundary in sorted(scales):
         values.append(values[-1] * scales[boundary])

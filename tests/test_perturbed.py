@@ -18,7 +18,7 @@ import pytest
 from scipy import stats
 
 import jaxrelax
-from jaxrelax import _perturbed, _utils
+from jaxrelax import _noise
 
 Z = 5.0
 EULER_GAMMA = 0.5772156649015329
@@ -32,7 +32,7 @@ def _gumbel(key, shape, dtype=jnp.float32):
     return -jnp.log(-jnp.log(u))
 
 
-def _noise(key, num_samples, shape, kind="gumbel"):
+def _samples(key, num_samples, shape, kind="gumbel"):
     """Sample m's noise of the perturbed functions, float64, stacked: (num_samples, *shape)."""
     draw = _gumbel if kind == "gumbel" else jax.random.normal
     keys = jax.vmap(lambda m: jax.random.fold_in(key, m))(jnp.arange(num_samples))
@@ -65,7 +65,7 @@ def test_uniform_is_jax_random_uniform_bit_for_bit(shape):
     tiny = float(np.finfo(np.float32).tiny)
     keys = [jax.random.key(3), jax.random.fold_in(jax.random.key(9), 5), jax.random.key(2**31)]
     for key, (low, high) in itertools.product(keys, [(0.0, 1.0), (tiny, 1.0), (-1.0, 1.0)]):
-        ours = _utils.uniform(key, shape, jnp.float32, low, high)
+        ours = _noise.uniform(key, shape, jnp.float32, low, high)
         np.testing.assert_array_equal(ours, jax.random.uniform(key, shape, jnp.float32, low, high))
 
 
@@ -75,14 +75,14 @@ def test_uniform_falls_back_to_jax_random(x64):
         (jax.random.key(1), jnp.bfloat16),
         (jax.random.key(1, impl="rbg"), jnp.float32),
     ]:
-        ours = _utils.uniform(key, (4, 3), dtype, 0.5, 2.0)
+        ours = _noise.uniform(key, (4, 3), dtype, 0.5, 2.0)
         np.testing.assert_array_equal(ours, jax.random.uniform(key, (4, 3), dtype, 0.5, 2.0))
 
 
 @pytest.mark.parametrize("kind", ["gumbel", "normal"])
 def test_the_noise_and_its_score(kind):
     key = jax.random.key(7)
-    z, score = _perturbed._draw(kind, key, (6, 50), jnp.float32)
+    z, score = _noise.noise_and_score(kind, key, (6, 50), jnp.float32)
     want = (_gumbel if kind == "gumbel" else jax.random.normal)(key, (6, 50))
     np.testing.assert_allclose(z, want, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(score, _score(np.float64(z), kind), rtol=2e-6, atol=2e-6)
@@ -91,10 +91,10 @@ def test_the_noise_and_its_score(kind):
 def test_gumbel_noise_has_no_outlier_at_zero():
     # A uniform draw of 0 becomes the midpoint 2**-24, not finfo.tiny: the smallest Gumbel
     # value is -log(-log(2**-24)) = -2.81 (jax.random.gumbel's is -4.47), its score -15.6.
-    z, score = _perturbed._draw("gumbel", jax.random.key(0), (2**23,), jnp.float32)
+    z, score = _noise.noise_and_score("gumbel", jax.random.key(0), (2**23,), jnp.float32)
     assert float(z.min()) >= -2.82 and float(score.min()) >= -15.7
     with jax.enable_x64(True):
-        z64, _ = _perturbed._draw("gumbel", jax.random.key(0), (1000,), jnp.float64)
+        z64, _ = _noise.noise_and_score("gumbel", jax.random.key(0), (1000,), jnp.float64)
         assert z64.dtype == jnp.float64 and np.all(np.isfinite(z64))
     # The Gumbel law: mean Euler's constant, variance pi^2 / 6.
     assert abs(float(z.mean()) - EULER_GAMMA) < Z * np.pi / np.sqrt(6 * z.size)
@@ -131,7 +131,7 @@ def test_argmax_gradient_matches_the_softmax_jacobian(sigma):
     )
     p = np.asarray(jax.nn.softmax(np.float64(X) / sigma))
     exact = (np.diag(p) - np.outer(p, p)) / sigma
-    z = _noise(KEY, num_samples, X.shape)
+    z = _samples(KEY, num_samples, X.shape)
     terms = _one_hot_argmax(X + sigma * z)[:, :, None] * _score(z)[:, None, :] / sigma
     _within(jacobian, exact, terms.std(0) / np.sqrt(num_samples))
 
@@ -146,7 +146,7 @@ def test_normal_noise_on_two_classes_is_the_normal_cdf():
         KEY, x, num_samples=num_samples, sigma=sigma, noise="normal"
     )
     _within(fn(x)[1], p1, np.sqrt(p1 * (1 - p1) / num_samples))
-    z = _noise(KEY, num_samples, x.shape, "normal")
+    z = _samples(KEY, num_samples, x.shape, "normal")
     wins = np.argmax(x + sigma * z, -1) == 1
     terms = wins[:, None] * z / sigma
     _within(_jacobian(fn, x)[1], [-slope, slope], terms.std(0) / np.sqrt(num_samples))
@@ -170,7 +170,7 @@ def test_perturbed_topk_is_plackett_luce(x64):
     fn = lambda x: jaxrelax.perturbed_topk(KEY, x, k, num_samples=num_samples)  # noqa: E731
     exact = np.asarray(_plackett_luce(jnp.float64(x), k))
     _within(fn(x), exact, np.sqrt(exact * (1 - exact) / num_samples))
-    z = _noise(KEY, num_samples, x.shape)
+    z = _samples(KEY, num_samples, x.shape)
     masks = np.argsort(np.argsort(-(x + z), -1), -1) < k
     terms = masks[:, :, None] * _score(z)[:, None, :]
     _within(
@@ -199,7 +199,7 @@ def test_a_user_ranking_solver(x64):
     x, num_samples = np.float32([0.4, -0.5, 0.1]), 20000
     smoothed = jaxrelax.perturbed(ranks, num_samples=num_samples, batch_size=4096)
     exact = np.asarray(expected_ranks(jnp.float64(x)))
-    z = _noise(KEY, num_samples, x.shape)
+    z = _samples(KEY, num_samples, x.shape)
     sampled = np.argsort(np.argsort(-(x + z), -1), -1).astype(np.float64)
     _within(smoothed(KEY, x), exact, sampled.std(0) / np.sqrt(num_samples))
     terms = sampled[:, :, None] * _score(z)[:, None, :]
@@ -227,7 +227,7 @@ def test_the_estimate_from_the_same_noise(kind, control_variate, rng):
         control_variate=control_variate,
     )
     value, vjp = jax.vjp(lambda x: smoothed(KEY, x), x)
-    z = _noise(KEY, num_samples, x.shape, kind)
+    z = _samples(KEY, num_samples, x.shape, kind)
     outputs = _one_hot_argmax(x + sigma * z)
     np.testing.assert_allclose(value, outputs.mean(0), rtol=1e-6)
     baseline = _one_hot_argmax(np.float64(x)) if control_variate else 0
@@ -242,7 +242,7 @@ def test_per_slice_estimate_from_the_same_noise(rng):
     cotangent = rng.normal(size=(3, 5))
     num_samples = 50
     value, vjp = jax.vjp(lambda x: jaxrelax.perturbed_argmax(KEY, x, num_samples=50), x)
-    z = _noise(KEY, num_samples, x.shape)
+    z = _samples(KEY, num_samples, x.shape)
     outputs = _one_hot_argmax(x + z)
     np.testing.assert_allclose(value, outputs.mean(0), rtol=1e-6)
     pairs = np.sum(cotangent * outputs, -1, keepdims=True)

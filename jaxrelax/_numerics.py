@@ -1,0 +1,207 @@
+"""Numerics of masks, infinities, NaN and the slice maximum, and slice arithmetic.
+
+These helpers are the only places that know how masked entries, infinities and NaN are
+handled; every relaxation builds on them.
+
+A note on the arithmetic. On XLA's CPU backend, fused elementwise kernels accept only
+arithmetic (add, multiply, min, max, exp, ceil, ...), not compares or selects: one select
+in a hot loop splits a fusion and costs a full extra pass over memory. The helpers
+therefore express "is this the maximum" and "first maximum" with ``min``/``ceil``
+arithmetic, which is exact (see :func:`below_max`), and reserve ``jnp.where`` for
+masks and slice-sized arrays. A second rule: a full-size intermediate that two fusions
+share, even a broadcast of a slice maximum or of a constant, is written to memory and read
+back; the soft and hard halves of ``st_hardmax`` therefore share no elementwise expression,
+and full-size clamps against 0 take a zero computed per slice (:func:`slice_zero`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+
+def sum_to_shape(value: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Sums a broadcast result back to ``shape`` (the transpose of broadcasting)."""
+    lead = value.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, n in enumerate(shape) if n == 1 and value.shape[lead + i] != 1
+    )
+    return jnp.sum(value, axes).reshape(shape) if axes else value.reshape(shape)
+
+
+def fill_masked(x: jax.Array, where: jax.Array | None) -> jax.Array:
+    """Sets masked entries to -inf; a masked entry, even NaN, then takes no part."""
+    return x if where is None else jnp.where(where, x, -jnp.inf)
+
+
+def slice_max(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """The maximum over ``axes`` (kept as size-1 dims), at least the lowest finite value.
+
+    An empty or all -inf slice gives the lowest finite value rather than -inf, so that
+    ``x - max`` never computes ``-inf - (-inf)``; +inf stays +inf. NaN may or may not
+    propagate (see :func:`nan_poison`). No gradient flows through. (The reduction is seeded
+    with -inf, the identity of max: XLA takes the seed as neutral and drops it on a size-1
+    axis, so the clamp to the lowest value must come after.)
+    """
+    largest = jnp.max(lax.stop_gradient(x), axes, keepdims=True, initial=-jnp.inf)
+    return jnp.maximum(largest, jnp.finfo(x.dtype).min)
+
+
+def safe_log(p: jax.Array) -> jax.Array:
+    """log p with log 0 replaced by a finite value (always multiplied by p = 0)."""
+    return jnp.log(jnp.maximum(p, jnp.finfo(p.dtype).tiny))
+
+
+def slice_zero(per_slice: jax.Array) -> jax.Array:
+    """0 of ``per_slice``'s shape (NaN where it is NaN), computed from it.
+
+    XLA's CPU backend folds ``jnp.maximum(a, 0)`` into a full-size broadcast of the constant,
+    and when that lands in a fused arithmetic kernel the broadcast is written to memory as a
+    full array first (see the module note); a zero computed per slice is broadcast inside the
+    kernel instead. ``min(|v|, 0)`` is 0 for every non-NaN ``v``, infinities included.
+    """
+    return jnp.minimum(jnp.abs(lax.stop_gradient(per_slice)), 0)
+
+
+def shift_by_max(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...], scale=None):
+    """(m, shifted): the slice maximum of the masked scores, and ``(x - m) * scale`` in
+    ``[-inf, 0]`` (``scale``, per slice and positive, defaults to 1): masked and ``-inf``
+    entries are ``-inf``, NaN entries NaN, and in a slice holding ``+inf`` the ``+inf`` entries
+    are 0 and all others ``-inf`` (the limit of equal, ever larger scores: ``+inf`` beats the
+    largest finite value). ``m`` is ``+inf`` there, and ``-inf`` for an empty slice.
+    Gradients flow to ``x`` with slope ``scale``.
+
+    The scores are halved and capped at the largest finite value: exact and order-preserving
+    for finite scores (subnormal halves flush to zero on XLA's CPU backend), while ``+inf``
+    maps strictly above every finite half, so the shifted scores need no clamp. A ``scale``
+    folds into the doubling, so that this costs four arithmetic operations per entry.
+    """
+    x = fill_masked(x, where)
+    top = _scaled_top(x, axes, 0.5)  # the largest finite value when the slice holds +inf
+    return max_of_top(top), shift_from_top(x, top, scale)
+
+
+def halved_top(maximum: jax.Array) -> jax.Array:
+    """The ``top`` of :func:`shift_from_top` for a given maximum (of a slice or a window):
+    half of it, at least half the lowest finite value and at most the largest."""
+    return _scaled_or_top(jnp.maximum(maximum, jnp.finfo(maximum.dtype).min), 0.5)
+
+
+def max_of_top(top: jax.Array) -> jax.Array:
+    """The maximum that ``top`` was halved from: ``+inf`` where it was capped."""
+    return jnp.where(top == jnp.finfo(top.dtype).max, jnp.inf, 2 * top)
+
+
+def shift_from_top(x: jax.Array, top: jax.Array, scale=None) -> jax.Array:
+    """``(x - max) * scale`` computed from halves, as in :func:`shift_by_max`; ``top`` is
+    :func:`halved_top` of the maximum, and no gradient flows to it."""
+    if scale is None:
+        return _shift_halves(x, top, jnp.asarray(2, x.dtype))
+    return _shift_halves(x, top, halves_factor(scale, x.dtype))
+
+
+def halves_factor(scale, dtype) -> jax.Array:
+    """``2 * scale``, the factor that turns halved differences into scaled ones, clipped so
+    that a huge temperature gives the uniform limit, never 0 * -inf at a masked entry, and a
+    tiny one the hard limit, never inf * 0 at the maximum; a (traced) negative scale gives
+    NaN."""
+    finfo = jnp.finfo(dtype)
+    factor = jnp.where(scale >= 0, jnp.clip(2 * scale, finfo.tiny, finfo.max), jnp.nan)
+    return factor.astype(dtype)
+
+
+def capped_half(x: jax.Array) -> jax.Array:
+    """``min(x / 2, fmax)``: the halves :func:`shift_from_top` subtracts ``top`` from."""
+    return _scaled_or_top(x, 0.5)
+
+
+@jax.custom_jvp
+def _shift_halves(x, top, factor):
+    """``(min(x / 2, fmax) - top) * factor``, with the derivative ``factor / 2`` in ``x`` (as
+    if uncapped: the backward pass keeps no mask of the capped entries) and none in ``top``."""
+    return (_scaled_or_top(x, 0.5) - top) * factor
+
+
+def _shift_halves_jvp(primals, tangents):
+    x, top, factor = primals
+    dx, _, dfactor = tangents
+    value = _shift_halves(x, top, factor)
+    tangent = jnp.zeros_like(value)
+    if not isinstance(dx, jax.custom_derivatives.SymbolicZero):
+        tangent = dx * (factor / 2)
+    if not isinstance(dfactor, jax.custom_derivatives.SymbolicZero):
+        tangent = tangent + (_scaled_or_top(x, 0.5) - top) * dfactor
+    return value, tangent
+
+
+_shift_halves.defjvp(_shift_halves_jvp, symbolic_zeros=True)
+
+
+def _scaled_top(x: jax.Array, axes: tuple[int, ...], factor: float) -> jax.Array:
+    """The slice maximum of the scaled, capped scores. Scaling and capping are monotone, so it
+    is taken of the plain maximum: the reduction reads ``x`` itself, and XLA does not write
+    the scaled scores to memory for two consumers."""
+    return _scaled_or_top(slice_max(x, axes), factor)
+
+
+def _scaled_or_top(x: jax.Array, factor: float) -> jax.Array:
+    return jnp.minimum(x * factor, jnp.finfo(x.dtype).max)
+
+
+def below_max(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...]) -> jax.Array:
+    """1 where ``x`` is below its slice's (masked) maximum, 0 at a maximum; masked and
+    ``-inf`` entries are 1 (below), and ``+inf`` entries beat the largest finite value.
+
+    As in :func:`shift_by_max`, the scores are scaled down and capped at the largest finite
+    value, here by 1/4: then the scaled scores are exactly equal at a maximum and below it
+    otherwise (scores below about ``4 * tiny`` flush to zero), and ``ceil`` maps any positive
+    gap, however small, to at least 1. Quartering where :func:`shift_by_max` halves leaves XLA
+    no full-size expression to share (and write to memory) when both run on the same scores,
+    as in ``st_hardmax``. NaN may be dropped.
+    """
+    x = fill_masked(lax.stop_gradient(x), where)
+    top = _scaled_top(x, axes, 0.25)
+    zero = slice_zero(top)  # per slice: XLA would write full-size broadcasts of constants
+    quarters = jnp.minimum(x * 0.25, zero + jnp.finfo(x.dtype).max)
+    return jnp.minimum(jnp.ceil(top - quarters), zero + 1)
+
+
+def nan_poison(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """0 per slice of ``x``, or NaN where the slice holds NaN (infinities give 0).
+
+    Adding it to the result of a min- or max-reduction makes NaN propagate: sums propagate NaN
+    on every backend, while XLA's CPU min/max reductions drop it on long slices. (``sign``
+    keeps this a separate, arithmetic-only pass that shares nothing XLA would materialise.)
+    """
+    return 0 * jnp.sum(jnp.sign(x), axes, keepdims=True)
+
+
+def slice_positions(shape: tuple[int, ...], axes: tuple[int, ...], dtype) -> jax.Array:
+    """Row-major position of each element within its slice over ``axes``, broadcastable to
+    ``shape``."""
+    position = jnp.zeros((1,) * len(shape), dtype)
+    stride = 1
+    for a in reversed(axes):
+        view = [1] * len(shape)
+        view[a] = shape[a]
+        position = position + stride * jnp.arange(shape[a], dtype=dtype).reshape(view)
+        stride *= shape[a]
+    return position
+
+
+def rows_last(x: jax.Array, axes: tuple[int, ...]):
+    """``x`` with the reduced axes moved last and flattened into one, and the inverse."""
+    kept = [a for a in range(x.ndim) if a not in axes]
+    moved = jnp.transpose(x, kept + list(axes))
+    rows = moved.reshape(*moved.shape[: len(kept)], -1)
+
+    def back(y):
+        return jnp.transpose(y.reshape(moved.shape), np.argsort(kept + list(axes)))
+
+    return rows, back
+
+
+def slice_size(shape: tuple[int, ...], axes: tuple[int, ...]) -> int:
+    return int(np.prod([shape[a] for a in axes], dtype=np.int64))
