@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import registry
 from reference import np_entmax, np_softmax
 
 import jaxrelax
@@ -15,31 +16,31 @@ INF = np.inf
 KEY = jax.random.key(0)
 DTYPES = [jnp.bfloat16, jnp.float32]  # float16 takes the bfloat16 path; test_fuzz.py has all
 
-# Every distribution-valued function, as f(x, where=...).
+# Every distribution-valued function of tests/registry.py (of slices, with a mask), as
+# f(x, where=...), and entmax with alpha a traced array.
 DISTRIBUTIONS = {
-    "hardmax": lambda x, **kw: jaxrelax.hardmax(x, **kw),
-    "hardmax_uniform": lambda x, **kw: jaxrelax.hardmax(x, ties="uniform", **kw),
-    "softmax": lambda x, **kw: jaxrelax.softmax(x, **kw),
-    "st_hardmax": lambda x, **kw: jaxrelax.st_hardmax(x, **kw),
-    "st_hardmax_identity": lambda x, **kw: jaxrelax.st_hardmax(x, backward="identity", **kw),
-    "sparsemax": lambda x, **kw: jaxrelax.sparsemax(x, **kw),
-    "entmax15": lambda x, **kw: jaxrelax.entmax15(x, **kw),
-    "entmax1.3": lambda x, **kw: jaxrelax.entmax(x, 1.3, **kw),
+    **{
+        name: registry.ENTRIES[name]
+        for name in registry.select(input=registry.SLICES, reduces=False, where=True, k=None)
+    },
     "entmax_traced_alpha": lambda x, **kw: jaxrelax.entmax(x, jnp.array(1.7), **kw),
-    "gumbel_softmax": lambda x, **kw: jaxrelax.gumbel_softmax(KEY, x, **kw),
-    "gumbel_softmax_hard": lambda x, **kw: jaxrelax.gumbel_softmax(KEY, x, hard=True, **kw),
-    "gumbel_rao": lambda x, **kw: jaxrelax.gumbel_rao(KEY, x, num_samples=3, **kw),
 }
-# Every scalar-valued function, with its value on an empty slice.
+# Every scalar-valued function of the registry with a mask, with its value on an empty slice.
 REDUCTIONS = {
-    "smooth_max": (lambda x, **kw: jaxrelax.smooth_max(x, **kw), -INF),
-    "smooth_max_softmax": (lambda x, **kw: jaxrelax.smooth_max(x, method="softmax", **kw), -INF),
-    "st_max": (lambda x, **kw: jaxrelax.st_max(x, **kw), -INF),
-    "soft_argmax": (lambda x, **kw: jaxrelax.soft_argmax(x, **kw), 0.0),
-    "st_argmax": (lambda x, **kw: jaxrelax.st_argmax(x, **kw), 0.0),
-    "sparsemax_loss": (lambda x, **kw: jaxrelax.sparsemax_loss(x, jnp.ones_like(x), **kw), 0.0),
-    "entmax_loss": (lambda x, **kw: jaxrelax.entmax_loss(x, jnp.ones_like(x), 1.3, **kw), 0.0),
+    name: (registry.ENTRIES[name], registry.ENTRIES[name].empty)
+    for name in registry.select(reduces=True, where=True)
 }
+
+
+def _sampled(name):
+    return name in registry.ENTRIES and registry.ENTRIES[name].sampled
+
+
+def _first_of_ties(name):
+    """Hard (or straight-through) with ties broken by the first index."""
+    entry = registry.ENTRIES.get(name)
+    hard = entry is not None and entry.gradient in (registry.HARD, registry.STRAIGHT_THROUGH)
+    return hard and entry.options.get("ties", "first") == "first"
 
 
 def _grad(fn, x):
@@ -115,7 +116,7 @@ def test_alpha_near_one_matches_the_reference(alpha):
     assert np.abs(expected - np_softmax(SCORES)).max() < 3 * (alpha - 1)
 
 
-@pytest.mark.parametrize("name", ["sparsemax", "entmax15", "entmax1.3", "entmax_traced_alpha"])
+@pytest.mark.parametrize("name", ["sparsemax", "entmax15", "entmax", "entmax_traced_alpha"])
 @pytest.mark.parametrize("temperature", [1e-30, 1e-20, 1e-6])
 def test_tiny_temperatures_give_the_hard_limit(name, temperature):
     x = jnp.array([1.0, 3.0, 3.0, -2.0])
@@ -123,7 +124,7 @@ def test_tiny_temperatures_give_the_hard_limit(name, temperature):
     np.testing.assert_allclose(p, [0.0, 0.5, 0.5, 0.0], atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["sparsemax", "entmax15", "entmax1.3", "entmax_traced_alpha"])
+@pytest.mark.parametrize("name", ["sparsemax", "entmax15", "entmax", "entmax_traced_alpha"])
 @pytest.mark.parametrize("temperature", [1e20, 1e30, 3e38])
 def test_huge_temperatures_give_the_uniform_limit(name, temperature):
     x = jnp.array([1.0, 3.0, -INF, -2.0])
@@ -203,14 +204,12 @@ def test_float32_alpha_and_temperature_gradients_near_one(alpha):
 # --- 5. +inf against the largest finite float ---
 
 
-@pytest.mark.parametrize("name", [n for n in DISTRIBUTIONS if not n.startswith("gumbel")])
+@pytest.mark.parametrize("name", [n for n in DISTRIBUTIONS if not _sampled(n)])
 def test_inf_beats_the_largest_float(name):
     value = DISTRIBUTIONS[name](jnp.array([FMAX, INF]))
     np.testing.assert_array_equal(value, [0.0, 1.0])
     value = DISTRIBUTIONS[name](jnp.array([[FMAX, INF, 3.0, INF]]))
-    expected = [0.0, 1.0, 0.0, 0.0] if name.startswith(("hardmax", "st_")) else [0, 0.5, 0, 0.5]
-    if name == "hardmax_uniform":
-        expected = [0, 0.5, 0, 0.5]
+    expected = [0.0, 1.0, 0.0, 0.0] if _first_of_ties(name) else [0, 0.5, 0, 0.5]
     np.testing.assert_allclose(value[0], expected, rtol=1e-6)
     assert not np.isnan(_grad(DISTRIBUTIONS[name], jnp.array([FMAX, INF, 1.0]))).any()
 

@@ -1,52 +1,57 @@
-"""Bad input gets a clear error naming the argument."""
+"""Bad input gets a clear error naming the argument.
+
+The checks every function makes alike (its input, axis, mask, temperature, key) run over
+the functions of tests/registry.py, in their standard call, as far as each takes the
+argument (its registry properties); a variant (``ties=``, ``backward=``, ...) shares its
+function's checks. A combinator that hands its input to functions of the user's
+(``straight_through``, registry property ``checks=None``) checks none of it.
+"""
+
+import inspect
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import registry
 
 import jaxrelax
 
 X = jnp.array([[1.0, 2.0, 3.0], [0.0, -1.0, 4.0]])
-TEMPERED = {
-    "softmax": jaxrelax.softmax,
-    "smooth_max": jaxrelax.smooth_max,
-    "soft_argmax": jaxrelax.soft_argmax,
-    "st_hardmax": jaxrelax.st_hardmax,
-    "st_argmax": jaxrelax.st_argmax,
-    "st_max": jaxrelax.st_max,
-    "sparsemax": jaxrelax.sparsemax,
-    "entmax15": jaxrelax.entmax15,
-    "entmax": lambda x, axis=-1, **kwargs: jaxrelax.entmax(x, 1.3, axis, **kwargs),
-    "soft_topk": lambda x, axis=-1, **kwargs: jaxrelax.soft_topk(x, 1, axis, **kwargs),
-    "sparse_topk": lambda x, axis=-1, **kwargs: jaxrelax.sparse_topk(x, 0.5, axis, **kwargs),
-    "st_topk": lambda x, axis=-1, **kwargs: jaxrelax.st_topk(x, 1, axis, **kwargs),
-}
 KEY = jax.random.key(0)
-PERTURBED = {
-    "perturbed_argmax": lambda x, axis=-1, **kwargs: jaxrelax.perturbed_argmax(
-        KEY, x, axis, **{"num_samples": 2, **kwargs}
-    ),
-    "perturbed_topk": lambda x, axis=-1, **kwargs: jaxrelax.perturbed_topk(
-        KEY, x, 1, axis, **{"num_samples": 2, **kwargs}
-    ),
-    "perturbed_max": lambda x, axis=-1, **kwargs: jaxrelax.perturbed_max(
-        KEY, x, axis, **{"num_samples": 2, **kwargs}
-    ),
-    "perturbed_fy_loss": lambda x, axis=-1, **kwargs: jaxrelax.perturbed_fy_loss(
-        KEY,
-        x,
-        jnp.ones(np.shape(x) if isinstance(x, jax.Array) else X.shape),
-        axis,
-        **{"num_samples": 2, **kwargs},
-    ),
-}
-MASKED = {
-    "hardmax": jaxrelax.hardmax,
-    "topk_mask": lambda x, axis=-1, **kwargs: jaxrelax.topk_mask(x, 1, axis, **kwargs),
-    **TEMPERED,
-    **PERTURBED,
-}
+IMAGE = jnp.ones((2, 5, 4, 3))  # (batch, height, width, features)
+
+
+def _functions(**properties):
+    """The registry's functions (their standard calls) with these properties, that check
+    their arguments."""
+    return registry.select(variants=False, checks=lambda c: c is not None, **properties)
+
+
+STANDARD = object()
+
+
+def _call(name, x=STANDARD, *axis, **keywords):
+    """The function's standard call on X (IMAGE for pooling), with k = 1 for the k-of-n
+    functions (so that a 0-d input may take it)."""
+    entry = registry.ENTRIES[name]
+    if x is STANDARD:
+        x = IMAGE if entry.input == registry.IMAGES else X
+    if entry.k is not None:
+        keywords.setdefault("k", 1)
+    return entry(x, *axis, **keywords)
+
+
+def _parameters(name):
+    return inspect.signature(getattr(jaxrelax, registry.ENTRIES[name].name)).parameters
+
+
+TEMPERED = _functions(temperature="temperature")
+PER_SLICE_TEMPERATURE = _functions(temperature="temperature", input=registry.SLICES)
+WITH_AXIS = _functions(axis=lambda a: a is not registry.NO_AXIS)
+MASKED = _functions(where=True)
+SAMPLED = _functions(sampled=True)
+PERTURBED = _functions(temperature="sigma")
 
 
 @pytest.mark.parametrize(
@@ -55,7 +60,7 @@ MASKED = {
 @pytest.mark.parametrize("name", TEMPERED)
 def test_bad_temperature(name, temperature):
     with pytest.raises(ValueError, match="temperature"):
-        TEMPERED[name](X, temperature=temperature)
+        _call(name, temperature=temperature)
 
 
 def test_bad_temperature_spatial():
@@ -65,28 +70,37 @@ def test_bad_temperature_spatial():
         jaxrelax.spatial_soft_argmax(jnp.ones((2, 3, 4)), temperature=jnp.ones((2, 3, 1)))
 
 
-@pytest.mark.parametrize("name", TEMPERED)
+@pytest.mark.parametrize("name", PER_SLICE_TEMPERATURE)
 def test_temperature_shape(name):
     with pytest.raises(ValueError, match="temperature of shape"):
-        TEMPERED[name](X, temperature=jnp.ones((2, 3)))  # not size 1 along the axis
+        _call(name, temperature=jnp.ones((2, 3)))  # not size 1 along the axis
     with pytest.raises(ValueError, match="temperature of shape"):
-        TEMPERED[name](X, temperature=jnp.ones((3, 1)))  # does not broadcast
+        _call(name, temperature=jnp.ones((3, 1)))  # does not broadcast
     with pytest.raises(TypeError, match="temperature"):
-        TEMPERED[name](X, temperature=1j)
+        _call(name, temperature=1j)
 
 
-@pytest.mark.parametrize("name", MASKED)
+@pytest.mark.parametrize("name", _functions())
 @pytest.mark.parametrize("bad", [X.astype(jnp.complex64), "scores", None, [[1.0, 2.0], [3.0]]])
 def test_bad_x(name, bad):
-    with pytest.raises(TypeError, match="x must be an array of real numbers"):
-        MASKED[name](bad)
+    checked = registry.ENTRIES[name].checks  # how the errors name the input
+    with pytest.raises(TypeError, match=f"{checked} must be an array of real numbers"):
+        _call(name, bad)
 
 
-@pytest.mark.parametrize("name", MASKED)
+@pytest.mark.parametrize("name", _functions(dtypes=lambda dtypes: "int32" not in dtypes))
+def test_integer_input_where_only_floats_are_taken(name):
+    checked = registry.ENTRIES[name].checks  # (the samplers: integer logits are an error)
+    with pytest.raises(TypeError, match=f"{checked} must be a floating-point array"):
+        _call(name, jnp.array([[1, 2, 3], [0, 1, 2]]))
+
+
+@pytest.mark.parametrize("name", WITH_AXIS)
 def test_scalar_x_needs_axis_none(name):
-    with pytest.raises(ValueError, match="axis -1 is out of range for x with 0 dimension"):
-        MASKED[name](jnp.float32(1.0))
-    assert np.isfinite(MASKED[name](jnp.float32(1.0), None))
+    checked = registry.ENTRIES[name].checks
+    with pytest.raises(ValueError, match=f"axis -1 is out of range for {checked} with 0 dim"):
+        _call(name, jnp.float32(1.0))
+    assert np.isfinite(_call(name, jnp.float32(1.0), None))
 
 
 @pytest.mark.parametrize("name", TEMPERED)
@@ -94,28 +108,22 @@ def test_scalar_x_needs_axis_none(name):
 def test_temperature_of_the_wrong_type(name, temperature):
     # raised at the call, not later under grad
     with pytest.raises(TypeError, match="temperature must be a real number"):
-        TEMPERED[name](X, temperature=temperature)
+        _call(name, temperature=temperature)
 
 
-@pytest.mark.parametrize(
-    "fn",
-    [
-        lambda **kw: jaxrelax.spatial_soft_argmax(X, **kw),
-        lambda **kw: jaxrelax.gumbel_softmax(jax.random.key(0), X, **kw),
-        lambda **kw: jaxrelax.gumbel_rao(jax.random.key(0), X, **kw),
-        lambda **kw: jaxrelax.binary_concrete(jax.random.key(0), X, **kw),
-    ],
-)
-def test_temperature_none_elsewhere(fn):
-    with pytest.raises(TypeError, match="temperature must be a real number"):
-        fn(temperature=None)
+@pytest.mark.parametrize("name", SAMPLED)
+def test_bad_key(name):
+    with pytest.raises(TypeError, match="key must be a PRNG key"):
+        _call(name, key=0)
 
 
-@pytest.mark.parametrize("loss", [jaxrelax.sparsemax_loss, jaxrelax.entmax_loss])
+@pytest.mark.parametrize("name", [n for n in _functions() if "labels" in _parameters(n)])
 @pytest.mark.parametrize("labels", [None, "labels", [[1.0, 0.0, 0.0], [1.0]], X * 1j])
-def test_bad_labels(loss, labels):
+def test_bad_labels(name, labels):
+    loss = getattr(jaxrelax, name)
+    head = (KEY,) if registry.ENTRIES[name].sampled else ()
     with pytest.raises(TypeError, match="labels must be an array of real numbers"):
-        loss(X, labels)
+        loss(*head, X, labels)
 
 
 @pytest.mark.parametrize("alpha", [None, "1.5", np.inf, np.nan, 0.5, jnp.array([[1.5], [0.9]])])
@@ -161,36 +169,34 @@ def test_bad_num_samples(num_samples):
     assert jaxrelax.gumbel_rao(jax.random.key(0), X, num_samples=np.int64(3)).shape == X.shape
 
 
-@pytest.mark.parametrize("name", MASKED)
+@pytest.mark.parametrize("name", WITH_AXIS)
 def test_bad_axis(name):
-    fn = MASKED[name]
     with pytest.raises(ValueError, match="axis 2 is out of range"):
-        fn(X, 2)
+        _call(name, X, 2)
     with pytest.raises(ValueError, match="axis -3 is out of range"):
-        fn(X, -3)
+        _call(name, X, -3)
     with pytest.raises(TypeError, match="axis"):
-        fn(X, 1.0)
+        _call(name, X, 1.0)
     with pytest.raises(TypeError, match="axis"):
-        fn(X, True)
-    if name in ("soft_argmax", "st_argmax"):
+        _call(name, X, True)
+    if registry.ENTRIES[name].axis == registry.ONE_AXIS:
         with pytest.raises(TypeError, match="axis must be a single int"):
-            fn(X, (0, 1))
+            _call(name, X, (0, 1))
     else:
         with pytest.raises(ValueError, match="axis must not repeat"):
-            fn(X, (1, -1))
+            _call(name, X, (1, -1))
         with pytest.raises(ValueError, match="axis must name at least one"):
-            fn(X, ())
+            _call(name, X, ())
 
 
 @pytest.mark.parametrize("name", MASKED)
 def test_bad_mask(name):
-    fn = MASKED[name]
     with pytest.raises(TypeError, match="where must be a boolean mask"):
-        fn(X, where=jnp.ones((2, 3)))
+        _call(name, where=jnp.ones((2, 3)))
     with pytest.raises(ValueError, match="where of shape"):
-        fn(X, where=jnp.ones((2,), bool))
+        _call(name, where=jnp.ones((2,), bool))
     with pytest.raises(ValueError, match="where of shape"):
-        fn(X, where=jnp.ones((1, 2, 3), bool))  # broadcasts, but not *to* x
+        _call(name, where=jnp.ones((1, 2, 3), bool))  # broadcasts, but not *to* x
 
 
 def test_bad_choices():
@@ -206,20 +212,18 @@ def test_bad_choices():
         jaxrelax.st_hardmax(X, backward="sparsemax")
 
 
-INT_K = {
-    "topk_mask": lambda k: jaxrelax.topk_mask(X, k),
-    "st_topk": lambda k: jaxrelax.st_topk(X, k),
-    "gumbel_topk": lambda k: jaxrelax.gumbel_topk(jax.random.key(0), X, k),
-}
-REAL_K = {
-    "soft_topk": lambda k: jaxrelax.soft_topk(X, k),
-    "sparse_topk": lambda k: jaxrelax.sparse_topk(X, k),
-}
+# (the registry's k is an int where k must be a concrete integer, a float where it may be real)
+INT_K = _functions(k=lambda k: isinstance(k, int))
+REAL_K = _functions(k=lambda k: isinstance(k, float))
+
+
+def _with_k(name):
+    return lambda k: _call(name, k=k)
 
 
 @pytest.mark.parametrize("name", INT_K)
 def test_k_must_be_an_int_in_range(name):
-    fn = INT_K[name]
+    fn = _with_k(name)
     for k in [-1, 4]:
         with pytest.raises(ValueError, match=r"k must be .*in \[0, 3\]"):
             fn(k)
@@ -233,7 +237,7 @@ def test_k_must_be_an_int_in_range(name):
 
 @pytest.mark.parametrize("name", REAL_K)
 def test_k_must_be_real_in_range(name):
-    fn = REAL_K[name]
+    fn = _with_k(name)
     for k in [-0.5, 3.5, np.inf, np.nan, jnp.array([[1.0], [4.0]])]:
         with pytest.raises(ValueError, match=r"k must be in \[0, 3\]"):
             fn(k)
@@ -265,18 +269,13 @@ def test_bad_topk_choices():
         jaxrelax.gumbel_topk(jax.random.key(0), X, 2, where=jnp.ones((3, 2), bool))
 
 
-IMAGE = jnp.ones((2, 5, 4, 3))  # (batch, height, width, features)
-POOLS = {
-    "max_pool": jaxrelax.max_pool,
-    "soft_pool": jaxrelax.soft_pool,
-    "lse_pool": jaxrelax.lse_pool,
-    "st_max_pool": jaxrelax.st_max_pool,
-}
+# the pooling functions that take a window (max_unpool takes max_pool's)
+POOLS = [n for n in _functions(input=registry.IMAGES) if "window_shape" in _parameters(n)]
 
 
 @pytest.mark.parametrize("name", POOLS)
 def test_bad_pooling_geometry(name):
-    pool = POOLS[name]
+    pool = getattr(jaxrelax, name)
     for window, error in [
         ((2, 0), ValueError),  # zero
         ((2, -1), ValueError),  # negative
@@ -312,9 +311,9 @@ def test_bad_pooling_geometry(name):
     assert pool(IMAGE, (6, 2), None, ((1, 0), (0, 0))).shape == (2, 1, 3, 3)  # with padding
 
 
-@pytest.mark.parametrize("name", ["soft_pool", "lse_pool", "st_max_pool"])
+@pytest.mark.parametrize("name", [n for n in POOLS if n in TEMPERED])
 def test_bad_pooling_temperature(name):
-    pool = POOLS[name]
+    pool = getattr(jaxrelax, name)
     for t in [0.0, -1.0, np.nan, np.inf]:
         with pytest.raises(ValueError, match="temperature must be positive"):
             pool(IMAGE, (2, 2), temperature=t)
@@ -348,7 +347,9 @@ def test_bad_max_pool_and_unpool_arguments():
 
 @pytest.mark.parametrize("name", PERTURBED)
 def test_bad_perturbation_arguments(name):
-    fn = PERTURBED[name]
+    def fn(x, **keywords):
+        return _call(name, x, **keywords)
+
     for sigma in [0.0, -1.0, np.nan, np.inf, np.array([1.0, 0.0, 1.0])]:
         with pytest.raises(ValueError, match="sigma must be positive"):
             fn(X, sigma=sigma)
