@@ -19,11 +19,10 @@ reviewer would write (``jnp.argmax`` and a one-hot, ``lax.reduce_window``, ``jnp
 
 Before timing, every row runs both sides once at a small size and compares them, values and
 (for "fwd+bwd") vector-Jacobian products: exactly where they must agree bit for bit (hard
-choices and counts, the same random bits), to 1e-5 otherwise (1e-4 for the soft pool, whose
-plain form shifts by the plane's maximum rather than the window's). The scores are random
+choices and counts, the same random bits), to 1e-5 otherwise. The scores are random
 normal; the rows of one choice per slice whose plain form keeps the trick's semantics (the
-bare helpers and the patched rows, but for sparse_topk: see its row) are also compared on
-scores with +inf, -inf, NaN, tied maxima and an all -inf row. The exponentials draw
+bare helpers and the patched rows) are also compared on scores with +inf, -inf, NaN, tied
+maxima and an all -inf row. The exponentials draw
 different bits by design, so each side's mean and variance are checked against Exp(1)'s, to
 6 standard errors (a false alarm about once in 10**8 runs). A failed check stops the script.
 
@@ -33,6 +32,17 @@ one position of padding), 100x64x1024 = 6.5 million random numbers, the same sha
 over its leading axis, and ``perturbed(hardmax, num_samples=100)`` of 64x1024 scores.
 ``--quick`` runs every row at the small size of its check, with 3 timed pairs: a smoke test
 (compiling the programs is most of its time), whose ratios mean nothing.
+
+Tricks that measured under 1.10x here and were replaced by the plain form (0.3.0): float
+position keys for the first maximum (now int32 positions and a select), a zero computed per
+slice for clamps (now the constant), counting in float32 in ``topk_mask`` (now an int32 sum),
+an optimisation barrier on ``lax.top_k``'s values, and ``st_hardmax``'s fused forward pass
+(now the straight-through combinator over hardmax and softmax). Forms kept for what they
+compute rather than for speed have no row: the NaN poison as a sum of signs (the plain
+``where(isnan(x).any(), nan, 0)`` makes a NaN constant, which ``jax.debug_nans`` reports), the
+soft pools' per-window softmax (``lax.reduce_window`` sums can only shift by the maximum of
+the plane, not of the window, and underflow) and their clamp at a floor logit (it also
+catches logits that overflow to -inf).
 """
 
 from __future__ import annotations
@@ -54,12 +64,11 @@ from harness import alternate, forward, forward_backward, header, normal, parse_
 from jax import lax
 
 import jaxrelax
-from jaxrelax import _gumbel, _hard, _noise, _numerics, _perturbation, _pool, _topk
+from jaxrelax import _gumbel, _noise, _numerics, _perturbation, _topk
 
 T = 0.5  # the temperature of the softmax rows
 KEEP = 1.10  # the speedup a trick must show to stay
 TOLERANCE = 1e-5
-POOL_TOLERANCE = 1e-4
 STANDARD_ERRORS = 6.0
 
 
@@ -90,47 +99,17 @@ def plain_below_max(x, where, axes):
     return jnp.where(x < plain_slice_max(x, axes), 1.0, 0.0).astype(x.dtype)
 
 
-def plain_first_max_position(below, axes):
-    """int32 positions and a select in place of float keys."""
-    size = _numerics.slice_size(below.shape, axes)
-    positions = _numerics.slice_positions(below.shape, axes, jnp.int32)
-    first = jnp.min(jnp.where(below == 0, positions, size), axes, keepdims=True, initial=size)
-    return positions, first
-
-
-def plain_nan_poison(x, axes):
-    return jnp.where(jnp.isnan(x).any(axes, keepdims=True), jnp.nan, 0).astype(x.dtype)
-
-
-def plain_slice_zero(per_slice):
-    return jnp.zeros_like(per_slice)  # the constant 0, as jnp.maximum(a, 0) has it
-
-
-def plain_count(mask, axes):
-    return jnp.sum(mask, axes, keepdims=True, dtype=jnp.int32)
-
-
 def plain_sum_leading(v):
     return jnp.sum(v, 0)
 
 
-def bracket_without_barrier(x, needed, axes, k):
-    """``_topk._bracket_by_top_k`` without its optimisation barrier."""
-    rows, _ = _numerics.rows_last(x, axes)
-    largest = lax.top_k(rows, k)[0]
-    last = jnp.maximum(needed.reshape(rows.shape[:-1] + (1,)), 1) - 1
-    kth = jnp.take_along_axis(largest, last, -1).reshape(needed.shape)
-    above, band = x > kth, x == kth
-    return above, band, _topk._count(above, axes), _topk._count(band, axes)
-
-
-def select_window_logits(part, top, factor):
-    """``_pool._window_logits`` with a select at -inf entries in place of the clamp."""
-    u = (_numerics.capped_half(part) - top) * factor
-    return jnp.where(part == -jnp.inf, _pool._logit_floor(part.dtype), u)
-
-
 # --- the plain forms of whole computations ---
+
+
+def reduce_window_max_with_nan(x, w):
+    """The max-pool by ``lax.reduce_window``, which drops NaN on XLA's CPU backend, plus a
+    window sum of ``0 * x`` that brings NaN back: the plain equivalent of ``max_pool``."""
+    return pooling.reduce_window_max(x, w) + pooling.avg_pool(0 * x, w)
 
 
 def nn_softmax(x):
@@ -148,9 +127,7 @@ def float_argmax(x):
 # --- the tuned functions (one object each, so that their compiled programs are shared) ---
 
 softmax = functools.partial(jaxrelax.softmax, temperature=T)
-st_hardmax = functools.partial(jaxrelax.st_hardmax, temperature=T)
 st_argmax = functools.partial(jaxrelax.st_argmax, temperature=T)
-st_by_combinator = jaxrelax.straight_through(jaxrelax.hardmax, softmax)
 perturbed_hardmax = jaxrelax.perturbed(jaxrelax.hardmax, num_samples=100)
 
 
@@ -166,14 +143,6 @@ def topk_65(x):  # just above SMALL_K = 64: the smallest k that counts
     return jaxrelax.topk_mask(x, 65)
 
 
-def topk_8_uniform(x):
-    return jaxrelax.topk_mask(x, 8, ties="uniform")
-
-
-def sparse_topk_quarter(x):
-    return jaxrelax.sparse_topk(x, quarter(x))
-
-
 def perturbed_of(x, key):
     return perturbed_hardmax(key, x)
 
@@ -184,14 +153,6 @@ def slice_max_last(x):
 
 def plain_slice_max_last(x):
     return plain_slice_max(x, (1,))
-
-
-def nan_poison_last(x):
-    return _numerics.nan_poison(x, (1,))
-
-
-def plain_nan_poison_last(x):
-    return plain_nan_poison(x, (1,))
 
 
 # Random rows: functions of the shape, returning functions of the key.
@@ -351,32 +312,6 @@ def slice_tricks() -> list[Trick]:
             "where(x < max)",
             check="exact",
         ),
-        patched(
-            "float position keys",
-            "_hard.first_max_position",
-            "hardmax",
-            "fwd",
-            SLICES,
-            hardmax,
-            _hard,
-            "first_max_position",
-            plain_first_max_position,
-            "int32 where",
-            check="exact",
-        ),
-        patched(
-            "float position keys",
-            "_hard.first_max_position",
-            "st_argmax t=0.5",
-            "fwd",
-            SLICES,
-            st_argmax,
-            _hard,
-            "first_max_position",
-            plain_first_max_position,
-            "int32 where",
-            check="exact",
-        ),
         Trick(
             "keys + is-the-max + poison",
             "_hard.hardmax_impl",
@@ -424,83 +359,6 @@ def slice_tricks() -> list[Trick]:
             plain_slice_max,
             "jnp.max, clamp",
         ),
-        Trick(
-            "NaN poison",
-            "_numerics.nan_poison",
-            "nan_poison",
-            "fwd",
-            SLICES,
-            nan_poison_last,
-            plain_nan_poison_last,
-            "where(isnan.any)",
-            check="exact",
-        ),
-        patched(
-            "NaN poison",
-            "_numerics.nan_poison",
-            "hardmax",
-            "fwd",
-            SLICES,
-            hardmax,
-            _numerics,
-            "nan_poison",
-            plain_nan_poison,
-            "where(isnan.any)",
-            check="exact",
-        ),
-        patched(
-            "per-slice zero",
-            "_numerics.slice_zero",
-            "sparsemax",
-            "fwd",
-            SLICES,
-            jaxrelax.sparsemax,
-            _numerics,
-            "slice_zero",
-            plain_slice_zero,
-            "constant 0",
-        ),
-        patched(
-            "per-slice zero",
-            "_numerics.slice_zero",
-            "sparse_topk k=n/4",
-            "fwd",
-            SLICES,
-            sparse_topk_quarter,
-            _numerics,
-            "slice_zero",
-            plain_slice_zero,
-            "constant 0",
-            # Not on the edge scores: in a batch of 32 rows the tuned side loses the NaN of
-            # the row holding one (that slice sums to k), where the constant 0 keeps it.
-            edges=False,
-        ),
-        patched(
-            "per-slice zero",
-            "_numerics.slice_zero",
-            "hardmax",
-            "fwd",
-            SLICES,
-            hardmax,
-            _numerics,
-            "slice_zero",
-            plain_slice_zero,
-            "constant 0",
-            check="exact",
-        ),
-        patched(
-            "float counting",
-            "_topk._count",
-            "topk_mask k=n/4",
-            "fwd",
-            SLICES,
-            topk_quarter,
-            _topk,
-            "_count",
-            plain_count,
-            "int32 sum",
-            check="exact",
-        ),
         patched(
             "counting above SMALL_K",
             "_topk.topk_mask_impl",
@@ -527,29 +385,6 @@ def slice_tricks() -> list[Trick]:
             "lax.top_k path",
             check="exact",
         ),
-        patched(
-            "top_k optimisation barrier",
-            "_topk._bracket_by_top_k",
-            "topk_mask k=8 uniform",
-            "fwd",
-            SLICES,
-            topk_8_uniform,
-            _topk,
-            "_bracket_by_top_k",
-            bracket_without_barrier,
-            "no barrier",
-            check="exact",
-        ),
-        Trick(
-            "fused st_hardmax",
-            "_straight_through.st_hardmax_rule",
-            "st_hardmax t=0.5",
-            "fwd+bwd",
-            SLICES,
-            st_hardmax,
-            st_by_combinator,
-            "straight_through(hardmax, softmax)",
-        ),
     ]
 
 
@@ -557,9 +392,8 @@ def pool_tricks() -> list[Trick]:
     rows = []
     for w in pooling.WINDOWS:
         max_pool = pooling.ours("max_pool", w)
-        soft_pool = pooling.soft("soft_pool", w)
         reduce_window = functools.partial(pooling.reduce_window_max, w=w)
-        direct = functools.partial(pooling.direct_soft_pool, w=w)
+        with_nan = functools.partial(reduce_window_max_with_nan, w=w)
         rows += [
             Trick(
                 "window slices",
@@ -568,8 +402,8 @@ def pool_tricks() -> list[Trick]:
                 "fwd",
                 POOLS,
                 max_pool,
-                reduce_window,
-                "lax.reduce_window max",
+                with_nan,
+                "reduce_window max + NaN pass",
                 check="exact",
             ),
             Trick(
@@ -582,33 +416,7 @@ def pool_tricks() -> list[Trick]:
                 reduce_window,
                 "vjp(reduce_window max)",
             ),
-            Trick(
-                "arithmetic window softmax",
-                "_pool._window_softmax",
-                f"soft_pool {w.label} t=1",
-                "fwd+bwd",
-                POOLS,
-                soft_pool,
-                direct,
-                "reduce_window sums of exp",
-                tolerance=POOL_TOLERANCE,
-            ),
         ]
-        if w.strides != w.shape:  # overlapping windows: the longer loop
-            rows.append(
-                patched(
-                    "clamped window logits",
-                    "_pool._window_logits",
-                    f"soft_pool {w.label} t=1",
-                    "fwd+bwd",
-                    POOLS,
-                    soft_pool,
-                    _pool,
-                    "_window_logits",
-                    select_window_logits,
-                    "where(-inf)",
-                )
-            )
     return rows
 
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import ArrayLike
 
-from . import _checks, _numerics, _soft, _straight_through
+from . import _checks, _hard, _numerics, _soft, _straight_through
 
 
 def gumbel_softmax(
@@ -84,8 +84,8 @@ def gumbel_softmax(
     a = _checks.prepare(logits, axis, temperature, where, name="logits", integers=False)
     perturbed = _limit_logits(a) + jax.random.gumbel(key, a.x.shape, a.x.dtype)
     if hard:
-        value = _straight_through.st_hardmax_rule(
-            perturbed, a.temperature, a.where, a.axes, "first"
+        value = _straight_through.st_hardmax_impl(
+            perturbed, a.temperature, a.where, axes=a.axes, ties="first"
         )
     else:
         value = _soft.softmax_impl(perturbed, a.temperature, a.where, axes=a.axes)
@@ -250,7 +250,7 @@ _relaxed_bernoulli_rule.defvjp(_relaxed_bernoulli_fwd, _relaxed_bernoulli_bwd)
 def _bernoulli_from_perturbed(perturbed, temperature):
     del temperature
     perturbed = lax.stop_gradient(perturbed)
-    return jnp.where(jnp.isnan(perturbed), jnp.nan, (perturbed > 0).astype(perturbed.dtype))
+    return jnp.where(jnp.isnan(perturbed), perturbed, (perturbed > 0).astype(perturbed.dtype))
 
 
 def _limit_logits(a: _checks.Prepared) -> jax.Array:
@@ -270,16 +270,16 @@ def _gumbel_rao_rule(logits, temperature, where, noise, backward_key, axes, num_
 
 def _gumbel_rao_fwd(logits, temperature, where, noise, backward_key, axes, num_samples):
     del num_samples
-    sample, (e, scale, _) = _straight_through.st_hardmax_fwd(
-        logits + noise, temperature, where, axes, "first"
-    )
-    return sample, (logits, sample, e, scale, temperature, backward_key, where)
+    perturbed = logits + noise
+    sample = _hard.hardmax_impl(perturbed, None, where, axes=axes, ties="first")
+    p = _soft.softmax_value(perturbed, temperature, where, axes)
+    return sample, (logits, sample, p, temperature, backward_key, where)
 
 
 def _gumbel_rao_bwd(axes, num_samples, residuals, cotangent):
-    logits, sample, e, scale, temperature, key, where = residuals
-    # The forward noise is the first conditional sample.
-    dx, dt = _soft.softmax_vjp(e, scale, temperature, cotangent, axes)
+    logits, sample, p, temperature, key, where = residuals
+    # The forward noise is the first conditional sample (as in st_hardmax's backward pass).
+    dx, dt = _soft.softmax_vjp(p, 1, temperature, cotangent, axes)
     logits = _numerics.fill_masked(logits, where)
     probs = lax.stop_gradient(
         _soft.softmax_impl(logits, jnp.ones_like(temperature), None, axes=axes)
@@ -307,7 +307,8 @@ _gumbel_rao_rule.defvjp(_gumbel_rao_fwd, _gumbel_rao_bwd)
 def _exponentials(key, shape, dtype):
     """Exp(1) draws. In float32, from 24-bit uniforms made four from every three 32-bit words:
     the random bits are most of Gumbel-Rao's cost, and ``jax.random.exponential`` spends a
-    32-bit word on each 23-bit uniform."""
+    32-bit word on each 23-bit uniform (``benchmarks/tricks.py``, row "24-bit
+    exponentials")."""
     if dtype != jnp.float32:
         return jax.random.exponential(key, shape, dtype)
     size = math.prod(shape)

@@ -30,8 +30,9 @@ def hardmax(
     as ``t -> 0``).
 
     It reads ``x`` three times (a max, a NaN check, and a min over the positions of the
-    maxima, all fused arithmetic) and writes the result once: several times faster than
-    ``jax.nn.one_hot(jnp.argmax(x), n)`` on CPU, where ``argmax`` does not vectorise.
+    maxima) and writes the result once: faster than ``jax.nn.one_hot(jnp.argmax(x), n)`` on
+    CPU, where ``argmax`` does not vectorise (``benchmarks/tricks.py``, rows "keys +
+    is-the-max + poison").
 
     Args:
       x: the scores, any real dtype; integers and booleans are promoted to the default float.
@@ -67,13 +68,9 @@ def hardmax(
     return hardmax_impl(a.x, None, a.where, axes=a.axes, ties=ties).astype(a.dtype)
 
 
-def hardmax_impl(x, temperature, where, *, axes, ties, poison=None):
+def hardmax_impl(x, temperature, where, *, axes, ties):
     """hardmax on prepared arguments; ``temperature`` is accepted and ignored, so that the
-    hard and soft rules share one signature for :func:`jaxrelax.straight_through`.
-
-    ``poison`` is a per-slice array that is 0, or NaN for slices holding NaN; a caller that
-    already has one (a softmax's normaliser) saves the pass that ``nan_poison`` costs.
-    """
+    hard and soft computations share one signature for :func:`jaxrelax.straight_through`."""
     del temperature
     x = lax.stop_gradient(x)
     below = _numerics.below_max(x, where, axes)
@@ -81,13 +78,8 @@ def hardmax_impl(x, temperature, where, *, axes, ties, poison=None):
         at_max = 1 - below  # NaN at NaN entries, so the sum poisons the slice
         return at_max / jnp.maximum(jnp.sum(at_max, axes, keepdims=True), 1)
     positions, first = first_max_position(below, axes)
-    poison = (
-        _numerics.nan_poison(_numerics.fill_masked(x, where), axes) if poison is None else poison
-    )
-    if jnp.issubdtype(positions.dtype, jnp.integer):
-        return (positions == first).astype(x.dtype) + poison
-    # positions and first are whole numbers, so this is exactly 1 at first and 0 elsewhere.
-    return 1 - jnp.minimum(jnp.abs(positions - first), 1) + poison
+    poison = _numerics.nan_poison(_numerics.fill_masked(x, where), axes)
+    return (positions == first).astype(x.dtype) + poison
 
 
 def argmax_impl(x, temperature, where, *, axes):
@@ -110,21 +102,12 @@ def max_impl(x, temperature, where, *, axes):
 def first_max_position(below, axes):
     """(positions, first): each element's row-major position in its slice, and the position
     of the slice's first maximum (the slice size if it has none), from ``below``, 1 below the
-    maximum and 0 at it. NaN may be dropped: add a ``nan_poison`` to what is built from them.
-
-    Positions are floats while ``2 * size`` is exactly representable, so the search is one
-    fused arithmetic min-reduce; past that (more than 2**23 elements in float32) it falls back
-    to int32 positions and a select.
+    maximum and 0 at it, both int32. NaN may be dropped: add a ``nan_poison`` to what is
+    built from them.
     """
     size = _numerics.slice_size(below.shape, axes)
-    if 2 * size <= 2 ** (jnp.finfo(below.dtype).nmant + 1):
-        positions = _numerics.slice_positions(below.shape, axes, below.dtype)
-        keys = positions + size * below
-        identity = jnp.inf
-    else:
-        positions = _numerics.slice_positions(below.shape, axes, jnp.int32)
-        keys = jnp.where(below == 0, positions, size)
-        identity = jnp.iinfo(jnp.int32).max
-    # Seeded with min's identity (see slice_max); keys >= size mean "no maximum".
-    first = jnp.min(keys, axes, keepdims=True, initial=identity)
-    return positions, jnp.minimum(first, size).astype(keys.dtype)
+    positions = _numerics.slice_positions(below.shape, axes, jnp.int32)
+    keys = jnp.where(below == 0, positions, size)  # size: no maximum
+    # Seeded with min's identity (see slice_max).
+    first = jnp.min(keys, axes, keepdims=True, initial=jnp.iinfo(jnp.int32).max)
+    return positions, jnp.minimum(first, size)

@@ -17,13 +17,13 @@ _THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 
 
 def uniform(key: jax.Array, shape: tuple[int, ...], dtype, minval=0.0, maxval=1.0) -> jax.Array:
-    """``jax.random.uniform(key, shape, dtype, minval, maxval)``, bit for bit, and several
-    times faster on CPU for float32 and threefry keys.
+    """``jax.random.uniform(key, shape, dtype, minval, maxval)``, bit for bit.
 
     XLA's CPU backend runs JAX's threefry hash as a loop over its five groups of rounds,
     writing the whole state to memory after each; here the rounds are unrolled into
-    elementwise arithmetic that fuses with what consumes the numbers. Other dtypes, key
-    implementations and the non-partitionable threefry mode go to ``jax.random``.
+    elementwise arithmetic that fuses with what consumes the numbers (``benchmarks/tricks.py``,
+    rows "unrolled threefry"). Other dtypes, key implementations and the non-partitionable
+    threefry mode go to ``jax.random``.
     """
     dtype = jnp.dtype(dtype)
     size = int(np.prod(shape, dtype=np.int64))

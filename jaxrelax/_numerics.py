@@ -3,15 +3,11 @@
 These helpers are the only places that know how masked entries, infinities and NaN are
 handled; every relaxation builds on them.
 
-A note on the arithmetic. On XLA's CPU backend, fused elementwise kernels accept only
-arithmetic (add, multiply, min, max, exp, ceil, ...), not compares or selects: one select
-in a hot loop splits a fusion and costs a full extra pass over memory. The helpers
-therefore express "is this the maximum" and "first maximum" with ``min``/``ceil``
-arithmetic, which is exact (see :func:`below_max`), and reserve ``jnp.where`` for
-masks and slice-sized arrays. A second rule: a full-size intermediate that two fusions
-share, even a broadcast of a slice maximum or of a constant, is written to memory and read
-back; the soft and hard halves of ``st_hardmax`` therefore share no elementwise expression,
-and full-size clamps against 0 take a zero computed per slice (:func:`slice_zero`).
+The code is plain jnp except for two forms that ``benchmarks/tricks.py`` shows paying on
+XLA's CPU backend (a select in a fused kernel costs a pass over memory there): the shift by
+the maximum computed from halved scores (:func:`shift_by_max`, rows "halving shift") and
+the test for the maximum by ``ceil`` arithmetic (:func:`below_max`, row "arithmetic
+is-the-max").
 """
 
 from __future__ import annotations
@@ -52,17 +48,6 @@ def slice_max(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
 def safe_log(p: jax.Array) -> jax.Array:
     """log p with log 0 replaced by a finite value (always multiplied by p = 0)."""
     return jnp.log(jnp.maximum(p, jnp.finfo(p.dtype).tiny))
-
-
-def slice_zero(per_slice: jax.Array) -> jax.Array:
-    """0 of ``per_slice``'s shape (NaN where it is NaN), computed from it.
-
-    XLA's CPU backend folds ``jnp.maximum(a, 0)`` into a full-size broadcast of the constant,
-    and when that lands in a fused arithmetic kernel the broadcast is written to memory as a
-    full array first (see the module note); a zero computed per slice is broadcast inside the
-    kernel instead. ``min(|v|, 0)`` is 0 for every non-NaN ``v``, infinities included.
-    """
-    return jnp.minimum(jnp.abs(lax.stop_gradient(per_slice)), 0)
 
 
 def shift_by_max(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...], scale=None):
@@ -106,10 +91,10 @@ def halves_factor(scale, dtype) -> jax.Array:
     """``2 * scale``, the factor that turns halved differences into scaled ones, clipped so
     that a huge temperature gives the uniform limit, never 0 * -inf at a masked entry, and a
     tiny one the hard limit, never inf * 0 at the maximum; a (traced) negative scale gives
-    NaN."""
+    NaN (from ``sqrt``, so that no NaN constant is made for a valid one)."""
     finfo = jnp.finfo(dtype)
-    factor = jnp.where(scale >= 0, jnp.clip(2 * scale, finfo.tiny, finfo.max), jnp.nan)
-    return factor.astype(dtype)
+    negative_poison = 0 * jnp.sqrt(jnp.minimum(lax.stop_gradient(scale), 1))
+    return (jnp.clip(2 * scale, finfo.tiny, finfo.max) + negative_poison).astype(dtype)
 
 
 def capped_half(x: jax.Array) -> jax.Array:
@@ -163,9 +148,8 @@ def below_max(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...]) -> j
     """
     x = fill_masked(lax.stop_gradient(x), where)
     top = _scaled_top(x, axes, 0.25)
-    zero = slice_zero(top)  # per slice: XLA would write full-size broadcasts of constants
-    quarters = jnp.minimum(x * 0.25, zero + jnp.finfo(x.dtype).max)
-    return jnp.minimum(jnp.ceil(top - quarters), zero + 1)
+    quarters = jnp.minimum(x * 0.25, jnp.finfo(x.dtype).max)
+    return jnp.minimum(jnp.ceil(top - quarters), 1)
 
 
 def nan_poison(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
@@ -173,7 +157,8 @@ def nan_poison(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
 
     Adding it to the result of a min- or max-reduction makes NaN propagate: sums propagate NaN
     on every backend, while XLA's CPU min/max reductions drop it on long slices. (``sign``
-    keeps this a separate, arithmetic-only pass that shares nothing XLA would materialise.)
+    keeps infinities from summing to NaN; unlike ``where(isnan(x).any(), nan, 0)`` it makes no
+    NaN constant, so ``jax.debug_nans`` stays quiet on valid input.)
     """
     return 0 * jnp.sum(jnp.sign(x), axes, keepdims=True)
 

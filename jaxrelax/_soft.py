@@ -234,7 +234,7 @@ def _coordinates(n: int, normalized: bool, dtype) -> jax.Array:
 # --- the rules, on prepared arguments (compute dtype, canonical axes, checked mask) ---
 
 
-def softmax_parts(x, temperature, where, axes):
+def _softmax_parts(x, temperature, where, axes):
     """(m, e, total): the slice maximum (from ``slice_max``), the shifted exponentials
     ``exp((x - m) / t)`` (0 where masked) and their sum; softmax is ``e / total``.
 
@@ -260,7 +260,7 @@ def inverse_total(total):
 
 
 def softmax_value(x, temperature, where, axes):
-    _, e, total = softmax_parts(x, temperature, where, axes)
+    _, e, total = _softmax_parts(x, temperature, where, axes)
     return e / _normaliser(total)
 
 
@@ -305,7 +305,7 @@ def _smooth_max_rule(x, temperature, where, axes, method):
 
 
 def _smooth_max_fwd(x, temperature, where, axes, method):
-    m, e, total = softmax_parts(x, temperature, where, axes)
+    m, e, total = _softmax_parts(x, temperature, where, axes)
     p = e / _normaliser(total)
     if method == "logsumexp":
         # m is finite or +inf, and log(total) is -inf exactly when the slice is empty.

@@ -347,25 +347,25 @@ def _power(q, exponent):
 _BRACKETS = {"sparsemax": (-1.0, 0.0), "entmax15": (-1.0, 0.0), "general": (0.0, 1.0)}
 
 
-def _general_mass(d, beta, zero):
-    inside = d > zero - 1  # with a finite derivative outside (double where)
-    return jnp.where(inside, jnp.exp(beta * jnp.log1p(jnp.where(inside, d, zero))), zero)
+def _general_mass(d, beta):
+    inside = ~(d <= -1)  # NaN stays; a finite derivative outside (double where)
+    return jnp.where(inside, jnp.exp(beta * jnp.log1p(jnp.where(inside, d, 0))), 0)
 
 
-def _general_mass_beta_slope(d, beta, zero):
+def _general_mass_beta_slope(d, beta):
     """d mass / d beta: the mass times the log of its base."""
-    return _general_mass(d, beta, zero) * jnp.log1p(jnp.maximum(d, jnp.finfo(d.dtype).eps - 1))
+    return _general_mass(d, beta) * jnp.log1p(jnp.maximum(d, jnp.finfo(d.dtype).eps - 1))
 
 
-def _squared_hinge(d, beta, zero):
+def _squared_hinge(d, beta):
     del beta
-    r = jnp.maximum(d, zero)
+    r = jnp.maximum(d, 0)
     return r * r
 
 
 _MASSES = {
     "sparsemax": _threshold.Mass(
-        lambda d, beta, zero: jnp.maximum(d, zero),
+        lambda d, beta: jnp.maximum(d, 0),
         lambda d, beta: jnp.minimum(jnp.ceil(jnp.maximum(d, 0)), 1),
     ),
     "entmax15": _threshold.Mass(_squared_hinge, lambda d, beta: 2 * jnp.maximum(d, 0)),
@@ -398,7 +398,7 @@ def _entmax_value(x, temperature, alpha, where, axes, kind):
     scale = jnp.broadcast_to((alpha - 1) / temperature, slices).astype(x.dtype)
     _, v = _numerics.shift_by_max(x, where, axes, scale)
     tau = _threshold_of(v, beta, kind, axes)
-    mass = _MASSES[kind].value(v - tau, beta, _numerics.slice_zero(tau))
+    mass = _MASSES[kind].value(v - tau, beta)
     if kind != "general":
         return mass
     # For alpha > 2 (beta < 1) an entry at the support's edge magnifies the threshold's

@@ -152,7 +152,7 @@ def st_hardmax(
     backward = _checks.check_choice(backward, "backward", BACKWARDS)
     a = _checks.prepare(x, axis, temperature, where)
     if backward == "softmax":
-        value = st_hardmax_rule(a.x, a.temperature, a.where, a.axes, ties)
+        value = st_hardmax_impl(a.x, a.temperature, a.where, axes=a.axes, ties=ties)
     else:
         hard = functools.partial(_hard.hardmax_impl, axes=a.axes, ties=ties)
         value = straight_through_rule(hard, masked_identity_rule, a.x, a.temperature, a.where)
@@ -258,32 +258,11 @@ def st_max(
     return (value if keepdims else jnp.squeeze(value, a.axes)).astype(a.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def st_hardmax_rule(x, temperature, where, axes, ties):
-    """``straight_through(hardmax_impl, softmax_impl)`` with the two forward passes fused.
-
-    The softmax's normaliser doubles as the hardmax's NaN check, and the backward pass keeps
-    the unnormalised exponentials and a per-slice scale. The hard part takes its own max of
-    the finite values: on XLA's CPU backend that costs one more read of ``x``, while sharing
-    the softmax's max made XLA store a full-size broadcast of it.
-    """
-    del temperature  # undifferentiated, it is hardmax itself
-    return _hard.hardmax_impl(x, None, where, axes=axes, ties=ties)
-
-
-def st_hardmax_fwd(x, temperature, where, axes, ties):
-    _, e, total = _soft.softmax_parts(x, temperature, where, axes)
-    hard = _hard.hardmax_impl(x, None, where, axes=axes, ties=ties, poison=0 * total)
-    return hard, (e, _soft.inverse_total(total), temperature)
-
-
-def _st_hardmax_bwd(axes, ties, residuals, cotangent):
-    del ties
-    e, scale, temperature = residuals
-    return (*_soft.softmax_vjp(e, scale, temperature, cotangent, axes), None)
-
-
-st_hardmax_rule.defvjp(st_hardmax_fwd, _st_hardmax_bwd)
+def st_hardmax_impl(x, temperature, where, *, axes, ties):
+    """st_hardmax with the softmax backward pass, on checked arguments."""
+    hard = functools.partial(_hard.hardmax_impl, axes=axes, ties=ties)
+    soft = functools.partial(_soft.softmax_impl, axes=axes)
+    return straight_through_rule(hard, soft, x, temperature, where)
 
 
 @jax.custom_vjp

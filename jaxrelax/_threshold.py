@@ -29,18 +29,15 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from . import _numerics
-
 MAX_STEPS = 200
 
 
 class Mass(NamedTuple):
     """A relaxation's mass as a function of ``d = v - tau``.
 
-    ``value(d, param, zero)`` is the mass (``zero`` is 0 per slice, see
-    :func:`jaxrelax._numerics.slice_zero`); ``slope(d, param)`` its derivative in ``d``;
-    ``param_slope(d, param, zero)``, if the mass has a parameter with a gradient, its
-    derivative in that parameter.
+    ``value(d, param)`` is the mass (NaN where ``d`` is NaN); ``slope(d, param)`` its
+    derivative in ``d``; ``param_slope(d, param)``, if the mass has a parameter with a
+    gradient, its derivative in that parameter.
     """
 
     value: Callable
@@ -69,10 +66,9 @@ def _solve(v, param, capacity, lo, hi, max_slope, mass, axes):
     two ulps or leaves two ulps of mass (relative to the capacity)."""
     eps = jnp.finfo(v.dtype).eps
     tolerance = 2 * eps * jnp.maximum(capacity, 1)
-    zero = _numerics.slice_zero(lo)
 
     def excess(tau):
-        return jnp.sum(mass.value(v - tau, param, zero), axes, keepdims=True) - capacity
+        return jnp.sum(mass.value(v - tau, param), axes, keepdims=True) - capacity
 
     def step(state):
         count, previous, excess_previous, tau, lo, hi, _ = state
@@ -93,13 +89,13 @@ def _solve(v, param, capacity, lo, hi, max_slope, mass, axes):
             | (excess_tau == -capacity)  # nothing in the slice: stays all zeros
         )
         new_tau = jnp.where(done, tau, new_tau)
-        new_tau = jnp.where(jnp.isnan(excess_tau), jnp.nan, new_tau)  # NaN poisons its slice
+        new_tau = jnp.where(jnp.isnan(excess_tau), excess_tau, new_tau)  # NaN poisons its slice
         return count + 1, tau, excess_tau, new_tau, lo, hi, jnp.all(done)
 
     def keep_going(state):
         return (state[0] < MAX_STEPS) & ~state[6]
 
-    init = (0, lo, zero + capacity, lo, lo, hi, False)
+    init = (0, lo, jnp.zeros_like(lo) + capacity, lo, lo, hi, False)
     return lax.while_loop(keep_going, step, init)[3]
 
 
@@ -126,7 +122,7 @@ def _solve_jvp(mass, axes, primals, tangents):
     slope = mass.slope(d, param)
     change = jnp.sum(slope * d_v, axes, keepdims=True) - d_capacity
     if mass.param_slope is not None:
-        weight = mass.param_slope(d, param, _numerics.slice_zero(tau))
+        weight = mass.param_slope(d, param)
         change = change + jnp.sum(weight, axes, keepdims=True) * d_param
     total = jnp.sum(slope, axes, keepdims=True)
     return tau, change / jnp.maximum(total, jnp.finfo(v.dtype).tiny)

@@ -8,8 +8,8 @@ Euclidean projection onto the capped simplex). ``tau`` comes from the shared sol
 The exact mask needs the k-th largest score of each slice. Rather than sorting, it is found
 bit by bit on the scores' bit patterns, mapped to integers in the same order: from the most
 significant bit down, a bit is kept when at least k scores lie at or above the threshold so
-far (one counting pass per bit, a radix select). Short rows and small k go to XLA's ``TopK``
-instead, which is faster there.
+far (one counting pass per bit, a radix select). Small k goes to XLA's ``TopK`` instead,
+which is faster there (``SMALL_K``).
 
 References: Amos, Koltun & Kolter, The Limited Multi-Label Projection Layer, 2019,
 https://arxiv.org/abs/1906.08707; Sander, Puigcerver, Djolonga, Peyre & Blondel, Fast,
@@ -457,15 +457,13 @@ def topk_mask_impl(x, temperature, where, *, axes, k, ties):
     return jnp.where(needed > 0, mask, 0) + _numerics.nan_poison(x, axes)
 
 
-SMALL_K = 64  # below this, XLA's TopK finds the k-th largest score faster than counting
+# Up to this k, XLA's TopK finds the k-th largest score faster than counting does
+# (benchmarks/tricks.py, rows "counting above SMALL_K").
+SMALL_K = 64
 
 
 def _count(mask, axes):
-    """The number of True entries per slice, as int32. Summed in float32 where that is exact
-    (slices under 2**24 entries): XLA's CPU backend vectorises float reductions, not integer
-    ones (about three times faster)."""
-    if _numerics.slice_size(mask.shape, axes) < 2**24:
-        return jnp.sum(mask.astype(jnp.float32), axes, keepdims=True).astype(jnp.int32)
+    """The number of True entries per slice, as int32."""
     return jnp.sum(mask, axes, keepdims=True, dtype=jnp.int32)
 
 
@@ -481,10 +479,9 @@ def _scatter_top_k(x, needed, axes, k):
 def _bracket_by_top_k(x, needed, axes, k):
     """(above, band, count above, count in band): the entries above the ``needed``-th
     largest score and those equal to it, from ``lax.top_k`` along the reduced axes moved
-    last. (Its values pass an optimisation barrier: comparing the scores with them otherwise
-    makes XLA sort the whole slice.)"""
+    last."""
     rows, _ = _numerics.rows_last(x, axes)
-    largest = lax.optimization_barrier(lax.top_k(rows, k)[0])
+    largest = lax.top_k(rows, k)[0]
     kth = jnp.take_along_axis(
         largest, jnp.maximum(needed.reshape(rows.shape[:-1] + (1,)), 1) - 1, -1
     )
@@ -623,8 +620,7 @@ def _first_of(band, needed, in_band, axes):
 # limit (0 or 1), so no temperature needs a special case.
 
 
-def _sigmoid(d, scale, zero):
-    del zero
+def _sigmoid(d, scale):
     return jax.nn.sigmoid(d * scale)
 
 
@@ -633,14 +629,13 @@ def _sigmoid_slope(d, scale):
     return p * (1 - p) * scale
 
 
-def _sigmoid_scale_slope(d, scale, zero):
-    del zero
+def _sigmoid_scale_slope(d, scale):
     p = jax.nn.sigmoid(d * scale)
     return jnp.where(jnp.isfinite(d), p * (1 - p) * d, 0)
 
 
-def _clip(d, scale, zero):
-    return jnp.minimum(jnp.maximum(d * scale, zero), zero + 1)
+def _clip(d, scale):
+    return jnp.clip(d * scale, 0, 1)
 
 
 def _clip_slope(d, scale):
@@ -648,8 +643,7 @@ def _clip_slope(d, scale):
     return jnp.where((u > 0) & (u < 1), scale, 0)
 
 
-def _clip_scale_slope(d, scale, zero):
-    del zero
+def _clip_scale_slope(d, scale):
     u = d * scale
     return jnp.where((u > 0) & (u < 1), d, 0)
 
@@ -728,7 +722,7 @@ def _relaxed_value(x, k, temperature, where, axes, kind):
     # derivatives in the temperature (second order) stay finite there.
     d = v - tau
     finite = jnp.isfinite(d)
-    p = mass.value(jnp.where(finite, d, 0), scale, _numerics.slice_zero(tau))
+    p = mass.value(jnp.where(finite, d, 0), scale)
     p = jnp.where(finite, p, (d > 0).astype(p.dtype))
     p = _settle(p, v, total, axes, kind)
     p = jnp.where(everything, competing.astype(x.dtype), p)

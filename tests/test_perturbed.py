@@ -492,7 +492,7 @@ def test_perturbed_takes_pytrees_and_arguments(rng):
     out = smoothed(KEY, x, threshold)
     assert out["chosen"].dtype == jnp.float32 and out["count"].dtype == jnp.float32
     np.testing.assert_allclose(out["count"], out["chosen"].sum(), rtol=1e-6)
-    z = _noise(KEY, 64, x.shape, "normal")
+    z = _samples(KEY, 64, x.shape, "normal")
     np.testing.assert_allclose(out["chosen"], np.mean(x + 0.5 * z > 0.1, 0), rtol=1e-6)
     grad_x, grad_threshold = jax.grad(lambda x, t: smoothed(KEY, x, t)["count"], argnums=(0, 1))(
         x, threshold
