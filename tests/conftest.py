@@ -2,8 +2,8 @@ import os
 
 # The tests run small arrays through many programs, so compiling dominates their time: XLA's
 # backend optimisations are switched off for them (the fuzz suites already compile so), which
-# roughly halves it. test_scripts.py runs the notebooks with the default flags, and the
-# benchmarks that measure speed are run by hand, not here. Set before jax starts.
+# roughly halves it; the notebooks and benchmark scripts that test_scripts.py runs inherit
+# it (the benchmarks that measure speed are run by hand, not here). Set before jax starts.
 NO_BACKEND_OPTIMISATION = "--xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {NO_BACKEND_OPTIMISATION}".strip()
 
@@ -36,6 +36,23 @@ settings.load_profile("ci")
 
 # A script run by hand (it needs PyTorch), not a module to import for doctests.
 collect_ignore = ["make_pool_oracles.py"]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Schedules the suite for pytest-xdist's ``--dist loadgroup`` (pyproject.toml).
+
+    The fuzz suites compile one program per configuration (shapes, axes, dtype, mask), shared
+    by all the tests of that configuration in a process: each configuration's tests form one
+    group, run by one worker, so that no two workers compile the same program. The slow tests
+    (subprocesses, documentation, training) go first, so that none of them starts last.
+    """
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if item.module.__name__.startswith("test_fuzz") and callspec is not None:
+            config_id = str(callspec.params.get("config", callspec.id))
+            item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}:{config_id}"))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture

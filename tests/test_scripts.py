@@ -8,7 +8,6 @@ from pathlib import Path
 
 import jupytext
 import pytest
-from conftest import NO_BACKEND_OPTIMISATION
 
 ROOT = Path(__file__).resolve().parents[1]
 # The numbered notebooks; notebooks/real_data.py is their data loader (tests/test_real_data.py).
@@ -16,10 +15,9 @@ NOTEBOOKS = sorted(path.name for path in (ROOT / "notebooks").glob("[0-9]*.py"))
 
 
 def _run(*args, env=None):
+    # The environment of the tests: XLA's backend optimisations are off (conftest.py), which
+    # takes a third less time at these sizes, the notebooks' training included.
     environment = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
-    if args[0].startswith("notebooks/"):  # they train: optimised code (see conftest.py)
-        flags = environment.get("XLA_FLAGS", "").replace(NO_BACKEND_OPTIMISATION, "")
-        environment["XLA_FLAGS"] = flags.strip()
     result = subprocess.run(
         [sys.executable, *args],
         capture_output=True,
@@ -284,3 +282,24 @@ def test_perturbed_benchmark_checks_optax_and_prints_its_tables():
             re.M,
         ), (op, mode, out)
     assert re.search(r"^8x64\s+4\s+[\d.]+\s+[\d.]+\s+[\d.]+\s*$", out, re.M), out
+
+
+@pytest.mark.slow
+def test_tricks_benchmark_checks_each_trick_against_its_plain_form():
+    out = _run("benchmarks/tricks.py", "--quick")
+    # Every trick the library keeps has a row (and its comment points there); the script
+    # stops before its table if a plain form disagrees with the trick.
+    for trick, where in [
+        ("halving shift", "_numerics.shift_by_max"),
+        ("arithmetic is-the-max", "_numerics.below_max"),
+        ("keys + is-the-max + poison", "_hard.hardmax_impl"),
+        ("counting above SMALL_K", "_topk.topk_mask_impl"),
+        ("window slices", "_pool._window_max"),
+        ("slices + spreads", "_pool._max_pool_bwd"),
+        ("unrolled threefry", "_noise.uniform"),
+        ("24-bit exponentials", "_gumbel._exponentials"),
+        ("sum by tensordot", "_perturbation.sum_leading"),
+    ]:
+        row = rf"^\d+\s+{re.escape(trick)}\s+{re.escape(where)}\s.*\s[\d.]+x\s+(keep|plain)\s*$"
+        assert re.search(row, out, re.M), (trick, out)
+    assert re.search(r"^verdicts \(keep: tuned at least 1\.10x faster than plain\):$", out, re.M)
