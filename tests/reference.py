@@ -40,25 +40,43 @@ def _axes(ndim, axis):
     return tuple(sorted(a % ndim for a in np.atleast_1d(axis)))
 
 
-def _rows(x, axes, where):
-    """Moves ``axes`` last and flattens them: (batch_shape, rows of values, rows of masks)."""
-    x = np.asarray(x, np.float64)
-    axes = _axes(x.ndim, axes)
-    mask = np.ones(x.shape, bool) if where is None else np.broadcast_to(where, x.shape)
-    rest = [a for a in range(x.ndim) if a not in axes]
-    order = rest + list(axes)
-    batch = [x.shape[a] for a in rest]
-    n = int(np.prod([x.shape[a] for a in axes]))
-    rows = int(np.prod(batch))
-    flat = np.transpose(x, order).reshape(rows, n)
-    flat_mask = np.transpose(mask, order).reshape(rows, n)
-    return x, axes, order, batch, flat, flat_mask
+class _Rows:
+    """The slices of ``x`` over ``axis`` as rows, and back: the reduced axes moved last and
+    flattened. Every oracle of slices reshapes through this one class.
 
+    ``x`` (float64), ``axes`` (sorted, non-negative), ``batch`` (x's shape without the axes),
+    ``values`` and ``mask`` (x and ``where`` as rows: one row per slice, one column per entry).
+    """
 
-def _unrows(values, x, axes, order, batch):
-    """Inverse of _rows for per-element results."""
-    shape = batch + [x.shape[a] for a in axes]
-    return np.transpose(values.reshape(shape), np.argsort(order))
+    def __init__(self, x, axis, where=None):
+        self.x = np.asarray(x, np.float64)
+        self.axes = _axes(self.x.ndim, axis)
+        rest = [a for a in range(self.x.ndim) if a not in self.axes]
+        self.order = rest + list(self.axes)
+        self.batch = [self.x.shape[a] for a in rest]
+        self.n = int(np.prod([self.x.shape[a] for a in self.axes]))
+        self.values = self.rows(self.x)
+        self.mask = self.rows(True if where is None else where, bool)
+
+    def rows(self, a, dtype=np.float64):
+        """An array of x's shape (or one that broadcasts to it) as rows."""
+        a = np.broadcast_to(np.asarray(a, dtype), self.x.shape)
+        return np.transpose(a, self.order).reshape(int(np.prod(self.batch)), self.n)
+
+    def unrows(self, rows):
+        """Rows, one value per entry, back in x's shape."""
+        shape = self.batch + [self.x.shape[a] for a in self.axes]
+        return np.transpose(np.reshape(rows, shape), np.argsort(self.order))
+
+    def per_row(self, value):
+        """A scalar or per-slice parameter (size 1 along the axes) as one float64 per row."""
+        keep = [1 if a in self.axes else n for a, n in enumerate(self.x.shape)]
+        value = np.broadcast_to(np.asarray(value, np.float64), keep)
+        return np.transpose(value, self.order).reshape(-1)
+
+    def per_slice(self, values):
+        """One value per row back in the shape of a reduction (x's without the axes)."""
+        return np.reshape(values, self.batch)
 
 
 def _row_weights(row, valid, temperature, ties):
@@ -80,25 +98,13 @@ def _row_weights(row, valid, temperature, ties):
     return weights
 
 
-def _per_row(x, axis, where, fn, scalar=False):
-    x, axes, order, batch, flat, flat_mask = _rows(x, axis, where)
-    out = [fn(r, m, i) for i, (r, m) in enumerate(zip(flat, flat_mask, strict=True))]
+def _per_row(rows, fn, scalar=False):
+    """``fn(row, mask, i)`` of every row i of a _Rows: rows of results (one per row if
+    ``scalar``)."""
+    out = [fn(r, m, i) for i, (r, m) in enumerate(zip(rows.values, rows.mask, strict=True))]
     if out:
-        out = np.stack(out)
-    else:  # no slices at all
-        out = np.zeros((0,) if scalar else (0, flat.shape[1]))
-    return x, axes, order, batch, out
-
-
-def _per_slice(value, x, axes, order):
-    """A scalar or per-slice parameter (size 1 along ``axes``) as one float64 per row."""
-    keep = [1 if a in axes else n for a, n in enumerate(x.shape)]
-    value = np.broadcast_to(np.asarray(value, np.float64), keep)
-    return np.transpose(value, order).reshape(-1)
-
-
-def _row_temperature(temperature, x, axes, order):
-    return _per_slice(temperature, x, axes, order)
+        return np.stack(out)
+    return np.zeros((0,) if scalar else (0, rows.n))  # no slices at all
 
 
 def _index_positions(shape, axis):
@@ -115,36 +121,32 @@ def _index_positions(shape, axis):
 def slice_kinds(x, axis=-1, where=None):
     """The kind of each slice, shaped like ``x`` without ``axis``: NAN_SLICE (an unmasked NaN),
     EMPTY (no unmasked entry above -inf, or size 0), POSINF (an unmasked +inf) or FINITE."""
-    x, axes, order, batch, flat, mask = _rows(x, axis, where)
+    rows = _Rows(x, axis, where)
+    flat, mask = rows.values, rows.mask
     nan = (np.isnan(flat) & mask).any(1)
     empty = ~(mask & (flat > -np.inf)).any(1)
     posinf = (np.isposinf(flat) & mask).any(1)
     kinds = np.select([nan, empty, posinf], [NAN_SLICE, EMPTY, POSINF], FINITE)
-    return kinds.reshape(batch)
+    return rows.per_slice(kinds)
 
 
 @_quiet
 def np_softmax(x, axis=-1, temperature=1.0, where=None):
-    x0, axes, order, _, _, _ = _rows(x, axis, where)
-    ts = _row_temperature(temperature, x0, axes, order)
-    x, axes, order, batch, out = _per_row(
-        x, axis, where, lambda r, m, i: _row_weights(r, m, ts[i], None)
-    )
-    return _unrows(out, x, axes, order, batch)
+    rows = _Rows(x, axis, where)
+    ts = rows.per_row(temperature)
+    return rows.unrows(_per_row(rows, lambda r, m, i: _row_weights(r, m, ts[i], None)))
 
 
 @_quiet
 def np_hardmax(x, axis=-1, where=None, ties="first"):
-    x, axes, order, batch, out = _per_row(
-        x, axis, where, lambda r, m, i: _row_weights(r, m, 1.0, ties)
-    )
-    return _unrows(out, x, axes, order, batch)
+    rows = _Rows(x, axis, where)
+    return rows.unrows(_per_row(rows, lambda r, m, i: _row_weights(r, m, 1.0, ties)))
 
 
 @_quiet
 def np_smooth_max(x, axis=-1, temperature=1.0, where=None, method="logsumexp"):
-    x0, axes, order, _, _, _ = _rows(x, axis, where)
-    ts = _row_temperature(temperature, x0, axes, order)
+    rows = _Rows(x, axis, where)
+    ts = rows.per_row(temperature)
 
     def row_value(r, m, i):
         if np.isnan(r[m]).any():
@@ -160,8 +162,7 @@ def np_smooth_max(x, axis=-1, temperature=1.0, where=None, method="logsumexp"):
         p = _row_weights(r, m, ts[i], None)
         return float((p[valid] * r[valid]).sum())
 
-    x, axes, order, batch, out = _per_row(x, axis, where, row_value, scalar=True)
-    return out.reshape(batch)
+    return rows.per_slice(_per_row(rows, row_value, scalar=True))
 
 
 @_quiet
@@ -184,14 +185,13 @@ def np_argmax(x, axis=-1, where=None):
 @_quiet
 def np_max(x, axis=-1, where=None):
     """The exact maximum of the unmasked entries: -inf for an empty slice, NaN for a NaN one."""
-    x, axes, order, batch, out = _per_row(
-        x,
-        axis,
-        where,
+    rows = _Rows(x, axis, where)
+    out = _per_row(
+        rows,
         lambda r, m, i: np.nan if np.isnan(r[m]).any() else np.max(r[m], initial=-np.inf),
         scalar=True,
     )
-    return out.reshape(batch)
+    return rows.per_slice(out)
 
 
 @_quiet
@@ -274,8 +274,8 @@ def jax_spatial_soft_argmax(h, t, normalized=True):
 def _sparse_rows(x, axis, temperature, where, row_fn):
     """Applies ``row_fn(z, i)`` to the unmasked finite scores z = x / t of each slice i
     (float64)."""
-    x0, axes, order, _, _, _ = _rows(x, axis, where)
-    ts = _row_temperature(temperature, x0, axes, order)
+    rows = _Rows(x, axis, where)
+    ts = rows.per_row(temperature)
 
     def one(row, valid, i):
         if np.isnan(row[valid]).any():
@@ -295,8 +295,7 @@ def _sparse_rows(x, axis, temperature, where, row_fn):
         out[near] = row_fn(z[near], i)
         return out
 
-    x, axes, order, batch, out = _per_row(x, axis, where, one)
-    return _unrows(out, x, axes, order, batch)
+    return rows.unrows(_per_row(rows, one))
 
 
 def _np_sparsemax_row(z):
@@ -374,8 +373,7 @@ def np_entmax(x, alpha, axis=-1, temperature=1.0, where=None):
     softmax."""
     if np.ndim(alpha) == 0 and alpha == 1:
         return np_softmax(x, axis, temperature, where)
-    x0, axes, order, _, _, _ = _rows(x, axis, where)
-    alphas = _per_slice(alpha, x0, axes, order)
+    alphas = _Rows(x, axis, where).per_row(alpha)
     return _sparse_rows(
         x, axis, temperature, where, lambda z, i: _np_entmax_bisect_row(z, alphas[i])
     )
@@ -413,18 +411,18 @@ def _expand(per_slice, x, axes):
 def _vjp_rows(x, axis, where, row_fn, outputs=2):
     """Runs ``row_fn(row, valid, i) -> (dx_valid, *per_slice)`` on FINITE rows (``valid``:
     unmasked and above -inf) and returns (dx, *per_slice arrays)."""
-    x, axes, order, batch, flat, mask = _rows(x, axis, where)
-    kinds = slice_kinds(x, axes, where).reshape(-1)
-    dx = np.zeros(flat.shape)
-    extra = np.zeros((outputs - 1, flat.shape[0]))
-    for i, (row, m) in enumerate(zip(flat, mask, strict=True)):
+    rows = _Rows(x, axis, where)
+    kinds = slice_kinds(x, axis, where).reshape(-1)
+    dx = np.zeros(rows.values.shape)
+    extra = np.zeros((outputs - 1, rows.values.shape[0]))
+    for i, (row, m) in enumerate(zip(rows.values, rows.mask, strict=True)):
         if kinds[i] in (NAN_SLICE, POSINF):
             dx[i], extra[:, i] = np.nan, np.nan
         elif kinds[i] == FINITE:
             valid = m & (row > -np.inf)
             dx[i, valid], *rest = row_fn(row, valid, i)
             extra[:, i] = rest
-    return (_unrows(dx, x, axes, order, batch), *(e.reshape(batch) for e in extra))
+    return (rows.unrows(dx), *(rows.per_slice(e) for e in extra))
 
 
 def _softmax_row_vjp(z, cotangent, t):
@@ -440,8 +438,7 @@ def _family_vjp(x, cotangent_of_p, axis, temperature, where, extra=None):
     """VJP of a functional of p = softmax(x / t), given the cotangent on p (x's shape) as
     a function ``cotangent_of_p(row, valid, i)`` of the row; ``extra(p, row, valid, i)``
     adds direct terms (dx, dt)."""
-    x0, axes, order, _, _, _ = _rows(x, axis, where)
-    ts = _per_slice(temperature, x0, axes, order)
+    ts = _Rows(x, axis, where).per_row(temperature)
 
     def row_fn(row, valid, i):
         z = (row[valid] - row[valid].max()) / ts[i]
@@ -455,13 +452,10 @@ def _family_vjp(x, cotangent_of_p, axis, temperature, where, extra=None):
 
 
 def _flat_cotangent(cotangent, x, axis, where, per_slice):
-    """The cotangent as rows like _rows' (per-slice cotangents broadcast along the slice)."""
-    x = np.asarray(x, np.float64)
-    axes = _axes(x.ndim, axis)
+    """The cotangent as rows (per-slice cotangents broadcast along the slice)."""
+    rows = _Rows(x, axis, where)
     g = np.asarray(cotangent, np.float64)
-    if per_slice:
-        g = _expand(g, x, axes)
-    return _rows(g, axes, None)[4]
+    return rows.rows(_expand(g, rows.x, rows.axes) if per_slice else g)
 
 
 @_quiet
@@ -476,7 +470,7 @@ def np_soft_argmax_vjp(x, cotangent, axis=-1, temperature=1.0, where=None):
     """(dx, dt) of the expected index (flat with ``axis=None``), also st_argmax's."""
     x = np.asarray(x, np.float64)
     positions, _ = _index_positions(x.shape, axis)
-    positions = _rows(np.broadcast_to(positions, x.shape), axis, None)[4]
+    positions = _Rows(x, axis).rows(positions)
     g = _flat_cotangent(cotangent, x, axis, where, True)
     return _family_vjp(
         x, lambda row, valid, i: g[i, valid] * positions[i, valid], axis, temperature, where
@@ -486,8 +480,7 @@ def np_soft_argmax_vjp(x, cotangent, axis=-1, temperature=1.0, where=None):
 @_quiet
 def np_smooth_max_vjp(x, cotangent, axis=-1, temperature=1.0, where=None, method="logsumexp"):
     """(dx, dt) of smooth_max (also st_max's backward pass)."""
-    x0, axes, order, _, _, _ = _rows(x, axis, where)
-    ts = _per_slice(temperature, x0, axes, order)
+    ts = _Rows(x, axis, where).per_row(temperature)
     g = _flat_cotangent(cotangent, x, axis, where, True)
     if method == "logsumexp":
         # d/dx = p, d/dt = the entropy of p.
@@ -516,7 +509,7 @@ def np_spatial_soft_argmax_vjp(h, cotangent, temperature=1.0, normalized=True):
     rows, cols = _spatial_coordinates(h.shape, normalized)
     g = np.asarray(cotangent, np.float64)
     weights = g[..., 0, None, None] * rows[:, None] + g[..., 1, None, None] * cols
-    weights = _rows(np.broadcast_to(weights, h.shape), (-2, -1), None)[4]
+    weights = _Rows(h, (-2, -1)).rows(weights)
     return _family_vjp(h, lambda row, valid, i: weights[i, valid], (-2, -1), temperature, None)
 
 
@@ -534,11 +527,10 @@ def np_entmax_vjp(x, cotangent, alpha, axis=-1, temperature=1.0, where=None, p=N
     ``p`` (x's shape) replaces the reference output when given (for alpha > 2, whose
     gradient magnifies the rounding of p at the support's edge without bound).
     """
-    x0, axes, order, _, _, _ = _rows(x, axis, where)
-    ts = _per_slice(temperature, x0, axes, order)
-    alphas = _per_slice(alpha, x0, axes, order)
+    rows = _Rows(x, axis, where)
+    ts, alphas = rows.per_row(temperature), rows.per_row(alpha)
     g = _flat_cotangent(cotangent, x, axis, where, False)
-    given = None if p is None else _rows(p, axes, None)[4]
+    given = None if p is None else rows.rows(p)
 
     def row_fn(row, valid, i):
         t, a, gv = ts[i], alphas[i], g[i, valid]
@@ -606,11 +598,11 @@ def np_fenchel_young_loss_vjp(x, labels, cotangent, alpha, axis=-1, temperature=
 
 
 def _loss_rows(x, labels, alpha, axis, temperature, where, cotangent):
-    x0, axes, order, batch, flat, mask = _rows(x, axis, where)
-    y = _rows(labels, axes, None)[4]
-    ts = _per_slice(temperature, x0, axes, order)
-    alphas = _per_slice(alpha, x0, axes, order)
-    kinds = slice_kinds(x0, axes, where).reshape(-1)
+    rows = _Rows(x, axis, where)
+    flat, mask = rows.values, rows.mask
+    y = rows.rows(labels)
+    ts, alphas = rows.per_row(temperature), rows.per_row(alpha)
+    kinds = slice_kinds(rows.x, rows.axes, where).reshape(-1)
     g = np.zeros(len(ts)) if cotangent is None else np.asarray(cotangent, np.float64).reshape(-1)
     loss = np.zeros(len(ts))
     dx, dlabels = np.zeros(flat.shape), np.zeros(flat.shape)
@@ -644,14 +636,12 @@ def _loss_rows(x, labels, alpha, axis, temperature, where, cotangent):
         with np.errstate(invalid="ignore"):
             d = g[i] * (grad_omega - z)
         dlabels[i, valid] = np.where(np.isfinite(grad_omega), d, np.nan)
-    shape = batch + [x0.shape[a] for a in axes]
-    unflat = lambda v: np.transpose(v.reshape(shape), np.argsort(order))  # noqa: E731
     return (
-        loss.reshape(batch),
-        unflat(dx),
-        unflat(dlabels),
-        dt.reshape(batch),
-        dalpha.reshape(batch),
+        rows.per_slice(loss),
+        rows.unrows(dx),
+        rows.unrows(dlabels),
+        rows.per_slice(dt),
+        rows.per_slice(dalpha),
     )
 
 
@@ -752,8 +742,8 @@ def np_topk_mask(x, k, axis=-1, where=None, ties="first"):
         out[tied] = (capacity - above.sum()) / tied.sum()
         return out
 
-    x, axes, order, batch, out = _per_row(x, axis, where, row_fn)
-    return _unrows(out, x, axes, order, batch)
+    rows = _Rows(x, axis, where)
+    return rows.unrows(_per_row(rows, row_fn))
 
 
 def _bisect_threshold(z, capacity, mass):
@@ -761,11 +751,16 @@ def _bisect_threshold(z, capacity, mass):
     finite = z[np.isfinite(z)]  # z = -inf (an overflowed distance) has no mass
     lo, hi = finite.min() - 60.0, finite.max() + 60.0
     for _ in range(3000):
-        mid = (lo + hi) / 2
+        mid = _midpoint(lo, hi)
         if mid in (lo, hi):
             break
         lo, hi = (mid, hi) if mass(z - mid).sum() >= capacity else (lo, mid)
-    return (lo + hi) / 2
+    return _midpoint(lo, hi)
+
+
+def _midpoint(lo, hi):
+    mid = (lo + hi) / 2
+    return mid if np.isfinite(mid) else lo / 2 + hi / 2  # (lo + hi overflowed: both near max)
 
 
 def _sigmoid(d):
@@ -786,9 +781,8 @@ def np_relaxed_topk(x, k, axis=-1, temperature=1.0, where=None, kind="soft", com
     ``jaxrelax._topk.coarse_shift``); where no threshold in float64 meets the total (an extreme
     temperature), the t -> 0 limit: 1 above the ceil(k)-th largest score, the rest shared by
     the entries equal to it."""
-    x0, axes, order, _, _, _ = _rows(x, axis, where)
-    ts = _row_temperature(temperature, x0, axes, order)
-    ks = _per_slice(k, x0, axes, order)
+    rows = _Rows(x, axis, where)
+    ts, ks = rows.per_row(temperature), rows.per_row(k)
     mass = TOPK_MASSES[kind]
 
     def row_fn(row, valid, i):
@@ -824,8 +818,7 @@ def np_relaxed_topk(x, k, axis=-1, temperature=1.0, where=None, kind="soft", com
         out[finite] = p
         return out
 
-    x, axes, order, batch, out = _per_row(x, axis, where, row_fn)
-    return _unrows(out, x, axes, order, batch)
+    return rows.unrows(_per_row(rows, row_fn))
 
 
 def relaxed_topk_slope(p, kind):
@@ -938,7 +931,9 @@ def np_scatter_to_plane(x_shape, d, indices, updates, combine="add"):
     return out.reshape(x_shape)
 
 
-def _pool_temperature(temperature, ndim):
+def pool_temperature(temperature, ndim):
+    """A pooling temperature (a scalar, or one per batch element and feature) with ``ndim``
+    dimensions, as it broadcasts against the pooled output."""
     t = np.asarray(temperature, np.float64)
     return t.reshape((1,) * (ndim - t.ndim) + t.shape)
 
@@ -949,7 +944,7 @@ def np_smooth_pool(x, window, strides, padding, temperature=1.0, kind="soft"):
     log-sum-exp) of every window, in float64: padding and -inf entries take no part (a
     window of nothing but them gives -inf), +inf entries win (+inf), NaN poisons."""
     patches, _ = np_windows(x, window, strides, padding)
-    t = _pool_temperature(temperature, np.ndim(x))[..., None]
+    t = pool_temperature(temperature, np.ndim(x))[..., None]
     with np.errstate(invalid="ignore"):
         m = np.max(np.where(np.isnan(patches), -np.inf, patches), -1, keepdims=True)
         finite_m = np.where(np.isfinite(m), m, 0.0)
@@ -978,7 +973,7 @@ def np_smooth_pool_vjp(x, cotangent, window, strides, padding, temperature=1.0, 
     x = np.asarray(x, np.float64)
     d = len(window)
     patches, positions = np_windows(x, window, strides, padding)
-    t = _pool_temperature(temperature, x.ndim)[..., None]
+    t = pool_temperature(temperature, x.ndim)[..., None]
     g = np.asarray(cotangent, np.float64)[..., None]
     m = np.max(patches, -1, keepdims=True)
     posinf = m == np.inf

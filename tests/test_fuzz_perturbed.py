@@ -1,8 +1,9 @@
 """Property-based fuzzing of the perturbed optimizers (perturbed_argmax, perturbed_topk,
-perturbed_max, perturbed_fy_loss and perturbed over hardmax) with the configurations and value
-strategy of test_fuzz.py (+-inf, NaN, 1e30, finfo.max, subnormals, exact ties, masks with
-every entry or all but one masked, size-0 and size-1 slices, tuple axes, axis=None), its
-temperatures drawn as sigma (1e-6 to 1e20, and finfo.tiny; a scalar or one per slice).
+perturbed_max, perturbed_fy_loss and perturbed over hardmax: the entries of tests/registry.py
+that name test_perturbed) with the configurations and value strategy of fuzz_helpers.py
+(+-inf, NaN, 1e30, finfo.max, subnormals, exact ties, masks with every entry or all but one
+masked, size-0 and size-1 slices, tuple axes, axis=None), its temperatures drawn as sigma
+(1e-6 to 1e20, and finfo.tiny; a scalar or one per slice).
 
 The values are random, so the oracle is the documented semantics, example by example:
 
@@ -28,13 +29,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import reference as ref
+from fuzz_helpers import COMPILER_OPTIONS, POOL, cases, config_id, fuzzed_names
 from hypothesis import given
 from hypothesis import strategies as st
-from test_fuzz import COMPILER_OPTIONS, POOL, _config_id, cases
 
 import jaxrelax
 
 NUM_SAMPLES = 4
+FUZZED = fuzzed_names("test_fuzz_perturbed.py::test_perturbed")
 PERTURBED_POOL = [
     c for c in POOL if c.dtype in ("float32", "bfloat16", "float16", "float64", "int32")
 ][:10]
@@ -54,17 +56,28 @@ def _program(config, shapes):
             if not jnp.issubdtype(x.dtype, jnp.floating):
                 x = x.astype(jnp.float32)
             k = min(2, int(np.prod([x.shape[a] for a in _axes(config, x.ndim)])))
-            out = {}
-            for name, fn, cotangent in [
-                ("argmax", lambda x: jaxrelax.perturbed_argmax(rng_key, x, axis, **kwargs), g),
-                ("topk", lambda x: jaxrelax.perturbed_topk(rng_key, x, k, axis, **kwargs), g),
-                ("max", lambda x: jaxrelax.perturbed_max(rng_key, x, axis, **kwargs), g_slices),
-                (
+            functions = {  # registry id: (output name, function, cotangent)
+                "perturbed_argmax": (
+                    "argmax",
+                    lambda x: jaxrelax.perturbed_argmax(rng_key, x, axis, **kwargs),
+                    g,
+                ),
+                "perturbed_topk": (
+                    "topk",
+                    lambda x: jaxrelax.perturbed_topk(rng_key, x, k, axis, **kwargs),
+                    g,
+                ),
+                "perturbed_max": (
+                    "max",
+                    lambda x: jaxrelax.perturbed_max(rng_key, x, axis, **kwargs),
+                    g_slices,
+                ),
+                "perturbed_fy_loss": (
                     "loss",
                     lambda x: jaxrelax.perturbed_fy_loss(rng_key, x, labels, axis, **kwargs),
                     g_slices,
                 ),
-                (
+                "perturbed": (
                     "generic",
                     lambda x: jaxrelax.perturbed(
                         lambda y: jaxrelax.hardmax(y, axis, where=where),
@@ -73,7 +86,10 @@ def _program(config, shapes):
                     )(rng_key, x),
                     g,
                 ),
-            ]:
+            }
+            out = {}
+            for id_ in FUZZED:  # (a KeyError: a registry entry this program does not build)
+                name, fn, cotangent = functions[id_]
                 value, vjp = jax.vjp(fn, x)
                 out[name] = value
                 out[f"{name}_dx"] = vjp(cotangent.astype(value.dtype))[0]
@@ -98,7 +114,7 @@ def _compiled(config, args):
     return _PROGRAMS[key]
 
 
-@pytest.mark.parametrize("config", PERTURBED_POOL, ids=_config_id)
+@pytest.mark.parametrize("config", PERTURBED_POOL, ids=config_id)
 @given(data=st.data())
 def test_perturbed(config, data):
     case = data.draw(cases(config, "perturbed"))

@@ -1,6 +1,7 @@
 """Property-based fuzzing of the pooling functions (max_pool, max_unpool, soft_pool, lse_pool,
-st_max_pool) against the float64 window oracles of reference.py, with the value strategy of
-test_fuzz.py (+-inf, NaN, 1e30, finfo.max, subnormals, exact ties) and its temperatures.
+st_max_pool: the entries of tests/registry.py that name test_pooling) against the float64
+window oracles of reference.py, with the value strategy of fuzz_helpers.py (+-inf, NaN, 1e30,
+finfo.max, subnormals, exact ties) and its temperatures.
 
 Each configuration (shape, window, strides, padding, dtype, temperature shape) compiles one
 program computing every function, its VJP and max_unpool of max_pool's indices. The
@@ -28,12 +29,27 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import reference as ref
+from fuzz_helpers import (
+    COMPILER_OPTIONS,
+    DTYPES,
+    GRAD_TOL,
+    TOL,
+    float_elements,
+    fuzzed_names,
+    temperatures,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from test_fuzz import COMPILER_OPTIONS, DTYPES, GRAD_TOL, TOL, _float_elements, _temperatures
 
 import jaxrelax
+
+# The registry entries test_pooling checks (in one program, each with its own oracle).
+POOLING = ["max_pool", "soft_pool", "lse_pool", "st_max_pool", "max_unpool"]
+
+
+def test_pooling_checks_every_entry_the_registry_gives_it():
+    assert fuzzed_names("test_fuzz_pool.py::test_pooling") == POOLING
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +75,7 @@ POOL = [
 ]
 
 
-def _config_id(c):
+def config_id(c):
     shape = "x".join(map(str, c.shape))
     return f"{shape}-w{c.window}-s{c.strides}-{c.padding}-{c.dtype}-{c.temperature}"
 
@@ -81,15 +97,15 @@ def _cases(draw, config):
         x = draw(arrays(np.int64, config.shape, elements=st.integers(-3, 3))).astype(dtype)
     else:
         with np.errstate(over="ignore"):
-            x = draw(arrays(np.float64, config.shape, elements=_float_elements(dtype)))
+            x = draw(arrays(np.float64, config.shape, elements=float_elements(dtype)))
             x = x.astype(dtype)
     compute = DTYPES[config.dtype][1]
     if config.temperature == "scalar":
-        t = np.asarray(draw(_temperatures()), compute)
+        t = np.asarray(draw(temperatures()), compute)
     else:
         t_shape = (*config.shape[: -1 - len(config.window)], *(1,) * len(config.window))
         t_shape = t_shape + config.shape[-1:]
-        t = np.asarray(draw(arrays(np.float64, t_shape, elements=_temperatures())), compute)
+        t = np.asarray(draw(arrays(np.float64, t_shape, elements=temperatures())), compute)
     return x, t, draw(st.integers(0, 2**16))
 
 
@@ -138,12 +154,12 @@ def _compiled(config, args):
     return _PROGRAMS[key]
 
 
-def _flushed(x):
+def flushed(x):
     info = jnp.finfo(x.dtype)
     return np.where(np.abs(x) < 4 * float(info.tiny), 0.0, x)
 
 
-@pytest.mark.parametrize("config", POOL, ids=_config_id)
+@pytest.mark.parametrize("config", POOL, ids=config_id)
 @given(data=st.data())
 def test_pooling(config, data):
     x, t, seed = data.draw(_cases(config))
@@ -172,7 +188,7 @@ def test_pooling(config, data):
     assert out["values"].dtype == out_dtype and out["indices"].dtype == np.int32
     oracles = [ref.np_max_pool(xc, window, strides, padding)]
     if np.issubdtype(compute, np.floating):
-        oracles.append(ref.np_max_pool(_flushed(xc.astype(compute)), window, strides, padding))
+        oracles.append(ref.np_max_pool(flushed(xc.astype(compute)), window, strides, padding))
     # per window, the index of either oracle (tiny scores may tie once flushed), and the
     # value found there (a subnormal may come back flushed)
     indices = out["indices"]
@@ -195,7 +211,7 @@ def test_pooling(config, data):
     nan_window = np.isnan(patches).any(-1)
     # Either oracle is right: of x, or of x with tiny scores flushed to zero (the library
     # halves the scores, and XLA's CPU backend flushes subnormal halves).
-    inputs = [xc] + ([_flushed(xc.astype(compute))] if np.issubdtype(compute, np.floating) else [])
+    inputs = [xc] + ([flushed(xc.astype(compute))] if np.issubdtype(compute, np.floating) else [])
     reach = ref.np_scatter_to_plane(
         x.shape, d, *_every_position(x.shape, d, window, strides, padding, nan_window)
     )
@@ -207,7 +223,7 @@ def test_pooling(config, data):
         np.testing.assert_array_equal(_f64(out[f"{kind}_int"]), _f64(value))
         magnitude_kind = magnitude
         if kind == "lse":  # + t log(window size), at most
-            t_full = np.broadcast_to(ref._pool_temperature(t, xc.ndim), magnitude.shape)
+            t_full = np.broadcast_to(ref.pool_temperature(t, xc.ndim), magnitude.shape)
             magnitude_kind = magnitude + np.abs(t_full) * np.log(patches.shape[-1])
         wants = [ref.np_smooth_pool(xi, window, strides, padding, t, kind) for xi in inputs]
         _close(value, wants, TOL, magnitude_kind, out_dtype, f"{kind}_pool value")

@@ -1,6 +1,7 @@
 """Property-based fuzzing of the top-k family (topk_mask, soft_topk, sparse_topk, st_topk,
-gumbel_topk) against the float64 oracles of reference.py, on the configuration pool and
-value strategies of test_fuzz.py (see its docstring for the semantics checked).
+gumbel_topk: the entries of tests/registry.py that name these tests) against the float64
+oracles of reference.py, on the configuration pool, value strategies and assertions of
+fuzz_helpers.py (see test_fuzz.py's docstring for the semantics checked).
 
 ``k`` is a Python int for the hard, straight-through and sampled functions, fixed per
 configuration (it picks the compiled program: 0, 1, 2, half the slice, the whole slice,
@@ -19,46 +20,42 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import reference as ref
-from hypothesis import given
-from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
-from reference import NAN_SLICE
-from test_fuzz import (
+from fuzz_helpers import (
     COMPILER_OPTIONS,
     GRAD_TOL,
     POOL,
     SAMPLER_POOL,
     SPARSE_TOL,
     TOL,
-    _assert_forward,
-    _assert_subset,
-    _collect,
-    _cotangent,
-    _events,
-    _hard_oracles,
-    _items,
-    _slice_max_abs,
     assert_exact,
+    assert_forward,
     assert_param_grad,
+    assert_subset,
     assert_values,
     assert_x_grad,
     cases,
+    collect,
+    events,
+    fuzzed_names,
+    hard_oracles,
+    params,
+    random_cotangent,
+    slice_max_abs,
 )
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from reference import NAN_SLICE
 
 import jaxrelax
 
-FUNCTIONS = [
-    "topk_mask",
-    "topk_mask_uniform",
-    "soft_topk",
-    "soft_topk_per_slice",
-    "sparse_topk",
-    "sparse_topk_per_slice",
-    "st_topk",
-    "st_topk_sparse",
-    "st_topk_identity",
-]
-SAMPLERS = ["gumbel_topk", "gumbel_topk_hard"]
+FUNCTIONS = fuzzed_names(
+    "test_fuzz_topk.py::test_topk",
+    # k an int, or one per slice
+    soft_topk=["soft_topk", "soft_topk_per_slice"],
+    sparse_topk=["sparse_topk", "sparse_topk_per_slice"],
+)
+SAMPLERS = fuzzed_names("test_fuzz_topk.py::test_gumbel_topk")
 
 
 def _k(config):
@@ -94,7 +91,7 @@ def _program(family, config, is_float):
 
 
 def _run(family, case, builder, *args):
-    _events(case)
+    events(case)
     cache = _program(family, case.config, case.is_float)
     with case.context():
         if "compiled" not in cache:
@@ -138,7 +135,7 @@ def _deterministic(x, t, where, g, k_slices, *, config, is_float, errors):
         "st_topk_sparse": (functools.partial(st, backward="sparse"), (x, t), g),
         "st_topk_identity": (functools.partial(st, backward="identity"), (x, t), g),
     }
-    return _collect(functions, is_float, errors)
+    return collect(functions, is_float, errors)
 
 
 def _results(name, case, builder, *args):
@@ -152,15 +149,17 @@ def _kind(name):
     return "sparse" if "sparse" in name else "soft"
 
 
-def _assert_relaxed(value, want, case, k):
-    """In [0, 1] (NaN slices aside), summing to min(k, entries taking part) per slice."""
+def _assert_relaxed(value, case, k):
+    """In [0, 1] (NaN slices aside), summing to min(k, entries taking part) per slice (exactly,
+    to the rounding of the output: the oracle's own sum can be further off, its threshold
+    found by bisection among scores of 1e6 or more)."""
     value = np.asarray(value, np.float64)
     kinds = case.per_element(case.kinds)
     live = kinds != NAN_SLICE
     assert ((value[live] >= 0) & (value[live] <= 1)).all(), f"outside [0, 1]: {value} {case}"
     if case.size:
         sums = np.sum(np.where(live, value, 0), axis=case.axes)
-        want_sums = np.sum(np.where(live, np.nan_to_num(want), 0), axis=case.axes)
+        want_sums = np.minimum(case.per_slice(k), np.sum(case.valid, axis=case.axes))
         tol = 10 * float(jnp.finfo(case.out).eps) * max(1, case.size)
         ok = (case.kinds == NAN_SLICE) | (np.abs(sums - want_sums) <= tol * np.maximum(1, k))
         assert ok.all(), f"sums {sums}, expected {want_sums} for {case}"
@@ -174,7 +173,7 @@ def _check_relaxed_grads(name, case, p, g, grads, k):
     tol = GRAD_TOL[case.out_name]
     t = case.slice_t()
     t_keep = np.expand_dims(t, case.axes)
-    g_max = _slice_max_abs(case, g)
+    g_max = slice_max_abs(case, g)
     dx, dk, dt = ref.np_relaxed_topk_vjp(p, g, k, case.axes, t_keep, kind)
     dt = dt if np.ndim(dt) else np.full(case.slice_shape, dt)
     s, z = ref.relaxed_topk_slope(p, kind)
@@ -189,12 +188,23 @@ def _check_relaxed_grads(name, case, p, g, grads, k):
         assert_param_grad(grads[2], dk, case, g_max, tol, k, "dk", skip=rounded)
 
 
-@pytest.mark.parametrize("name, config", _items(FUNCTIONS, POOL))
+# Library bugs the suite found (reported; strict xfails, see params).
+TOPK_BUGS = {
+    "topk_mask_uniform-float32-4x5-axis-1-maskfull-tslice": (
+        "topk_mask ties subnormal scores with 0 (XLA's CPU backend flushes them) but not the "
+        "smallest normal, 1.2e-38, unlike hardmax, whose docstring ties scores below 4 tiny "
+        "with 0; topk_mask's docstring says neither: neither oracle (x, or x with scores "
+        "below 4 tiny flushed) matches"
+    ),
+}
+
+
+@pytest.mark.parametrize("name, config", params(FUNCTIONS, POOL, known_failures=TOPK_BUGS))
 @given(data=st.data())
 def test_topk(name, config, data):
     case = data.draw(cases(config, name), label="case")
     k_slices = _k_slices(data.draw, case)
-    g = _cotangent(case, case.x.shape)
+    g = random_cotangent(case, case.x.shape)
     value, *rest = _results(
         name, case, _deterministic, case.x, case.t_array, case.where, g, k_slices
     )
@@ -202,24 +212,24 @@ def test_topk(name, config, data):
     hard = name.startswith(("topk_mask", "st_topk"))
     if hard:
         ties = "uniform" if name.endswith("uniform") else "first"
-        oracles = _hard_oracles(case, lambda x: ref.np_topk_mask(x, k, case.axis, case.where, ties))
+        oracles = hard_oracles(case, lambda x: ref.np_topk_mask(x, k, case.axis, case.where, ties))
         assert_exact(value, oracles, case)
     else:
         want = ref.np_relaxed_topk(
             case.xc, k, case.axis, case.t, case.where, _kind(name), case.compute
         )
         assert_values(value, want, case, SPARSE_TOL[case.out_name])
-        _assert_relaxed(value, want, case, k)
+        _assert_relaxed(value, case, k)
     if not case.is_float:
         return
     forward, grads = rest
-    _assert_forward(value, forward, case, hard, TOL[case.out_name])
+    assert_forward(value, forward, case, hard, TOL[case.out_name])
     if name.startswith("topk_mask"):
-        assert_x_grad(grads[0], np.zeros(case.x.shape), case, 0 * _slice_max_abs(case, g), 0)
+        assert_x_grad(grads[0], np.zeros(case.x.shape), case, 0 * slice_max_abs(case, g), 0)
         return
     if name == "st_topk_identity":
         want = np.where(case.valid, g.astype(np.float64), 0)
-        assert_x_grad(grads[0], want, case, 0 * _slice_max_abs(case, g), 0)
+        assert_x_grad(grads[0], want, case, 0 * slice_max_abs(case, g), 0)
         return
     kind = "sparse" if name == "st_topk_sparse" else _kind(name)
     if kind == "sparse":
@@ -250,14 +260,26 @@ def _samplers(key, x, t, where, g, *, config, is_float, errors):
         "gumbel_topk": (functools.partial(sample, hard=False), (x, t), g),
         "gumbel_topk_hard": (functools.partial(sample, hard=True), (x, t), g),
     }
-    return _collect(functions, is_float, errors), jax.random.gumbel(key, x.shape, compute)
+    return collect(functions, is_float, errors), jax.random.gumbel(key, x.shape, compute)
 
 
-@pytest.mark.parametrize("name, config", _items(SAMPLERS, SAMPLER_POOL))
+# Library bugs the suite found (reported; strict xfails, see params).
+SAMPLER_BUGS = {
+    "gumbel_topk-float64-4x5-axis-1-maskfull-tslice": (
+        "gumbel_topk takes fewer than min(k, classes left) classes where finite logits are "
+        "more than finfo.max apart: the logits less the slice's finite maximum overflow to "
+        "-inf (gumbel_topk(key, [-max, -max, max], 2) is [0, 0, 1], hard or not)"
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "name, config", params(SAMPLERS, SAMPLER_POOL, known_failures=SAMPLER_BUGS)
+)
 @given(data=st.data())
 def test_gumbel_topk(name, config, data):
     case = data.draw(cases(config, name), label="case")
-    g = _cotangent(case, case.x.shape)
+    g = random_cotangent(case, case.x.shape)
     with case.context():
         key = jax.random.key(case.seed)
     (results, noise), errors = _run(
@@ -271,11 +293,11 @@ def test_gumbel_topk(name, config, data):
     hard = name.endswith("hard")
     soft = ref.np_relaxed_topk(perturbed, k, case.axis, case.t, case.where, "soft", case.compute)
     if hard:
-        _assert_subset(value, perturbed, case, k)
+        assert_subset(value, perturbed, case, k)
     else:
         assert_values(value, soft, case, SPARSE_TOL[case.out_name])
-        _assert_relaxed(value, soft, case, k)
-    _assert_forward(value, forward, case, hard, TOL[case.out_name])
+        _assert_relaxed(value, case, k)
+    assert_forward(value, forward, case, hard, TOL[case.out_name])
     _check_relaxed_grads("soft", case, soft, g, grads, k)
 
 
