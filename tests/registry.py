@@ -150,11 +150,11 @@ def _key_k(fn):
 
 
 def labels_for(x):
-    """The losses' standard labels: ones of x's shape and float dtype (a scalar for input
-    that is not an array, which the loss rejects first)."""
-    if not isinstance(x, jax.Array | np.ndarray) or not jnp.issubdtype(x.dtype, jnp.floating):
-        return jnp.ones(np.shape(x) if isinstance(x, jax.Array | np.ndarray) else ())
-    return jnp.ones(x.shape, x.dtype)
+    """The losses' standard labels: ones of x's shape, in x's dtype where it is a float array
+    (ones of no shape for input that is not an array, which the loss rejects first)."""
+    if not isinstance(x, jax.Array | np.ndarray):
+        return jnp.ones(())
+    return jnp.ones(x.shape, x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else None)
 
 
 def _loss(fn, *alpha):
