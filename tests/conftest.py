@@ -48,10 +48,11 @@ def pytest_collection_modifyitems(config, items):
     (subprocesses, documentation, training) go first, so that none of them starts last.
     """
     for item in items:
+        module = getattr(item, "module", None)  # doctests have none
         callspec = getattr(item, "callspec", None)
-        if item.module.__name__.startswith("test_fuzz") and callspec is not None:
+        if module is not None and module.__name__.startswith("test_fuzz") and callspec:
             config_id = str(callspec.params.get("config", callspec.id))
-            item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}:{config_id}"))
+            item.add_marker(pytest.mark.xdist_group(f"{module.__name__}:{config_id}"))
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
