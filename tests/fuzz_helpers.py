@@ -123,16 +123,22 @@ def fuzzed_names(test, **expand):
     return [name for id_ in registry.fuzzed_by(test) for name in expand.get(id_, [id_])]
 
 
+FLUSH_DEPENDENT = " (it depends on XLA flushing subnormals: seen in some runs, not all)"
+
+
 def params(names, pool, skip=lambda name, config: False, known_failures=None):
     """One test per function and configuration: every function sees every configuration.
     ``known_failures`` maps test ids to the library bug each exposes: a strict xfail, so
-    that the test fails again once the bug is fixed and the mark is left behind."""
+    that the test fails again once the bug is fixed and the mark is left behind; a reason in
+    ``FLUSH_DEPENDENT`` marks a bug in subnormal flushing, which showed in some runs of the
+    same draws and not in others, so its xfail is not strict."""
     known_failures = dict(known_failures or {})
 
     def param(name, config):
         id_ = f"{name}-{config_id(config)}"
         reason = known_failures.pop(id_, None)
-        marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+        strict = not (reason or "").endswith(FLUSH_DEPENDENT)
+        marks = [pytest.mark.xfail(strict=strict, reason=reason)] if reason else []
         return pytest.param(name, config, id=id_, marks=marks)
 
     out = [param(name, config) for name in names for config in pool if not skip(name, config)]

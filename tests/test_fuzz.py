@@ -52,6 +52,7 @@ import registry
 from fuzz_helpers import (
     COMPILER_OPTIONS,
     ELEMENTWISE_POOL,
+    FLUSH_DEPENDENT,
     GRAD_TOL,
     POOL,
     SAMPLER_POOL,
@@ -308,7 +309,7 @@ REDUCTION_BUGS = {
         "st_max's 'exact maximum' is 0.0 for a subnormal maximum (1.4e-45 among -finfo.max) on "
         "XLA's CPU backend, which flushes subnormals, while a tiny normal maximum (1.2e-38) "
         "in another slice is kept: neither oracle (x, or x with scores below 4 tiny flushed) "
-        "matches; st_max's docstring does not say that subnormals are flushed"
+        "matches; st_max's docstring does not say that subnormals are flushed" + FLUSH_DEPENDENT
     ),
 }
 

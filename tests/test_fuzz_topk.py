@@ -22,6 +22,7 @@ import pytest
 import reference as ref
 from fuzz_helpers import (
     COMPILER_OPTIONS,
+    FLUSH_DEPENDENT,
     GRAD_TOL,
     POOL,
     SAMPLER_POOL,
@@ -194,7 +195,7 @@ TOPK_BUGS = {
         "topk_mask ties subnormal scores with 0 (XLA's CPU backend flushes them) but not the "
         "smallest normal, 1.2e-38, unlike hardmax, whose docstring ties scores below 4 tiny "
         "with 0; topk_mask's docstring says neither: neither oracle (x, or x with scores "
-        "below 4 tiny flushed) matches"
+        "below 4 tiny flushed) matches" + FLUSH_DEPENDENT
     ),
 }
 
