@@ -33,7 +33,7 @@ over its leading axis, and ``perturbed(hardmax, num_samples=100)`` of 64x1024 sc
 ``--quick`` runs every row at the small size of its check, with 3 timed pairs: a smoke test
 (compiling the programs is most of its time), whose ratios mean nothing.
 
-Tricks that measured under 1.10x here and were replaced by the plain form (0.3.0): float
+Tricks that measured under 1.10x here and were replaced by the plain form (CHANGELOG.md): float
 position keys for the first maximum (now int32 positions and a select), a zero computed per
 slice for clamps (now the constant), counting in float32 in ``topk_mask`` (now an int32 sum),
 an optimisation barrier on ``lax.top_k``'s values, and ``st_hardmax``'s fused forward pass
