@@ -33,16 +33,15 @@ over its leading axis, and ``perturbed(hardmax, num_samples=100)`` of 64x1024 sc
 ``--quick`` runs every row at the small size of its check, with 3 timed pairs: a smoke test
 (compiling the programs is most of its time), whose ratios mean nothing.
 
-Tricks that measured under 1.10x here and were replaced by the plain form (CHANGELOG.md): float
-position keys for the first maximum (now int32 positions and a select), a zero computed per
-slice for clamps (now the constant), counting in float32 in ``topk_mask`` (now an int32 sum),
-an optimisation barrier on ``lax.top_k``'s values, and ``st_hardmax``'s fused forward pass
-(now the straight-through combinator over hardmax and softmax). Forms kept for what they
-compute rather than for speed have no row: the NaN poison as a sum of signs (the plain
-``where(isnan(x).any(), nan, 0)`` makes a NaN constant, which ``jax.debug_nans`` reports), the
-soft pools' per-window softmax (``lax.reduce_window`` sums can only shift by the maximum of
-the plane, not of the window, and underflow) and their clamp at a floor logit (it also
-catches logits that overflow to -inf).
+Tricks that measured under 1.10x here and were replaced by the plain form (CHANGELOG.md): a
+zero computed per slice for clamps (now the constant), counting in float32 in ``topk_mask``
+(now an int32 sum), an optimisation barrier on ``lax.top_k``'s values, and ``st_hardmax``'s
+fused forward pass (now the straight-through combinator over hardmax and softmax). Forms
+kept for what they compute rather than for speed have no row: the NaN poison as a sum of
+signs (the plain ``where(isnan(x).any(), nan, 0)`` makes a NaN constant, which
+``jax.debug_nans`` reports), the soft pools' per-window softmax (``lax.reduce_window`` sums
+can only shift by the maximum of the plane, not of the window, and underflow) and their
+clamp at a floor logit (it also catches logits that overflow to -inf).
 """
 
 from __future__ import annotations
@@ -114,6 +113,17 @@ def reduce_window_max_with_nan(x, w):
 
 def nn_softmax(x):
     return jax.nn.softmax(x / T)
+
+
+def hardmax_int32_positions(x):
+    """hardmax with the first maximum found on int32 positions by a select (the plain form of
+    the float position keys)."""
+    x = lax.stop_gradient(x)
+    below = _numerics.below_max(x, None, (1,))
+    positions = _numerics.slice_positions(x.shape, (1,), jnp.int32)
+    keys = jnp.where(below == 0, positions, x.shape[1])
+    first = jnp.min(keys, 1, keepdims=True, initial=jnp.iinfo(jnp.int32).max)
+    return (positions == first).astype(x.dtype) + _numerics.nan_poison(x, (1,))
 
 
 def one_hot_argmax(x):
@@ -310,6 +320,17 @@ def slice_tricks() -> list[Trick]:
             "below_max",
             plain_below_max,
             "where(x < max)",
+            check="exact",
+        ),
+        Trick(
+            "float position keys",
+            "_hard.first_max_position",
+            "hardmax",
+            "fwd",
+            SLICES,
+            hardmax,
+            hardmax_int32_positions,
+            "int32 positions, where",
             check="exact",
         ),
         Trick(

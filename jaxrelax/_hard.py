@@ -79,7 +79,10 @@ def hardmax_impl(x, temperature, where, *, axes, ties):
         return at_max / jnp.maximum(jnp.sum(at_max, axes, keepdims=True), 1)
     positions, first = first_max_position(below, axes)
     poison = _numerics.nan_poison(_numerics.fill_masked(x, where), axes)
-    return (positions == first).astype(x.dtype) + poison
+    if jnp.issubdtype(positions.dtype, jnp.integer):
+        return (positions == first).astype(x.dtype) + poison
+    # positions and first are whole numbers, so this is exactly 1 at first and 0 elsewhere.
+    return 1 - jnp.minimum(jnp.abs(positions - first), 1) + poison
 
 
 def argmax_impl(x, temperature, where, *, axes):
@@ -102,12 +105,21 @@ def max_impl(x, temperature, where, *, axes):
 def first_max_position(below, axes):
     """(positions, first): each element's row-major position in its slice, and the position
     of the slice's first maximum (the slice size if it has none), from ``below``, 1 below the
-    maximum and 0 at it, both int32. NaN may be dropped: add a ``nan_poison`` to what is
-    built from them.
+    maximum and 0 at it. NaN may be dropped: add a ``nan_poison`` to what is built from them.
+
+    Positions are floats while ``2 * size`` is exactly representable, so that the search is
+    one fused arithmetic min-reduce (``benchmarks/tricks.py``, row "float position keys");
+    past that (more than 2**23 elements in float32) int32 positions and a select.
     """
     size = _numerics.slice_size(below.shape, axes)
-    positions = _numerics.slice_positions(below.shape, axes, jnp.int32)
-    keys = jnp.where(below == 0, positions, size)  # size: no maximum
-    # Seeded with min's identity (see slice_max).
-    first = jnp.min(keys, axes, keepdims=True, initial=jnp.iinfo(jnp.int32).max)
-    return positions, jnp.minimum(first, size)
+    if 2 * size <= 2 ** (jnp.finfo(below.dtype).nmant + 1):
+        positions = _numerics.slice_positions(below.shape, axes, below.dtype)
+        keys = positions + size * below
+        identity = jnp.inf
+    else:
+        positions = _numerics.slice_positions(below.shape, axes, jnp.int32)
+        keys = jnp.where(below == 0, positions, size)
+        identity = jnp.iinfo(jnp.int32).max
+    # Seeded with min's identity (see slice_max); keys >= size mean "no maximum".
+    first = jnp.min(keys, axes, keepdims=True, initial=identity)
+    return positions, jnp.minimum(first, size).astype(keys.dtype)

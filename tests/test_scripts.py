@@ -292,6 +292,7 @@ def test_tricks_benchmark_checks_each_trick_against_its_plain_form():
     for trick, where in [
         ("halving shift", "_numerics.shift_by_max"),
         ("arithmetic is-the-max", "_numerics.below_max"),
+        ("float position keys", "_hard.first_max_position"),
         ("keys + is-the-max + poison", "_hard.hardmax_impl"),
         ("counting above SMALL_K", "_topk.topk_mask_impl"),
         ("window slices", "_pool._window_max"),
