@@ -4,9 +4,8 @@ axis, then the class axis), must give the unsharded result, forward and backward
 
 The entries take a (16, 64) array as their kind of input: 16 slices of 64 (with a mask
 where they take one, k = 8 for the k-of-n functions), 16 entries by 64 elementwise, 16
-heatmaps of 8 x 8, or 16 single-feature 8 x 8 images for pooling. All of them are computed by
-one program, compiled for each sharding of its inputs (and unsharded): its results are
-compared entry by entry."""
+heatmaps of 8 x 8, or 16 single-feature 8 x 8 images for pooling. Each entry's values and
+gradient are one program, compiled for each sharding of its inputs (and unsharded)."""
 
 import os
 import sys
@@ -36,15 +35,11 @@ def _call(entry, x, w):
     return entry(x.reshape(SHAPES.get(entry.input, x.shape)), **keywords)
 
 
-def _values_and_grads(x, w):
-    out = {}
-    for name, entry in registry.ENTRIES.items():
+def _value_and_grad(entry):
+    def fn(x, w):
+        return _call(entry, x, w)
 
-        def fn(x, entry=entry):
-            return _call(entry, x, w)
-
-        out[name] = (fn(x), jax.grad(lambda x, fn=fn: jnp.sum(fn(x) ** 2))(x))
-    return out
+    return jax.jit(lambda x, w: (fn(x, w), jax.grad(lambda x: jnp.sum(fn(x, w) ** 2))(x)))
 
 
 def main() -> int:
@@ -53,14 +48,14 @@ def main() -> int:
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(16, 64)), jnp.float32)
     w = jnp.asarray(rng.random((16, 64)) < 0.8).at[:, 0].set(True)
-    program = jax.jit(_values_and_grads)
-    expected = jax.device_get(program(x, w))
+    programs = {name: _value_and_grad(entry) for name, entry in registry.ENTRIES.items()}
+    expected = {name: jax.device_get(program(x, w)) for name, program in programs.items()}
     failures = []
     for spec in [PartitionSpec("devices", None), PartitionSpec(None, "devices")]:
         sharding = NamedSharding(mesh, spec)
         xs, ws = jax.device_put(x, sharding), jax.device_put(w, sharding)
-        results = program(xs, ws)
-        for name, got in results.items():
+        for name, program in programs.items():
+            got = program(xs, ws)
             for e, g in zip(expected[name], got, strict=True):
                 e, g = np.asarray(e), np.asarray(g)
                 # Sharded reductions add in another order: compare relative to the scale.

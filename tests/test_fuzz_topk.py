@@ -242,9 +242,16 @@ def test_topk(name, config, data):
 
 def _library(case, k, kind):
     """The relaxation's output as the library computes it (for st_topk's backward pass)."""
-    fn = jaxrelax.sparse_topk if kind == "sparse" else jaxrelax.soft_topk
     with case.context():
-        return fn(case.x, k, case.axis, temperature=case.t_array, where=case.where)
+        return _relaxed(case.x, case.t_array, case.where, k=k, axis=case.axis, kind=kind)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "axis", "kind"))
+def _relaxed(x, t, where, *, k, axis, kind):
+    """Compiled once per configuration, as the fuzzed programs are (op by op, its threshold
+    solver's loops compile again at every call)."""
+    fn = jaxrelax.sparse_topk if kind == "sparse" else jaxrelax.soft_topk
+    return fn(x, k, axis, temperature=t, where=where)
 
 
 # --- gumbel_topk ---
