@@ -180,7 +180,7 @@ def rows_last(x: jax.Array, axes: tuple[int, ...]):
     """``x`` with the reduced axes moved last and flattened into one, and the inverse."""
     kept = [a for a in range(x.ndim) if a not in axes]
     moved = jnp.transpose(x, kept + list(axes))
-    rows = moved.reshape(*moved.shape[: len(kept)], -1)
+    rows = moved.reshape(*moved.shape[: len(kept)], slice_size(x.shape, axes))  # -1: not at 0
 
     def back(y):
         return jnp.transpose(y.reshape(moved.shape), np.argsort(kept + list(axes)))

@@ -171,7 +171,7 @@ def perturbed_fy_loss(
       x: the scores, any real dtype; integers are promoted, half precision is computed in
         float32.
       labels: one-hot labels or distributions, of ``x``'s shape; they receive the gradient
-        ``-x``.
+        ``-x`` (0 on masked classes and ``-inf`` scores, and in a slice holding ``+inf``).
       axis: the axis, or tuple of axes (``None``: all of them), of the classes.
       num_samples: the number of perturbations averaged, at least 1.
       sigma: the noise's scale, positive: a scalar or an array broadcastable to ``x``; it
@@ -242,9 +242,12 @@ def _fy_loss(key, x, labels, sigma, where, axes, plan):
     # difference of two large numbers where the labels sum to 1, and a slice holding +inf
     # (shifted: 0 there, -inf elsewhere) gives +inf only when label mass lies off its +inf
     # entries.
+    # The labels' gradient is -(m + shifted) = -x, at zero labels too; the product skips only
+    # the infinitely distant entries without label mass (no 0 * -inf).
     total = jnp.sum(labels, axes, keepdims=True)
-    offset = jnp.where(jnp.isinf(m), 0, m * (1 - total))
-    linear = jnp.sum(jnp.where(labels != 0, shifted * labels, 0), axes, keepdims=True)
+    offset = jnp.where(jnp.isinf(m), 0, m) * (1 - total)  # no inf * 0 in the labels' gradient
+    counted = (labels != 0) | jnp.isfinite(shifted)
+    linear = jnp.sum(jnp.where(counted, shifted, 0) * labels, axes, keepdims=True)
     loss = jnp.where(value == -jnp.inf, 0, value + offset - linear)  # -inf: no class left
     return jnp.squeeze(loss, axes)
 

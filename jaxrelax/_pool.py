@@ -627,7 +627,8 @@ class _WindowSoftmax(NamedTuple):
 
     top: jax.Array  # half the window's maximum (capped; see _numerics.halved_top)
     den: jax.Array  # sum of exp(u): at least 1, or 0 when all real entries are -inf
-    mean_u: jax.Array  # sum of p u
+    mean_gap: jax.Array  # sum of p (x - max) / 2, in x's units: p u at a huge temperature
+    #                      would be subnormal and flushed
 
 
 def _window_softmax(x, t, windows) -> tuple[_WindowSoftmax, jax.Array]:
@@ -637,13 +638,13 @@ def _window_softmax(x, t, windows) -> tuple[_WindowSoftmax, jax.Array]:
     peak = _window_max(x, windows)
     top = _numerics.halved_top(lax.stop_gradient(peak))
     factor = _numerics.halves_factor(1 / t, x.dtype)
-    den = sum_u = 0
+    den = sum_gap = 0
     for _, part in _window_slices(x, windows):
         u = _window_logits(part, top, factor)
         e = jnp.exp(u)
         den = den + e
-        sum_u = sum_u + e * u
-    return _WindowSoftmax(top, den, sum_u / _nonzero(den)), peak
+        sum_gap = sum_gap + e * _half_gap(part, top, u)
+    return _WindowSoftmax(top, den, sum_gap / _nonzero(den)), peak
 
 
 def _nonzero(den):
@@ -670,8 +671,13 @@ def _window_logits_jvp(primals, tangents):
     d_part, _, d_factor = tangents
     u = _window_logits(part, top, factor)
     live = u > _logit_floor(part.dtype)
-    half_gap = jnp.where(live, _numerics.capped_half(part) - top, 0)  # double where
-    return u, jnp.where(live, d_part * (factor / 2) + half_gap * d_factor, 0)
+    return u, jnp.where(live, d_part * (factor / 2) + _half_gap(part, top, u) * d_factor, 0)
+
+
+def _half_gap(part, top, u):
+    """``(x - max) / 2``, and 0 where the logit ``u`` is at the floor (no ``0 * inf``)."""
+    live = u > _logit_floor(part.dtype)
+    return jnp.where(live, _numerics.capped_half(part) - top, 0)  # double where
 
 
 def _smooth_value(kind, stats: _WindowSoftmax, peak, t):
@@ -680,7 +686,7 @@ def _smooth_value(kind, stats: _WindowSoftmax, peak, t):
     if kind == "lse":
         return _numerics.max_of_top(stats.top) + t * jnp.log(stats.den)
     # max + t sum p u = 2 (top + sum p (x - max) / 2): from halves, so that it cannot overflow
-    value = 2 * (stats.top + (t / 2) * stats.mean_u)
+    value = 2 * (stats.top + stats.mean_gap)
     return jnp.where(stats.den == 0, -jnp.inf, value)
 
 
@@ -701,6 +707,7 @@ def _smooth_bwd(windows, kind, residuals, cotangent):
     x, t, stats = residuals
     den = _nonzero(stats.den)
     factor = _numerics.halves_factor(1 / t, x.dtype)
+    mean_u = stats.mean_gap * factor
     parts, spread_u = [], 0
     for _, part in _window_slices(x, windows):
         u = _window_logits(part, stats.top, factor)
@@ -708,12 +715,12 @@ def _smooth_bwd(windows, kind, residuals, cotangent):
         if kind == "lse":
             parts.append(cotangent * p)
         else:  # d/dx_i sum p x = p_i (1 + (x_i - y) / t), with (x_i - y) / t = u_i - mean u
-            gap = u - stats.mean_u
+            gap = u - mean_u
             parts.append(cotangent * (p + p * gap))
             spread_u = spread_u + p * gap * gap
     dx = _spread(parts, windows, x.shape)
     if kind == "lse":  # the entropy of the window's softmax
-        dt = cotangent * (jnp.log(den) - stats.mean_u)
+        dt = cotangent * (jnp.log(den) - mean_u)
     else:  # -Var_p(x) / t^2, as the mean of squared (x - y) / t
         dt = -cotangent * spread_u
     return dx, _numerics.sum_to_shape(dt, t.shape).astype(t.dtype)

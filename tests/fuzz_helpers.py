@@ -83,6 +83,7 @@ POOL = [
     C((3, 2), -1, "int32_x64", "full", "scalar"),
     C((3, 4), None, "int64", None, "scalar"),
     C((2, 1), -1, "bool", "full", "scalar"),
+    C((0, 4), -1, "float32", "full", "slice"),  # an empty batch axis
 ]
 FLOAT_POOL = [
     c for c in POOL if np.issubdtype(DTYPES[c.dtype][0], np.floating) or c.dtype == "bfloat16"
@@ -97,6 +98,7 @@ SPATIAL_POOL = [
     C((4, 5), (-2, -1), "bfloat16", None, "scalar"),
     C((2, 2, 3), (-2, -1), "float64", None, "slice"),
     C((3, 4), (-2, -1), "int32", None, "scalar"),
+    C((0, 2, 3), (-2, -1), "float32", None, "slice"),  # no heatmaps
 ]
 ELEMENTWISE_POOL = [  # binary_concrete: "slice" means one temperature per element here
     C((4, 5), (), "float32", None, "slice"),

@@ -916,8 +916,9 @@ def np_scatter_to_plane(x_shape, d, indices, updates, combine="add"):
     features = x_shape[-1]
     out = np.zeros((batch, int(np.prod(x_shape[first:-1])), features))
     touched = np.zeros(out.shape, bool)
-    idx = np.asarray(indices).reshape(batch, -1, features)
-    upd = np.asarray(updates, np.float64).reshape(batch, -1, features)
+    pooled = int(np.prod(np.shape(indices)[first:-1]))  # -1 cannot be inferred at batch 0
+    idx = np.asarray(indices).reshape(batch, pooled, features)
+    upd = np.asarray(updates, np.float64).reshape(batch, pooled, features)
     for (b, q, f), u in np.ndenumerate(upd):
         i = idx[b, q, f]
         if combine == "add":
@@ -995,7 +996,7 @@ def np_smooth_pool_vjp(x, cotangent, window, strides, padding, temperature=1.0, 
     dx = np.zeros(x.shape)
     first = x.ndim - 1 - d
     spatial = x.shape[first:-1]
-    flat_dx = dx.reshape(*x.shape[:first], -1, x.shape[-1])
+    flat_dx = dx.reshape(*x.shape[:first], int(np.prod(spatial)), x.shape[-1])
     pooled = positions.shape[:-1]
     for out in np.ndindex(*pooled):
         for k in range(positions.shape[-1]):

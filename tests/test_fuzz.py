@@ -254,7 +254,7 @@ def _check_distribution_grads(name, case, alpha, value, g, grads):
         return
     # For alpha > 2 the gradient at the support's edge magnifies p's rounding without bound
     # (s = p ** (2 - alpha) is infinite at p = 0), so the oracle takes the library's p there.
-    p = value if np.max(alpha) > 2 else None
+    p = value if np.max(alpha, initial=0) > 2 else None
     dx, dt, dalpha = ref.np_entmax_vjp(case.xc, g, alpha, case.axis, case.t, case.where, p=p)
     if p is None:
         p = ref.np_entmax(case.xc, alpha, case.axis, case.t, case.where)

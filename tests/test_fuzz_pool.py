@@ -72,6 +72,7 @@ POOL = [
     P((1, 3, 2, 3, 1), (2, 2, 2), (1, 1, 1), ((1, 0), (0, 1), (1, 1)), "float32", "scalar"),
     P((2, 4, 2), (3,), (1,), ((2, 1),), "int32", "scalar"),  # windows of one real entry
     P((2, 3, 2), (3,), (2,), ((1, 1),), "float32_x64", "feature"),
+    P((0, 3, 3, 2), (2, 2), (1, 1), "VALID", "float32", "feature"),  # an empty batch axis
 ]
 
 
@@ -195,7 +196,8 @@ def test_pooling(config, data):
     assert np.logical_or.reduce([indices == o[1] for o in oracles]).all(), (indices, oracles, x)
     plane = int(np.prod(x.shape[-1 - d : -1]))
     rows = xc.reshape(-1, plane, x.shape[-1])
-    found = np.take_along_axis(rows, indices.reshape(len(rows), -1, x.shape[-1]), 1)
+    pooled = int(np.prod(indices.shape[-1 - d : -1]))
+    found = np.take_along_axis(rows, indices.reshape(len(rows), pooled, x.shape[-1]), 1)
     np.testing.assert_array_equal(
         _no_subnormals(out["values"]),
         _no_subnormals(_cast(found, out_dtype)).reshape(indices.shape),
@@ -253,7 +255,10 @@ def test_pooling(config, data):
     np.testing.assert_array_equal(_no_subnormals(out["unpooled"]), _no_subnormals(want))
     plane = int(np.prod(x.shape[-1 - d : -1]))
     cotangent = _cast(h, out_dtype).reshape(-1, plane, x.shape[-1])
-    gathered = np.take_along_axis(cotangent, indices.reshape(len(cotangent), -1, x.shape[-1]), 1)
+    pooled = int(np.prod(indices.shape[-1 - d : -1]))
+    gathered = np.take_along_axis(
+        cotangent, indices.reshape(len(cotangent), pooled, x.shape[-1]), 1
+    )
     np.testing.assert_array_equal(
         np.asarray(out["unpool_dv"], np.float64), gathered.reshape(indices.shape)
     )

@@ -320,6 +320,33 @@ def test_fy_loss_gradient_vanishes_in_expectation_at_matching_labels(rng):
     np.testing.assert_allclose(labels_grad, -x, rtol=1e-6)
 
 
+def test_fy_loss_labels_gradient_is_minus_x_at_zero_labels_too():
+    """The loss is affine in the labels, with slope -x: one-hot labels (zeros off the class)
+    included, masked classes and -inf scores 0, and no NaN in a slice holding +inf."""
+    inf = np.inf
+    x = np.float32([[0.5, -1.0, 1.5, 4.0], [2.0, 3.0, -inf, 7.0], [inf, 1.0, 2.0, inf]])
+    where = np.array([[True] * 4, [True, True, True, False], [True] * 4])
+    one_hot = np.eye(4, dtype=np.float32)[[2, 0, 0]]
+
+    def loss(labels):
+        return jaxrelax.perturbed_fy_loss(KEY, x, labels, num_samples=10, where=where)
+
+    grad = jax.grad(lambda y: loss(y)[:2].sum())(one_hot)
+    np.testing.assert_allclose(grad[0], -x[0], rtol=1e-6)
+    np.testing.assert_allclose(grad[1], [-2.0, -3.0, 0.0, 0.0], rtol=1e-6)  # -inf, masked: 0
+    np.testing.assert_array_equal(grad[2], 0)
+    # Central differences in each label (exact up to rounding: the loss is affine in them).
+    for i in range(4):
+        step = np.zeros_like(one_hot)
+        step[0, i] = 0.25
+        slope = (loss(one_hot + step)[0] - loss(one_hot - step)[0]) / 0.5
+        np.testing.assert_allclose(slope, -x[0, i], rtol=1e-5, atol=1e-5)
+    # The +inf slice: finite gradient, 0 on the +inf entries.
+    grad_inf = jax.grad(lambda y: loss(y)[2])(one_hot)
+    assert not np.isnan(grad_inf).any()
+    np.testing.assert_array_equal(grad_inf[2, [0, 3]], 0)
+
+
 # --- edges ---
 
 
@@ -488,3 +515,45 @@ def test_memory_is_flat_in_num_samples_with_batches(rng):
     small, large = peak(8), peak(512)
     assert large <= 1.25 * small, (small, large)
     assert large < 512 * x.nbytes / 8  # far below one array per sample
+
+
+def test_hessian_of_perturbed_max_is_the_jacobian_of_the_perturbed_argmax():
+    """jax.hessian (forward over reverse) works on `perturbed`, as the README says: for the
+    perturbed maximum it is the Jacobian of the perturbed argmax on the same noise (Berthet
+    et al., Prop. 2.2), the same as jax.jacrev(jax.grad(f))."""
+    x = jnp.array([0.5, -1.0, 1.5, 0.0])
+    smooth_max = jaxrelax.perturbed(lambda y: jnp.max(y, -1), num_samples=500)
+
+    def f(x):
+        return smooth_max(KEY, x)
+
+    hessian = jax.hessian(f)(x)
+    np.testing.assert_allclose(hessian, jax.jacrev(jax.grad(f))(x), rtol=1e-5, atol=1e-6)
+    argmax_jacobian = jax.jacrev(lambda x: jaxrelax.perturbed_argmax(KEY, x, num_samples=500))
+    np.testing.assert_allclose(hessian, argmax_jacobian(x).T, rtol=1e-5, atol=1e-6)
+    assert np.abs(hessian).max() > 0.01
+
+
+@pytest.mark.parametrize("name", ["perturbed_argmax", "perturbed_topk"])
+def test_hessian_of_a_perturbed_choice_is_zero(name):
+    """The choices' estimates are piecewise constant in x sample by sample, so jax.hessian of
+    a linear function of them works and is exactly 0, as jax.jacrev(jax.grad(f)) is."""
+    w = jnp.array([1.0, -2.0, 0.5, 3.0])
+    x = jnp.array([0.5, -1.0, 1.5, 0.0])
+    choice = {
+        "perturbed_argmax": lambda x: jaxrelax.perturbed_argmax(KEY, x, num_samples=64),
+        "perturbed_topk": lambda x: jaxrelax.perturbed_topk(KEY, x, 2, num_samples=64),
+    }[name]
+    hessian = jax.hessian(lambda x: choice(x) @ w)(x)
+    np.testing.assert_array_equal(hessian, 0)
+    np.testing.assert_array_equal(jax.jacrev(jax.grad(lambda x: choice(x) @ w))(x), 0)
+    assert np.abs(jax.grad(lambda x: choice(x) @ w)(x)).max() > 0  # the estimate itself is not
+
+
+def test_hessian_of_perturbed_max_raises_as_documented():
+    for fn in [
+        lambda x: jaxrelax.perturbed_max(KEY, x, num_samples=8),
+        lambda x: jaxrelax.perturbed_fy_loss(KEY, x, jnp.eye(3)[2], num_samples=8),
+    ]:
+        with pytest.raises(TypeError, match="forward-mode"):
+            jax.hessian(fn)(jnp.array([0.5, -1.0, 1.5]))

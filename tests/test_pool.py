@@ -167,6 +167,22 @@ def test_temperature_limits(rng, x64):
         assert (soft <= max_pooled + 1e-12).all() and (soft >= sums / counts - 1e-12).all()
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_soft_pool_at_the_largest_temperatures_is_the_mean(dtype):
+    """At t near finfo.max the weights are uniform: the window's mean, as smooth_max with the
+    softmax method gives (the logits (x - max) / t are subnormal there, and flushed on CPU),
+    with the gradient 1 / |w| on each entry."""
+    with jax.enable_x64(dtype == "float64"):
+        x = jnp.asarray([0.0, 1.0, 2.0, 3.0], dtype)[None, :, None]
+        for t in [1e30, float(jnp.finfo(dtype).max) / 4]:
+            pooled = jaxrelax.soft_pool(x, (4,), temperature=t)
+            np.testing.assert_allclose(pooled.ravel(), [1.5], rtol=1e-6)
+            smooth = jaxrelax.smooth_max(x.ravel(), temperature=t, method="softmax")
+            np.testing.assert_allclose(pooled.ravel(), [smooth], rtol=1e-6)
+            grad = jax.grad(lambda x, t=t: jaxrelax.soft_pool(x, (4,), temperature=t).sum())(x)
+            np.testing.assert_allclose(grad.ravel(), [0.25] * 4, rtol=1e-6)
+
+
 def test_infinities_nan_and_huge_values():
     inf, nan = np.inf, np.nan
     #               +inf wins  -inf loses  all -inf     NaN         two +inf
