@@ -67,7 +67,8 @@ def sparsemax(
 
     Note:
       Masked and ``-inf`` entries are 0 with zero gradient; a slice with no unmasked finite
-      entry is all zeros; ``+inf`` entries share the mass equally; NaN poisons its slice.
+      entry is all zeros; ``+inf`` entries share the mass equally; NaN poisons its slice,
+      value and gradient (masked entries included, as in ``jax.nn.softmax``).
       Forward mode (``jax.jvp``, ``jax.jacfwd``) is not supported: the gradient is a ``custom_vjp``.
       Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives (``jax.hessian``, grad of
       grad) work.
@@ -475,7 +476,7 @@ def _entmax_vjp(p, temperature, alpha, cotangent, axes, kind):
         dt = jnp.where(below_two, dt_near, dt)
         dalpha = jnp.where(below_two, dalpha_near, dalpha)
     return (
-        w * centred / temperature,
+        w * centred / temperature + _numerics.nan_poison(p, axes),  # NaN over a NaN slice
         _numerics.sum_to_shape(dt / temperature, temperature.shape),
         _numerics.sum_to_shape(dalpha, alpha.shape),
     )

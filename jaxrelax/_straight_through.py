@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from . import _checks, _hard, _soft
+from . import _checks, _hard, _numerics, _soft
 
 BACKWARDS = ("softmax", "identity")
 
@@ -110,10 +110,9 @@ def st_hardmax(
     The forward pass is ``hardmax(x, axis, where=where, ties=ties)`` exactly; the backward pass
     is the vector-Jacobian product of ``softmax(x, axis, temperature=temperature,
     where=where)`` (``backward="softmax"``), or passes the cotangent through unchanged
-    (``backward="identity"``, zero at masked and ``-inf`` entries). The two forward passes are
-    fused: the softmax's normaliser doubles as the hardmax's NaN check, and only the softmax
-    (as its unnormalised exponentials) is saved for the backward pass; with
-    ``backward="identity"``, a boolean array of the entries that take part.
+    (``backward="identity"``, zero at masked and ``-inf`` entries). The backward pass keeps
+    what softmax's own keeps; with ``backward="identity"``, a boolean array of the entries
+    that take part and a NaN flag per slice.
 
     Args:
       x: the scores, any real dtype (see :func:`jaxrelax.softmax`).
@@ -143,7 +142,8 @@ def st_hardmax(
     Note:
       Masks, infinities, NaN and ties behave in the forward pass as in
       :func:`jaxrelax.hardmax` and in the backward pass as in :func:`jaxrelax.softmax`: tied
-      maxima get equal gradients whatever ``ties`` says.
+      maxima get equal gradients whatever ``ties`` says. A slice holding NaN has a NaN
+      gradient, with either backward pass.
       Forward mode (``jax.jvp``, ``jax.jacfwd``) is not supported: the gradient is a ``custom_vjp``.
       Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives (``jax.hessian``, grad of
       grad) work.
@@ -155,7 +155,8 @@ def st_hardmax(
         value = st_hardmax_impl(a.x, a.temperature, a.where, axes=a.axes, ties=ties)
     else:
         hard = functools.partial(_hard.hardmax_impl, axes=a.axes, ties=ties)
-        value = straight_through_rule(hard, masked_identity_rule, a.x, a.temperature, a.where)
+        identity = functools.partial(masked_identity_rule, axes=a.axes)
+        value = straight_through_rule(hard, identity, a.x, a.temperature, a.where)
     return value.astype(a.dtype)
 
 
@@ -265,25 +266,30 @@ def st_hardmax_impl(x, temperature, where, *, axes, ties):
     return straight_through_rule(hard, soft, x, temperature, where)
 
 
-@jax.custom_vjp
-def masked_identity_rule(x, temperature, where):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def masked_identity_rule(x, temperature, where, axes):
     """The identity surrogate: passes the cotangent through, zero at masked and ``-inf``
-    entries (which take no part in the choice).
+    entries (which take no part in the choice), NaN over a slice (over ``axes``) that holds
+    NaN, as the other surrogates' gradients are.
 
-    Its backward pass keeps one boolean array: the entries that take part.
+    Its backward pass keeps one boolean array, the entries that take part, and the NaN
+    poison per slice.
     """
     del temperature, where
     return x
 
 
-def _masked_identity_fwd(x, temperature, where):
+def _masked_identity_fwd(x, temperature, where, axes):
     del temperature
-    takes_part = ~jnp.isneginf(x)  # NaN entries take part: their gradients stay visible
-    return x, takes_part if where is None else takes_part & where
+    takes_part = ~jnp.isneginf(x) if where is None else where & ~jnp.isneginf(x)
+    poison = _numerics.nan_poison(_numerics.fill_masked(x, where), axes)
+    return x, (takes_part, poison)
 
 
-def _masked_identity_bwd(takes_part, cotangent):
-    return jnp.where(takes_part, cotangent, 0), None, None  # no cotangent for the temperature
+def _masked_identity_bwd(axes, residuals, cotangent):
+    del axes
+    takes_part, poison = residuals
+    return jnp.where(takes_part, cotangent, 0) + poison, None, None  # none for temperature
 
 
 masked_identity_rule.defvjp(_masked_identity_fwd, _masked_identity_bwd)

@@ -138,7 +138,8 @@ def soft_topk(
       ``k`` at least the number of other entries, those are exactly 1 and the gradient is
       zero. ``+inf`` entries come first: with more than ``k`` of them they share the ``k``
       units equally (a constant: zero gradient, but for ``k``). A NaN in an unmasked entry
-      makes its slice NaN. Where a huge maximum would round away the differences of the
+      makes its slice NaN, value and gradient (masked entries included, as in
+      ``jax.nn.softmax``). Where a huge maximum would round away the differences of the
       scores near the threshold, or the temperature is too small to place it, the result is
       computed again near the threshold, or is the limit ``t -> 0``. A traced ``k`` outside
       ``[0, n]`` or ``temperature <= 0`` cannot be checked: ``k`` is then clipped, and a
@@ -248,7 +249,8 @@ def st_topk(
 
     Note:
       Masks, infinities, NaN and ties behave in the forward pass as in
-      :func:`jaxrelax.topk_mask` and in the backward pass as in the relaxation.
+      :func:`jaxrelax.topk_mask` and in the backward pass as in the relaxation; a slice
+      holding NaN has a NaN gradient, with every backward pass.
       Forward mode (``jax.jvp``, ``jax.jacfwd``) is not supported: the gradient is a
       ``custom_vjp``. Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives
       (``jax.hessian``, grad of grad) work.
@@ -808,7 +810,7 @@ def _relaxed_bwd(axes, kind, residuals, cotangent):
     c = s * (cotangent - g_hat)
     dt = -jnp.sum(c * z, axes, keepdims=True) / temperature
     return (
-        c / temperature,
+        c / temperature + _numerics.nan_poison(p, axes),  # NaN over a NaN slice
         _numerics.sum_to_shape(dk, k.shape).astype(k.dtype),
         _numerics.sum_to_shape(dt, temperature.shape),
         None,
@@ -825,9 +827,8 @@ def st_topk_impl(x, temperature, where, axes, k, ties, backward):
     """st_topk on prepared arguments, ``k`` a Python int."""
     hard = functools.partial(topk_mask_impl, axes=axes, k=k, ties=ties)
     if backward == "identity":
-        return _straight_through.straight_through_rule(
-            hard, _straight_through.masked_identity_rule, x, temperature, where
-        )
+        identity = functools.partial(_straight_through.masked_identity_rule, axes=axes)
+        return _straight_through.straight_through_rule(hard, identity, x, temperature, where)
     soft = functools.partial(_relaxed_topk, k=k, axes=axes, kind=backward)
     return _straight_through.straight_through_rule(hard, soft, x, temperature, where)
 

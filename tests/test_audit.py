@@ -331,3 +331,34 @@ def test_binary_concrete_saturates_in_float32():
         jnp.zeros(20000)
     )
     assert np.isfinite(grad).all() and (grad[sample == 1] == 0).all()
+
+
+# --- one NaN policy: a NaN input shows in its slice's gradient too (as in jax.nn) ---
+
+NAN_GRADIENT_ENTRIES = registry.select(
+    input=registry.SLICES, gradient=lambda g: g not in (registry.HARD,)
+)
+
+
+@pytest.mark.parametrize("name", NAN_GRADIENT_ENTRIES)
+def test_a_nan_slice_has_a_nan_gradient_and_the_others_are_finite(name):
+    """Row 0 holds a NaN: its values and its gradient are NaN, masked entries included, as
+    with jax.nn.softmax; row 1 is untouched. (Hard functions have a zero gradient
+    everywhere; their NaN values are checked elsewhere.)"""
+    entry = registry.ENTRIES[name]
+    x = jnp.array([[1.0, jnp.nan, 0.5, 2.0, -1.0], [1.0, 2.0, 3.0, 4.0, 0.5]])
+    weights = jnp.arange(1.0, 11.0).reshape(x.shape)
+    value = entry(x)
+    assert np.isnan(np.asarray(value[0])).all(), value
+    assert np.isfinite(np.asarray(value[1])).all(), value
+
+    def loss(x, row):
+        out = entry(x)
+        out = out * weights[:, : out.shape[-1]] if out.ndim == 2 else out * jnp.array([2.0, 3.0])
+        return jnp.sum(out[row])
+
+    np.testing.assert_array_equal(np.isnan(jax.grad(loss)(x, 0)[0]), True)
+    if entry.axis is registry.NO_AXIS and entry.name == "perturbed":
+        return  # it perturbs the whole array at once: row 0's NaN reaches every entry
+    np.testing.assert_array_equal(jax.grad(loss)(x, 0)[1], 0)  # no leak into row 1
+    assert np.isfinite(np.asarray(jax.grad(loss)(x, 1)[1])).all()
