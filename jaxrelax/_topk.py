@@ -141,7 +141,10 @@ def soft_topk(
       makes its slice NaN, value and gradient (masked entries included, as in
       ``jax.nn.softmax``). Where a huge maximum would round away the differences of the
       scores near the threshold, or the temperature is too small to place it, the result is
-      computed again near the threshold, or is the limit ``t -> 0``. A traced ``k`` outside
+      computed again near the threshold, or is the limit ``t -> 0``. The first holds for
+      finite maxima up to ``finfo.max / 4``; above that the differences keep the maximum's
+      rounding (``sparse_topk([-15.375, 3e38, -17.52], 2, temperature=1e4)`` is
+      ``[0.5, 1, 0.5]``, where float64 gives ``[0.50011, 1, 0.49989]``). A traced ``k`` outside
       ``[0, n]`` or ``temperature <= 0`` cannot be checked: ``k`` is then clipped, and a
       negative temperature gives NaN.
       Forward mode (``jax.jvp``, ``jax.jacfwd``) is not supported: the gradient is a

@@ -1292,3 +1292,22 @@ def test_properties(problem):
     )
     for kind in RELAXED:
         _check_relaxed(kind, x, k, np.float32, axis, 1.0, where, err_msg=kind)
+
+
+@pytest.mark.parametrize("kind", ["soft", "sparse"])
+def test_the_refinement_near_a_huge_maximum_holds_up_to_a_quarter_of_finfo_max(kind):
+    """As the docstrings say: with the finite maximum at most finfo.max / 4 the relaxations
+    solve again near the threshold and match float64; above it the differences keep the
+    maximum's rounding (the audit's reproducer)."""
+    fn = jaxrelax.soft_topk if kind == "soft" else jaxrelax.sparse_topk
+    rest = np.array([-15.375, -17.52])
+    for top, refined in [(8e37, True), (3e38, False)]:
+        x = np.array([rest[0], top, rest[1]])
+        got = np.asarray(fn(jnp.asarray(x, jnp.float32), 2, temperature=1e4), np.float64)
+        want = (np_soft_topk if kind == "soft" else np_sparse_topk)(x, 2, temperature=1e4)
+        assert got[1] == 1 and abs(got.sum() - 2) < 1e-6
+        if refined:
+            np.testing.assert_allclose(got, want, rtol=1e-6)
+        else:
+            np.testing.assert_array_equal(got[[0, 2]], 0.5)
+            assert abs(want[0] - 0.5) > 1e-5  # what the rounding loses
