@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import jax
 import jax.extend
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -54,7 +55,8 @@ def perturbed(
     batch_size: int | None = None,
     control_variate: bool = False,
 ) -> Callable:
-    r"""Makes any function of an array differentiable by averaging it over perturbations.
+    r"""Makes any function of an array (or of a pytree of arrays) differentiable by averaging
+    it over perturbations.
 
     .. math::
         g(x) = \frac1M \sum_{m=1}^M f(x + \sigma Z_m), \qquad
@@ -78,13 +80,18 @@ def perturbed(
     price is time: ``fn`` runs ``num_samples`` times forward and as many again backward (once
     more with ``control_variate``).
 
+    A pytree ``x`` (as in ``optax.perturbations.make_perturbed_fun``) is perturbed as one
+    vector of all its leaves (``jax.flatten_util.ravel_pytree``, in their common float
+    dtype): ``fn`` receives a pytree of ``x``'s structure, and the gradient has it too.
+
     Args:
-      fn: the function ``fn(y, *args)`` of an array ``y`` of ``x``'s shape and dtype,
-        returning an array or a pytree of arrays (booleans and integers are averaged as
-        floats).
+      fn: the function ``fn(y, *args)`` of an array ``y`` of ``x``'s shape and dtype (or a
+        pytree of ``x``'s structure), returning an array or a pytree of arrays (booleans
+        and integers are averaged as floats).
       num_samples: ``M``, the number of perturbations averaged, at least 1.
       sigma: the noise's scale, positive: a scalar or an array broadcastable to ``x`` (one
-        scale per entry). A fixed hyperparameter: it receives no gradient.
+        scale per entry; a scalar for a pytree ``x``). A fixed hyperparameter: it receives no
+        gradient.
       noise: ``"gumbel"`` or ``"normal"``.
       batch_size: how many samples are evaluated at once (vmapped); ``None`` evaluates all
         ``num_samples`` at once (fastest while their intermediates fit in memory). The last
@@ -95,7 +102,7 @@ def perturbed(
 
     Returns:
       The function ``g(key, x, *args)``: ``key`` a PRNG key, ``x`` a real array (integers are
-      promoted to float), ``args`` (arrays, or pytrees of arrays: bind other options with
+      promoted to float) or a pytree of floating-point arrays, ``args`` (arrays, or pytrees of arrays: bind other options with
       ``functools.partial``) passed to ``fn`` unperturbed. It returns ``fn``'s output
       structure and shapes, averaged, in ``fn``'s float dtype (float32 for booleans and
       integers; half precision is averaged in float32).
@@ -144,12 +151,45 @@ def perturbed(
     @functools.wraps(fn)
     def smoothed(key, x, *args):
         key = _checks.check_key(key)
+        if not jax.tree_util.treedef_is_leaf(jax.tree.structure(x)):
+            return _on_pytree(smoothed_vector, key, x, args)
         a = _checks.prepare(x, None, elementwise=True)
         scale = _check_sigma(sigma, a.x)
         _check_outputs(fn, jax.ShapeDtypeStruct(a.x.shape, a.dtype), args)
         return estimate(key, a.x, scale, a.dtype, *args)
 
+    by_structure = {}
+
+    def smoothed_vector(structure, unravel):
+        """``perturbed`` of ``fn`` on the flat vector of a pytree's leaves: one per structure
+        (tree and leaf shapes and dtypes), so that its compiled programs are reused."""
+        if structure not in by_structure:
+            by_structure[structure] = perturbed(
+                lambda v, *args: fn(unravel(v), *args),
+                num_samples=num_samples,
+                sigma=sigma,
+                noise=noise,
+                batch_size=batch_size,
+                control_variate=control_variate,
+            )
+        return by_structure[structure]
+
     return smoothed
+
+
+def _on_pytree(smoothed_vector, key, x, args):
+    leaves = jax.tree.leaves(x)
+    if not leaves:
+        raise TypeError(f"x must be an array or a pytree of arrays, got {x!r}")
+    for leaf in leaves:
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+            raise TypeError(
+                f"x must be an array or a pytree of floating-point arrays, got a leaf of "
+                f"dtype {jnp.result_type(leaf)}"
+            )
+    flat, unravel = jax.flatten_util.ravel_pytree(x)
+    structure = (jax.tree.structure(x), tuple((jnp.shape(v), jnp.result_type(v)) for v in leaves))
+    return smoothed_vector(structure, unravel)(key, flat, *args)
 
 
 # --- arguments ---
