@@ -102,8 +102,9 @@ def perturbed(
 
     Returns:
       The function ``g(key, x, *args)``: ``key`` a PRNG key, ``x`` a real array (integers are
-      promoted to float) or a pytree of floating-point arrays, ``args`` (arrays, or pytrees of arrays: bind other options with
-      ``functools.partial``) passed to ``fn`` unperturbed. It returns ``fn``'s output
+      promoted to float) or a pytree of floating-point arrays, ``args`` (arrays, or pytrees
+      of arrays: bind other options with ``functools.partial``) passed to ``fn``
+      unperturbed. It returns ``fn``'s output
       structure and shapes, averaged, in ``fn``'s float dtype (float32 for booleans and
       integers; half precision is averaged in float32).
 
