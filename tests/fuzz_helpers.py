@@ -566,14 +566,6 @@ def coordinate_max(n):
     return max(n - 1, 1)
 
 
-# --- the compiled programs ---
-
-# XLA's HLO passes (where the size-1 reduction of the audit was simplified away) run as
-# always; only LLVM's optimisation of the generated code is skipped, which halves the
-# compile time and leaves IEEE arithmetic as it is (no fast-math flags either way).
-COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
-
-
 def events(case):
     """Statistics (pytest --hypothesis-show-statistics): the configurations and slice kinds
     drawn."""

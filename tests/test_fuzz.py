@@ -50,7 +50,6 @@ import pytest
 import reference as ref
 import registry
 from fuzz_helpers import (
-    COMPILER_OPTIONS,
     ELEMENTWISE_POOL,
     FLUSH_DEPENDENT,
     GRAD_TOL,
@@ -119,7 +118,7 @@ def _run(family, case, *args):
             program = functools.partial(
                 FAMILIES[family], config=case.config, is_float=case.is_float, errors=errors
             )
-            compiled = jax.jit(program).lower(*args).compile(compiler_options=COMPILER_OPTIONS)
+            compiled = jax.jit(program).lower(*args).compile()
             _PROGRAMS[key] = (compiled, errors)
         program, errors = _PROGRAMS[key]
         return jax.device_get(program(*args)), errors

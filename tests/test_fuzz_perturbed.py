@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import reference as ref
-from fuzz_helpers import COMPILER_OPTIONS, POOL, cases, config_id, fuzzed_names
+from fuzz_helpers import POOL, cases, config_id, fuzzed_names
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -110,7 +110,7 @@ def _compiled(config, args):
     key = ("compiled", config, shapes)
     if key not in _PROGRAMS:
         lowered = jax.jit(_program(config, shapes)).lower(*args)
-        _PROGRAMS[key] = lowered.compile(compiler_options=COMPILER_OPTIONS)
+        _PROGRAMS[key] = lowered.compile()
     return _PROGRAMS[key]
 
 

@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 import reference as ref
 from fuzz_helpers import (
-    COMPILER_OPTIONS,
     FLUSH_DEPENDENT,
     GRAD_TOL,
     POOL,
@@ -99,7 +98,7 @@ def _run(family, case, builder, *args):
             errors = {}
             program = functools.partial(builder, config=case.config, errors=errors)
             program = functools.partial(program, is_float=case.is_float)
-            compiled = jax.jit(program).lower(*args).compile(compiler_options=COMPILER_OPTIONS)
+            compiled = jax.jit(program).lower(*args).compile()
             cache["compiled"], cache["errors"] = compiled, errors
         return jax.device_get(cache["compiled"](*args)), cache["errors"]
 
