@@ -104,7 +104,8 @@ def soft_topk(
     ``topk_mask(x, k, ties="uniform")`` and ``t -> inf`` gives ``k / n`` everywhere. The
     threshold is found without sorting. The gradient is exact (implicit differentiation): the
     Jacobian in ``x`` is ``diag(s) - s s^T / sum(s)`` with ``s = p (1 - p) / t``; ``k`` and
-    ``temperature`` receive gradients too, and the backward pass reads only the output.
+    ``temperature`` receive gradients too. The backward pass reads only the output, and when
+    ``k`` is differentiated, the weights of the entries next to the threshold (see Note).
 
     Args:
       x: the scores, any real dtype; integers are promoted to the default float, bfloat16 and
@@ -147,6 +148,15 @@ def soft_topk(
       ``[0.5, 1, 0.5]``, where float64 gives ``[0.50011, 1, 0.49989]``). A traced ``k`` outside
       ``[0, n]`` or ``temperature <= 0`` cannot be checked: ``k`` is then clipped, and a
       negative temperature gives NaN.
+      Where no entry lies strictly between 0 and 1 (every slope rounds to 0; for
+      :func:`sparse_topk` any exact k-hot, such as ``sparse_topk([3., 0.], 1)``), the
+      derivative in ``k`` has two one-sided values, from the smallest chosen scores and from
+      the largest unchosen ones (tied entries share); the gradient in ``k`` is their mean, the
+      limit of soft_topk's as ``t -> 0``, and 0 where ``k`` is at least the number of finite
+      entries. The gradient is read from the output: at temperatures so small that the
+      outputs on one side of the threshold round to exactly 0 or 1 and those on the other
+      side do not, the gradient in ``k`` leans to the other side (``soft_topk([3., 0.], 1,
+      temperature=0.05)`` in float32, cotangent ``[1, 2]``: 2.0 where the exact value is 1.5).
       Forward mode (``jax.jvp``, ``jax.jacfwd``) is not supported: the gradient is a
       ``custom_vjp``. Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives
       (``jax.hessian``, grad of grad) work.
@@ -172,7 +182,7 @@ def sparse_topk(
     is found without sorting, exact to rounding, and no entry exceeds 1. The gradient is
     exact: on the free set ``F = {0 < p < 1}`` the Jacobian in ``x`` is
     ``(diag(1_F) - 1_F 1_F^T / |F|) / t``, zero elsewhere; ``k`` and ``temperature`` receive
-    gradients too, and the backward pass reads only the output.
+    gradients too; the backward pass keeps what :func:`soft_topk`'s keeps.
 
     Args:
       x: the scores, any real dtype (see :func:`soft_topk`).
@@ -196,7 +206,8 @@ def sparse_topk(
       Convex Analysis Perspective, 2023, https://arxiv.org/abs/2302.01425
 
     Note:
-      Masks, infinities, NaN, ``k`` and the temperature behave as in :func:`soft_topk`.
+      Masks, infinities, NaN, ``k`` (its gradient at an exact k-hot included) and the
+      temperature behave as in :func:`soft_topk`.
       Forward mode (``jax.jvp``, ``jax.jacfwd``) is not supported: the gradient is a
       ``custom_vjp``. Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives
       (``jax.hessian``, grad of grad) work.
@@ -732,7 +743,7 @@ def _relaxed_value(x, k, temperature, where, axes, kind):
     p = _settle(p, v, total, axes, kind)
     p = jnp.where(everything, competing.astype(x.dtype), p)
     p = jnp.where(shared, jnp.where(top, top_share, 0), p) + 0 * tau  # NaN poisons
-    return p, shared
+    return p, shared, (v, competing & ~top)
 
 
 def coarse_shift(top, scale):
@@ -784,8 +795,29 @@ def relaxed_rule(x, k, temperature, where, axes, kind):
 
 
 def _relaxed_fwd(x, k, temperature, where, axes, kind):
-    p, shared = _relaxed_value(x, k, temperature, where, axes, kind)
-    return p, (p, shared, k, temperature)
+    # Symbolic zeros tell whether k is differentiated: only then is the edge kept.
+    k_perturbed = k.perturbed
+    x, k, temperature = x.value, k.value, temperature.value
+    where = None if where is None else where.value
+    p, shared, (v, finite) = _relaxed_value(x, k, temperature, where, axes, kind)
+    edge = _edge_weights(p, v, finite, axes) if k_perturbed else None
+    return p, (p, shared, k, temperature, edge)
+
+
+def _edge_weights(p, v, finite, axes):
+    """Where no entry is strictly between 0 and 1 (an exact k-hot; or a soft one rounded),
+    the one-sided derivatives in k differ: decreasing k lowers the smallest chosen scores,
+    increasing it raises the largest unchosen ones (ties share). ``dk`` is their mean, which
+    is also soft_topk's as ``t -> 0`` (the threshold settles midway, where both sides' slopes
+    balance): weights ``1 / (2 a)`` on the ``a`` smallest chosen entries and ``1 / (2 b)`` on
+    the ``b`` largest unchosen ones; 0 where either side is empty."""
+    chosen, unchosen = finite & (p == 1), finite & (p == 0)
+    lowest = jnp.min(jnp.where(chosen, v, jnp.inf), axes, keepdims=True, initial=jnp.inf)
+    highest = jnp.max(jnp.where(unchosen, v, -jnp.inf), axes, keepdims=True, initial=-jnp.inf)
+    low_edge, high_edge = chosen & (v == lowest), unchosen & (v == highest)
+    a, b = (_count(edge, axes).astype(p.dtype) for edge in (low_edge, high_edge))
+    weights = jnp.where(low_edge, 0.5 / a, 0) + jnp.where(high_edge, 0.5 / b, 0)
+    return jnp.where((a > 0) & (b > 0), weights, 0)
 
 
 def _relaxed_bwd(axes, kind, residuals, cotangent):
@@ -793,10 +825,12 @@ def _relaxed_bwd(axes, kind, residuals, cotangent):
     (sparse), ``g_hat = sum(s g) / sum(s)`` and ``c = s (g - g_hat)``: ``dx = c / t``,
     ``dk = g_hat`` and ``dt = -sum(c z) / t``, where the scores ``z = x / t`` may be replaced
     by ``logit(p)`` (soft) or ``p`` (sparse), which differ from them by ``tau`` on the
-    support of ``c``, and ``sum(c) = 0``. In a slice whose ``+inf`` entries share k (a
-    per-slice flag, ``shared``) the output is ``k / m`` there and 0 elsewhere, constant in
-    ``x`` and ``t``: only ``dk``, the mean cotangent of those entries, is not 0."""
-    p, shared, k, temperature = residuals
+    support of ``c``, and ``sum(c) = 0``. Where ``s`` is 0 throughout a slice, ``dk`` is
+    the mean of the one-sided derivatives (``_edge_weights``, kept when k is differentiated).
+    In a slice whose ``+inf`` entries share k (a per-slice flag, ``shared``) the output is
+    ``k / m`` there and 0 elsewhere, constant in ``x`` and ``t``: only ``dk``, the mean
+    cotangent of those entries, is not 0."""
+    p, shared, k, temperature, edge = residuals
     if kind == "soft":
         s = p * (1 - p)
         z = _numerics.safe_log(p) - _numerics.safe_log(1 - p)
@@ -809,6 +843,8 @@ def _relaxed_bwd(axes, kind, residuals, cotangent):
     g_hat = jnp.sum(s * cotangent, axes, keepdims=True) / jnp.maximum(total, tiny)
     mass = jnp.sum(p, axes, keepdims=True)
     top_mean = jnp.sum(p * cotangent, axes, keepdims=True) / jnp.maximum(mass, tiny)
+    if edge is not None:
+        g_hat = jnp.where(total == 0, jnp.sum(edge * cotangent, axes, keepdims=True), g_hat)
     dk = jnp.where(shared, top_mean, g_hat)
     c = s * (cotangent - g_hat)
     dt = -jnp.sum(c * z, axes, keepdims=True) / temperature
@@ -820,7 +856,7 @@ def _relaxed_bwd(axes, kind, residuals, cotangent):
     )
 
 
-relaxed_rule.defvjp(_relaxed_fwd, _relaxed_bwd)
+relaxed_rule.defvjp(_relaxed_fwd, _relaxed_bwd, symbolic_zeros=True)
 
 
 # --- straight-through, sampled and perturbed top-k ---

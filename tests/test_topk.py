@@ -619,6 +619,61 @@ def test_jacobians_match_their_closed_forms(kind, rng, x64):
         np.testing.assert_allclose(jk, numeric, rtol=0, atol=1e-8)
 
 
+@pytest.mark.parametrize("kind", RELAXED)
+def test_gradient_in_k_at_an_exact_k_hot_is_the_mean_of_its_one_sided_values(kind, x64):
+    # Every output exactly 0 or 1: the derivative in k has a left value (the smallest chosen
+    # entries give up mass) and a right one (the largest unchosen ones take it), which the
+    # oracle's one-sided differences give; the gradient is their mean. soft_topk's slopes
+    # must all underflow (|x - tau| / t beyond 745 in float64); sparse_topk is k-hot wherever
+    # the k-th and (k+1)-th scores are at least t apart.
+    t = {"soft": 1e-5, "sparse": 1.0}[kind]
+    x = jnp.array(
+        [
+            [3.0, 0.0, -1.0, -2.0, -3.0, -4.0],  # the issue's [3, 0] with k = 1, and more
+            [2.0, 2.0, 0.5, 0.5, -1.0, 40.0],  # ties on both sides, a masked 40
+            [5.0, -INF, 1.0, 1.0, 1.0, -INF],  # -inf entries take no part
+            [0.3, 0.1, -0.2, 0.9, 0.6, 0.0],  # a free set (sparse), for contrast
+            [4.0, 1.0, -INF, -INF, -INF, -INF],  # k = the finite count: dk = 0
+        ]
+    )
+    where = jnp.ones(x.shape, bool).at[1, 5].set(False)
+    k = jnp.array([[1.0], [2.0], [1.0], [2.0], [2.0]])
+    g = jnp.arange(1.0, 31.0).reshape(5, 6) ** 1.5
+    fn = lambda k: RELAXED[kind](x, k, temperature=t, where=where)  # noqa: E731
+    p, vjp = jax.vjp(fn, k)
+    (dk,) = vjp(g)
+    h = 1e-6
+    p, g = np.asarray(p), np.asarray(g)
+    slopes = [
+        (np.asarray(ORACLES[kind](x, k + h, -1, t, where)) - p) / h,  # right: mass comes in
+        (p - np.asarray(ORACLES[kind](x, k - h, -1, t, where))) / h,  # left: mass leaves
+    ]
+    right, left = (np.sum(s * g, axis=1, keepdims=True) for s in slopes)
+    assert np.all(np.isin(p[[0, 1, 2, 4]], [0, 1]))  # exact k-hot rows
+    np.testing.assert_allclose(right[0], g[0, 1], rtol=1e-6)  # the two sides differ
+    np.testing.assert_allclose(left[0], g[0, 0], rtol=1e-6)
+    np.testing.assert_allclose(right[1], (g[1, 2] + g[1, 3]) / 2, rtol=1e-6)  # ties share
+    expected = (right + left) / 2
+    expected[4] = 0  # only the left side exists: k is clipped at the finite count above it
+    np.testing.assert_allclose(dk, expected, rtol=1e-6, atol=1e-9)
+    # and sum(p) = min(k, finite count): d sum(p) / dk = 1 wherever k is below the count
+    (ones,) = vjp(jnp.ones_like(g))
+    np.testing.assert_allclose(ones, [[1], [1], [1], [1], [0]], rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", RELAXED)
+def test_the_edge_weights_are_kept_only_when_k_is_differentiated(kind):
+    x = jnp.ones((8, 16))
+
+    def kept(fn, *args):
+        vjp = jax.eval_shape(lambda *a: jax.vjp(fn, *a)[1], *args)
+        return sum(leaf.size >= x.size for leaf in jax.tree_util.tree_leaves(vjp))
+
+    assert kept(lambda x: RELAXED[kind](x, 3.0), x) == 1  # the output
+    assert kept(lambda x, k: RELAXED[kind](x, k), x, 3.0) == 2  # and the edge's weights
+    assert kept(lambda k: RELAXED[kind](x, k), 3.0) == 2
+
+
 def test_soft_topk_check_grads(rng, x64):
     x = jnp.asarray(rng.normal(size=(3, 6)))
     weights = jnp.asarray(rng.normal(size=(3, 6)))
