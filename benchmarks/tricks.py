@@ -80,10 +80,13 @@ def plain_slice_max(x, axes):
     return jnp.maximum(largest, jnp.finfo(x.dtype).min)
 
 
-def plain_shift_by_max(x, where, axes, scale=None):
-    """``(x - m) * scale`` with a select for slices holding +inf: 0 at +inf, -inf elsewhere."""
+def plain_shift_by_max(x, where, axes, scale=None, temperature=None):
+    """``(x - m) * scale / temperature`` with a select for slices holding +inf: 0 at +inf,
+    -inf elsewhere."""
     x = _numerics.fill_masked(x, where)
     m = plain_slice_max(x, axes)
+    if temperature is not None:
+        scale = (1 if scale is None else scale) / temperature
     if scale is not None:  # as the trick clips it: no 0 * inf at either end
         finfo = jnp.finfo(x.dtype)
         scale = jnp.where(scale >= 0, jnp.clip(scale, finfo.tiny, finfo.max), jnp.nan)

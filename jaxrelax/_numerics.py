@@ -50,13 +50,16 @@ def safe_log(p: jax.Array) -> jax.Array:
     return jnp.log(jnp.maximum(p, jnp.finfo(p.dtype).tiny))
 
 
-def shift_by_max(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...], scale=None):
-    """(m, shifted): the slice maximum of the masked scores, and ``(x - m) * scale`` in
-    ``[-inf, 0]`` (``scale``, per slice and positive, defaults to 1): masked and ``-inf``
+def shift_by_max(
+    x: jax.Array, where: jax.Array | None, axes: tuple[int, ...], scale=None, temperature=None
+):
+    """(m, shifted): the slice maximum of the masked scores, and ``(x - m) * scale /
+    temperature`` in ``[-inf, 0]`` (``scale`` and ``temperature``, per slice and positive,
+    default to 1; see :func:`halves_factor`): masked and ``-inf``
     entries are ``-inf``, NaN entries NaN, and in a slice holding ``+inf`` the ``+inf`` entries
     are 0 and all others ``-inf`` (the limit of equal, ever larger scores: ``+inf`` beats the
     largest finite value). ``m`` is ``+inf`` there, and ``-inf`` for an empty slice.
-    Gradients flow to ``x`` with slope ``scale``.
+    Gradients flow to ``x`` with slope ``scale / temperature``.
 
     The scores are halved and capped at the largest finite value: exact and order-preserving
     for finite scores (subnormal halves flush to zero on XLA's CPU backend), while ``+inf``
@@ -65,7 +68,7 @@ def shift_by_max(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...], s
     """
     x = fill_masked(x, where)
     top = _scaled_top(x, axes, 0.5)  # the largest finite value when the slice holds +inf
-    return max_of_top(top), shift_from_top(x, top, scale)
+    return max_of_top(top), shift_from_top(x, top, scale, temperature)
 
 
 def halved_top(maximum: jax.Array) -> jax.Array:
@@ -79,22 +82,35 @@ def max_of_top(top: jax.Array) -> jax.Array:
     return jnp.where(top == jnp.finfo(top.dtype).max, jnp.inf, 2 * top)
 
 
-def shift_from_top(x: jax.Array, top: jax.Array, scale=None) -> jax.Array:
-    """``(x - max) * scale`` computed from halves, as in :func:`shift_by_max`; ``top`` is
-    :func:`halved_top` of the maximum, and no gradient flows to it."""
-    if scale is None:
+def shift_from_top(x: jax.Array, top: jax.Array, scale=None, temperature=None) -> jax.Array:
+    """``(x - max) * scale / temperature`` computed from halves, as in :func:`shift_by_max`;
+    ``top`` is :func:`halved_top` of the maximum, and no gradient flows to it."""
+    if scale is None and temperature is None:
         return _shift_halves(x, top, jnp.asarray(2, x.dtype))
-    return _shift_halves(x, top, halves_factor(scale, x.dtype))
+    scale = 1 if scale is None else scale
+    return _shift_halves(x, top, inf_wins(top, halves_factor(scale, x.dtype, temperature)))
 
 
-def halves_factor(scale, dtype) -> jax.Array:
-    """``2 * scale``, the factor that turns halved differences into scaled ones, clipped so
-    that a huge temperature gives the uniform limit, never 0 * -inf at a masked entry, and a
-    tiny one the hard limit, never inf * 0 at the maximum; a (traced) negative scale gives
+def inf_wins(top: jax.Array, factor: jax.Array) -> jax.Array:
+    """``factor``, or the largest finite value where ``top`` is capped (the slice holds
+    ``+inf``): there every finite half lies at least ``fmax / 2`` below ``top``, so that
+    scaled by it they are ``-inf``, as the limit wants, where a factor below about
+    ``2 / fmax`` (a temperature near the largest finite value) would leave them finite."""
+    fmax = jnp.finfo(factor.dtype).max
+    return jnp.where(top == fmax, fmax, factor)
+
+
+def halves_factor(scale, dtype, temperature=None) -> jax.Array:
+    """``2 * scale / temperature``, the factor that turns halved differences into scaled
+    ones. Divided last: ``1 / t`` alone is subnormal in float32 beyond ``t = 8.5e37`` and
+    flushed, where ``2 / t`` stays normal up to ``t = 1.7e38``. Clipped so that a huge
+    temperature gives the uniform limit, never 0 * -inf at a masked entry, and a tiny one the
+    hard limit, never inf * 0 at the maximum; a (traced) negative scale or temperature gives
     NaN (from ``sqrt``, so that no NaN constant is made for a valid one)."""
     finfo = jnp.finfo(dtype)
-    negative_poison = 0 * jnp.sqrt(jnp.minimum(lax.stop_gradient(scale), 1))
-    return (jnp.clip(2 * scale, finfo.tiny, finfo.max) + negative_poison).astype(dtype)
+    factor = 2 * scale if temperature is None else 2 * scale / temperature
+    negative_poison = 0 * jnp.sqrt(jnp.minimum(lax.stop_gradient(factor), 1))
+    return (jnp.clip(factor, finfo.tiny, finfo.max) + negative_poison).astype(dtype)
 
 
 def capped_half(x: jax.Array) -> jax.Array:

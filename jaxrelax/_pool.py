@@ -5,16 +5,18 @@ Layout and arguments follow ``flax.linen.max_pool``: channels-last ``x`` of shap
 ``(*batch, *spatial, features)`` and one window dimension per spatial dimension.
 
 Every function reads the windows as strided slices of the padded input, one slice of the
-output's shape per offset within the window, and combines them elementwise; XLA fuses the
-slices into one pass, so that no (windows x window size) patch tensor is ever built. The
-backward passes are the dual: each offset's contribution, of the output's shape, is spread
-back onto the input by a padding with holes (``lax.pad`` with interior padding), and the
-offsets' spreads are summed. The max-pool's backward pass reads the winner's offset within
-each window, saved by the forward pass, in place of XLA's select-and-scatter; with overlapping
-windows it scatters to the winners instead (see ``_max_pool_bwd``). Against
-``lax.reduce_window`` (which drops NaN on XLA's CPU backend, so that an equivalent needs a
-second window pass for NaN) the slices are faster forward and several times faster backward:
-``benchmarks/tricks.py``, rows "window slices" and "slices + spreads".
+output's shape per offset within the window (``window_dilation`` apart), and combines them
+elementwise; XLA fuses the slices into one pass, so that no (windows x window size) patch
+tensor is ever built. The backward passes are the dual: each offset's contribution, of the
+output's shape, is spread back onto the input by a padding with holes (``lax.pad`` with
+interior padding), and the offsets' spreads are summed. The max-pool's backward pass reads
+the winner's offset within each window, saved by the forward pass, in place of XLA's
+select-and-scatter (which ``lax.reduce_window`` cannot differentiate with a window
+dilation); with overlapping windows it scatters to the winners instead (see
+``_max_pool_bwd``). Against ``lax.reduce_window`` (which drops NaN on XLA's CPU backend, so
+that an equivalent needs a second window pass for NaN) the slices are faster forward and
+several times faster backward: ``benchmarks/tricks.py``, rows "window slices" and "slices +
+spreads".
 """
 
 from __future__ import annotations
@@ -44,9 +46,11 @@ class Windows(NamedTuple):
     padding: tuple[tuple[int, int], ...]  # (low, high) per spatial axis
     spatial: tuple[int, ...]  # the input's spatial shape
     pooled: tuple[int, ...]  # the output's spatial shape
+    dilation: tuple[int, ...]  # offset j of a window reads its start + j * dilation
 
     def offsets(self):
-        """Each position within a window, in row-major order."""
+        """Each offset within a window (its entries' indices, not their distances), in
+        row-major order."""
         return itertools.product(*map(range, self.window))
 
     def expand(self, per_spatial: Sequence, fill) -> list:
@@ -62,36 +66,46 @@ def max_pool(
     padding: str | Sequence[tuple[int, int]] = "VALID",
     *,
     return_indices: bool = False,
+    window_dilation: Sequence[int] | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     r"""The max-pool, optionally with the position of each window's maximum.
 
     .. math::
         y_w = \max_{i \in w} x_i
 
-    over each window ``w`` of the spatial dimensions, feature by feature. The gradient goes
+    over each window ``w`` of the spatial dimensions, feature by feature; with
+    ``window_dilation`` a window's neighbouring entries lie that far apart. The gradient goes
     to one position per window, the one ``indices`` names; where overlapping windows share
     that position, their gradients add up.
 
     Args:
       x: channels-last input of shape ``(*batch, *spatial, features)``, with one spatial
         dimension per window dimension and any number of batch dimensions (none included).
-        Any real dtype: integers are promoted to the default float, bfloat16 and float16
-        are computed in float32.
+        Any real dtype: integers keep their dtype (the maximum is exact; as in
+        ``flax.linen.max_pool`` and PyTorch) and carry no gradient, booleans are promoted to
+        float32, bfloat16 and float16 are computed in float32.
       window_shape: the window's size along each spatial dimension (1, 2 or 3 of them).
       strides: the step between windows along each spatial dimension; ``None`` means 1 on
         each, as in ``flax.linen.max_pool`` (PyTorch's default is the window itself).
       padding: ``"VALID"`` (no padding), ``"SAME"`` (the output has ``ceil(n / stride)``
-        positions per dimension), or one ``(low, high)`` pair of non-negative integers per
-        spatial dimension, each smaller than the window along that dimension. Padded
-        positions never win a window and receive no gradient.
+        positions per dimension; the padding of ``lax.reduce_window`` for the dilated
+        window), or one ``(low, high)`` pair of non-negative integers per spatial
+        dimension, each smaller than the window's extent along that dimension (the window
+        itself without dilation). Every window must keep a real entry (see the Note).
+        Padded positions never win a window and receive no gradient.
       return_indices: also return the positions of the maxima.
+      window_dilation: the step between a window's neighbouring entries along each spatial
+        dimension (``lax.reduce_window``'s ``window_dilation``, PyTorch's ``dilation``), so
+        that a window of size ``w`` spans an extent of ``(w - 1) * window_dilation + 1``
+        positions; ``None`` means 1 on each (contiguous windows).
 
     Returns:
-      The pooled array of shape ``(*batch, *pooled, features)``, in ``x``'s float dtype,
-      and with ``return_indices=True`` also an int32 array of the same shape: the flat,
-      row-major index of each window's maximum within its input's spatial plane (the
-      convention of ``torch.nn.functional.max_pool2d(return_indices=True)``), the first
-      maximum in the window's row-major order on ties. :func:`max_unpool` takes it back.
+      The pooled array of shape ``(*batch, *pooled, features)``, in ``x``'s dtype (float32
+      for booleans), and with ``return_indices=True`` also an int32 array of the same
+      shape: the flat, row-major index of each window's maximum within its input's spatial
+      plane (the convention of ``torch.nn.functional.max_pool2d(return_indices=True)``,
+      with ``dilation`` too), the first maximum in the window's row-major order on ties.
+      :func:`max_unpool` takes it back.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -100,22 +114,30 @@ def max_pool(
       >>> values, indices = jaxrelax.max_pool(x, (2, 2), (2, 2), return_indices=True)
       >>> print(values[..., 0], indices[..., 0])
       [[5. 2.]] [[1 2]]
+      >>> row = jnp.array([4, 0, 1, 7, 2, 3], jnp.int32)[:, None]  # integers stay integers
+      >>> values, indices = jaxrelax.max_pool(row, (2,), window_dilation=(3,), return_indices=True)
+      >>> print(values[:, 0], indices[:, 0])  # windows {0, 3}, {1, 4}, {2, 5}
+      [7 2 3] [3 4 5]
 
     Note:
       ``+inf`` wins its window and ``-inf`` loses; a window holding NaN gives NaN, and its
       index is that of its last NaN (as in PyTorch). A window whose real entries are all
-      ``-inf`` gives ``-inf``, with the index of its first real entry. No window consists of
-      padding alone: padding narrower than the window (the check above, which ``"SAME"``
-      always passes) leaves a real entry in every window. Invalid window shapes, strides or
-      padding raise ValueError naming the argument.
+      ``-inf`` (for integers: the dtype's minimum) gives that, with the index of its first
+      real entry. No window consists of padding alone: without dilation, padding narrower
+      than the window (the check above, which ``"SAME"`` always passes) leaves a real entry
+      in every window; with dilation, a window may straddle the input and still hold only
+      padding (size 1, window 2, dilation 3, padding ``(2, 2)``), so that every window is
+      checked, and a padding (``"SAME"`` included) that leaves one without a real entry
+      raises ValueError. Invalid window shapes, strides, padding or dilations raise
+      ValueError naming the argument.
     """
     return_indices = _checks.check_flag(return_indices, "return_indices")
-    a = _checks.prepare(x, None)
-    windows = pooling_windows(a.x.shape, window_shape, strides, padding)
+    x, dtype = _exact_input(x, "x")
+    windows = pooling_windows(x.shape, window_shape, strides, padding, window_dilation)
     if not return_indices:
-        return _max_pool(a.x, windows).astype(a.dtype)
-    values, indices = _max_pool_with_indices(a.x, windows)
-    return values.astype(a.dtype), indices
+        return _max_pool(x, windows).astype(dtype)
+    values, indices = _max_pool_with_indices(x, windows)
+    return values.astype(dtype), indices
 
 
 def max_unpool(values: ArrayLike, indices: ArrayLike, spatial_shape: Sequence[int]) -> jax.Array:
@@ -133,15 +155,18 @@ def max_unpool(values: ArrayLike, indices: ArrayLike, spatial_shape: Sequence[in
     ``indices`` get no gradient.
 
     Args:
-      values: pooled values of shape ``(*batch, *pooled, features)``, any real dtype (see
-        :func:`max_pool`).
+      values: pooled values of shape ``(*batch, *pooled, features)``, any real dtype:
+        integers keep theirs (and carry no gradient), as in :func:`max_pool`.
       indices: integer array of ``values``' shape: for each value, the flat row-major index
         of its position within the output's spatial plane, in ``[0, prod(spatial_shape))``.
       spatial_shape: the output's spatial shape (1, 2 or 3 positive integers), typically
-        ``x.shape[-1 - len(window_shape):-1]`` of the input that was pooled.
+        ``x.shape[-1 - len(window_shape):-1]`` of the input that was pooled. The indices
+        are flat plane indices whatever the pooling's geometry: those of a dilated
+        :func:`max_pool` need nothing more.
 
     Returns:
-      An array of shape ``(*batch, *spatial_shape, features)`` in ``values``' float dtype.
+      An array of shape ``(*batch, *spatial_shape, features)`` in ``values``' dtype
+      (float32 for booleans).
 
     Examples:
       >>> import jax.numpy as jnp
@@ -153,19 +178,20 @@ def max_unpool(values: ArrayLike, indices: ArrayLike, spatial_shape: Sequence[in
        [0. 0. 0. 0.]]
 
     Note:
-      NaN values are put in place as they are; a ``-inf`` value holds its position as
-      ``-inf``. Concrete indices out of range raise ValueError; traced ones cannot be
-      checked, and a value whose index is out of range is dropped (its gradient is 0).
+      NaN values are put in place as they are; a ``-inf`` value (for integers, the dtype's
+      minimum) holds its position as it is. Concrete indices out of range raise ValueError;
+      traced ones cannot be checked, and a value whose index is out of range is dropped
+      (its gradient is 0).
     """
-    v = _checks.prepare(values, None, name="values")
+    v, dtype = _exact_input(values, "values")
     spatial = _check_sizes(spatial_shape, "spatial_shape")
-    if v.x.ndim < len(spatial) + 1:
+    if v.ndim < len(spatial) + 1:
         raise ValueError(
             f"values must have {len(spatial)} spatial dimension(s) and a features dimension, "
-            f"got shape {v.x.shape}"
+            f"got shape {v.shape}"
         )
-    flat = _flat_indices(indices, v.x.shape, spatial)
-    return _unpool(v.x, flat, spatial).astype(v.dtype)
+    flat = _flat_indices(indices, v.shape, spatial)
+    return _unpool(v, flat, spatial).astype(dtype)
 
 
 def soft_pool(
@@ -175,6 +201,7 @@ def soft_pool(
     padding: str | Sequence[tuple[int, int]] = "VALID",
     *,
     temperature: ArrayLike = 1.0,
+    window_dilation: Sequence[int] | None = None,
 ) -> jax.Array:
     r"""The softmax-weighted mean of each window, a soft max-pool.
 
@@ -191,16 +218,20 @@ def soft_pool(
     arrays of the output's size.
 
     Args:
-      x: channels-last input, as in :func:`max_pool`.
+      x: channels-last input, as in :func:`max_pool`, but integers and booleans are
+        promoted to float as ``jax.nn.softmax`` promotes them (float32; float64 for int64
+        under x64): a relaxation's value is no integer.
       window_shape: as in :func:`max_pool`.
       strides: as in :func:`max_pool` (``None``: 1 on each spatial dimension).
       padding: as in :func:`max_pool`; padded positions take no part and get no gradient.
       temperature: a positive scalar, or an array broadcastable to ``x`` with size 1 along
         the spatial dimensions (one temperature per batch element or feature, say). It may
         be traced, and receives a gradient.
+      window_dilation: as in :func:`max_pool` (``None``: 1 on each spatial dimension).
 
     Returns:
-      The pooled array of shape ``(*batch, *pooled, features)``, in ``x``'s float dtype.
+      The pooled array of shape ``(*batch, *pooled, features)``, in ``x``'s float dtype
+      (the promoted one for integers and booleans).
 
     Examples:
       >>> import jax.numpy as jnp
@@ -222,7 +253,7 @@ def soft_pool(
       entries. A concrete ``temperature <= 0`` raises ValueError; a traced negative one gives
       NaN. Temperatures beyond about ``1e38`` (float32) behave as in :func:`jaxrelax.softmax`.
     """
-    return _smooth_pool("soft", x, window_shape, strides, padding, temperature)
+    return _smooth_pool("soft", x, window_shape, strides, padding, temperature, window_dilation)
 
 
 def lse_pool(
@@ -232,6 +263,7 @@ def lse_pool(
     padding: str | Sequence[tuple[int, int]] = "VALID",
     *,
     temperature: ArrayLike = 1.0,
+    window_dilation: Sequence[int] | None = None,
 ) -> jax.Array:
     r"""The log-sum-exp of each window, the smooth max-pool.
 
@@ -244,14 +276,16 @@ def lse_pool(
     is the softmax's entropy. Both are exact.
 
     Args:
-      x: channels-last input, as in :func:`max_pool`.
+      x: channels-last input, as in :func:`soft_pool` (integers are promoted to float).
       window_shape: as in :func:`max_pool`.
       strides: as in :func:`max_pool` (``None``: 1 on each spatial dimension).
       padding: as in :func:`max_pool`; padded positions take no part and get no gradient.
       temperature: as in :func:`soft_pool`.
+      window_dilation: as in :func:`max_pool` (``None``: 1 on each spatial dimension).
 
     Returns:
-      The pooled array of shape ``(*batch, *pooled, features)``, in ``x``'s float dtype.
+      The pooled array of shape ``(*batch, *pooled, features)``, in ``x``'s float dtype
+      (the promoted one for integers and booleans).
 
     Examples:
       >>> import jax.numpy as jnp
@@ -269,7 +303,7 @@ def lse_pool(
       ``c`` entries ``+inf`` has the limit's temperature gradient, ``log c`` (the entropy of
       its softmax), as :func:`jaxrelax.smooth_max` has.
     """
-    return _smooth_pool("lse", x, window_shape, strides, padding, temperature)
+    return _smooth_pool("lse", x, window_shape, strides, padding, temperature, window_dilation)
 
 
 def st_max_pool(
@@ -279,23 +313,28 @@ def st_max_pool(
     padding: str | Sequence[tuple[int, int]] = "VALID",
     *,
     temperature: ArrayLike = 1.0,
+    window_dilation: Sequence[int] | None = None,
 ) -> jax.Array:
     r"""Straight-through max-pool: the exact max-pool forward, :func:`soft_pool`'s gradient.
 
-    The forward pass is ``max_pool(x, window_shape, strides, padding)`` exactly; the backward
-    pass is the vector-Jacobian product of ``soft_pool(x, window_shape, strides, padding,
-    temperature=temperature)``, so each window's gradient is spread over its near-maxima
-    rather than given to its single winner. The temperature receives soft_pool's gradient.
+    The forward pass is ``max_pool(x, window_shape, strides, padding)`` exactly (with the same
+    ``window_dilation``); the backward pass is the vector-Jacobian product of
+    ``soft_pool(x, window_shape, strides, padding, temperature=temperature)``, so each
+    window's gradient is spread over its near-maxima rather than given to its single winner.
+    The temperature receives soft_pool's gradient.
 
     Args:
-      x: channels-last input, as in :func:`max_pool`.
+      x: channels-last input, as in :func:`soft_pool`: integers are promoted to float (the
+        gradient is soft_pool's), where :func:`max_pool` keeps them.
       window_shape: as in :func:`max_pool`.
       strides: as in :func:`max_pool` (``None``: 1 on each spatial dimension).
       padding: as in :func:`max_pool`.
       temperature: as in :func:`soft_pool`.
+      window_dilation: as in :func:`max_pool` (``None``: 1 on each spatial dimension).
 
     Returns:
-      The max-pooled array of shape ``(*batch, *pooled, features)``, in ``x``'s float dtype.
+      The max-pooled array of shape ``(*batch, *pooled, features)``, in ``x``'s float dtype
+      (the promoted one for integers and booleans).
 
     Examples:
       >>> import jax
@@ -311,12 +350,12 @@ def st_max_pool(
       The forward value is that of :func:`max_pool` (NaN and infinities included); the
       gradient is that of :func:`soft_pool`.
     """
-    return _smooth_pool("st", x, window_shape, strides, padding, temperature)
+    return _smooth_pool("st", x, window_shape, strides, padding, temperature, window_dilation)
 
 
-def _smooth_pool(kind, x, window_shape, strides, padding, temperature):
+def _smooth_pool(kind, x, window_shape, strides, padding, temperature, window_dilation):
     a = _checks.prepare(x, None)
-    windows = pooling_windows(a.x.shape, window_shape, strides, padding)
+    windows = pooling_windows(a.x.shape, window_shape, strides, padding, window_dilation)
     spatial_axes = tuple(range(windows.first_axis, windows.first_axis + len(windows.window)))
     t = _checks.check_temperature(temperature, a.x, spatial_axes)
     return _smooth(a.x, t, windows, kind).astype(a.dtype)
@@ -324,19 +363,27 @@ def _smooth_pool(kind, x, window_shape, strides, padding, temperature):
 
 # The entry points are jit-compiled (static geometry), so that an eager call compiles one
 # program per shape and geometry rather than running each window offset's slice on its own.
+# Integers carry no gradient: they go around the custom_vjp rules, which are for floats.
 @functools.partial(jax.jit, static_argnums=1)
 def _max_pool(x, windows):
+    if jnp.issubdtype(x.dtype, jnp.integer):
+        return _window_max(x, windows)
     return _max_pool_rule(x, windows)
 
 
 @functools.partial(jax.jit, static_argnums=1)
 def _max_pool_with_indices(x, windows):
-    values, winners = _max_pool_winners_rule(x, windows)
+    if jnp.issubdtype(x.dtype, jnp.integer):
+        values, winners = _winners(x, windows)
+    else:
+        values, winners = _max_pool_winners_rule(x, windows)
     return values, _plane_indices(winners, windows)
 
 
 @functools.partial(jax.jit, static_argnums=2)
 def _unpool(values, flat, spatial):
+    if jnp.issubdtype(values.dtype, jnp.integer):
+        return _unpool_values(values, flat, spatial)
     return _unpool_rule(values, flat, spatial)
 
 
@@ -345,7 +392,17 @@ def _smooth(x, t, windows, kind):
     return _smooth_rule(x, t, windows, kind)
 
 
-def pooling_windows(shape, window_shape, strides, padding) -> Windows:
+def _exact_input(x, name: str) -> tuple[jax.Array, np.dtype]:
+    """(compute array, result dtype) for max_pool and max_unpool: integers as they are (a
+    maximum is exact in them), the rest as :func:`_checks.prepare` makes them."""
+    array = _checks.as_real_array(x, name)
+    if jnp.issubdtype(array.dtype, jnp.integer):
+        return array, array.dtype
+    a = _checks.prepare(array, None, name=name)
+    return a.x, a.dtype
+
+
+def pooling_windows(shape, window_shape, strides, padding, window_dilation=None) -> Windows:
     """Checks the pooling arguments against an input of ``shape`` and returns its windows."""
     window = _check_sizes(window_shape, "window_shape")
     n = len(window)
@@ -359,23 +416,30 @@ def pooling_windows(shape, window_shape, strides, padding) -> Windows:
     if 0 in spatial:
         raise ValueError(f"x must have no empty spatial dimension, got shape {tuple(shape)}")
     strides = (1,) * n if strides is None else _check_sizes(strides, "strides", n)
+    dilation = (
+        (1,) * n if window_dilation is None else _check_sizes(window_dilation, "window_dilation", n)
+    )
+    extent = tuple((w - 1) * d + 1 for w, d in zip(window, dilation, strict=True))
     if isinstance(padding, str):
         if padding not in PADDINGS:
             raise ValueError(
                 f"padding must be one of {PADDINGS} or a sequence of (low, high) pairs, "
                 f"got {padding!r}"
             )
-        pads = tuple(lax.padtype_to_pads(spatial, window, strides, padding))
+        pads = tuple(lax.padtype_to_pads(spatial, extent, strides, padding))
     else:
-        pads = _check_pads(padding, window)
+        pads = _check_pads(padding, window, dilation)
     pads = tuple((int(lo), int(hi)) for lo, hi in pads)
     padded = tuple(s + lo + hi for s, (lo, hi) in zip(spatial, pads, strict=True))
-    if any(w > p for w, p in zip(window, padded, strict=True)):
+    if any(e > p for e, p in zip(extent, padded, strict=True)):
+        dilated = "" if extent == window else f" with window_dilation {dilation} (extent {extent})"
         raise ValueError(
-            f"window_shape {window} must fit in the padded input's spatial shape {padded}"
+            f"window_shape {window}{dilated} must fit in the padded input's spatial shape {padded}"
         )
-    pooled = tuple((p - w) // s + 1 for p, w, s in zip(padded, window, strides, strict=True))
-    return Windows(first_axis, window, strides, pads, spatial, pooled)
+    pooled = tuple((p - e) // s + 1 for p, e, s in zip(padded, extent, strides, strict=True))
+    windows = Windows(first_axis, window, strides, pads, spatial, pooled, dilation)
+    _check_real_entries(windows, padding)
+    return windows
 
 
 def _check_sizes(value, name: str, length: int | None = None) -> tuple[int, ...]:
@@ -390,7 +454,7 @@ def _check_sizes(value, name: str, length: int | None = None) -> tuple[int, ...]
     return sizes
 
 
-def _check_pads(padding, window) -> tuple[tuple[int, int], ...]:
+def _check_pads(padding, window, dilation) -> tuple[tuple[int, int], ...]:
     try:
         pads = tuple(tuple(pair) for pair in padding)
     except TypeError:
@@ -403,22 +467,56 @@ def _check_pads(padding, window) -> tuple[tuple[int, int], ...]:
             f"got {padding!r}"
         )
     pads = tuple(tuple(_checks.check_integer(p, "padding", low=0) for p in pair) for pair in pads)
-    if any(p >= w for pair, w in zip(pads, window, strict=True) for p in pair):
+    extent = tuple((w - 1) * d + 1 for w, d in zip(window, dilation, strict=True))
+    if any(p >= e for pair, e in zip(pads, extent, strict=True) for p in pair):
+        bound = (
+            f"window_shape {window}"
+            if extent == window
+            else f"the extent {extent} of window_shape {window} with window_dilation {dilation}"
+        )
         raise ValueError(
-            f"padding must be smaller than window_shape {window} on each side (wider padding "
-            f"would make windows of padding alone), got {padding!r}"
+            f"padding must be smaller than {bound} on each side (wider padding would make "
+            f"windows of padding alone), got {padding!r}"
         )
     return pads
 
 
+def _check_real_entries(windows: Windows, padding) -> None:
+    """Raises ValueError if some window holds padding alone: possible with dilation only (its
+    entries may straddle the input), as padding narrower than a contiguous window always
+    leaves it a real entry. A window is real where its entries along every axis are."""
+    for axis, (n, w, s, d, (lo, _), m) in enumerate(
+        zip(
+            windows.spatial,
+            windows.window,
+            windows.strides,
+            windows.dilation,
+            windows.padding,
+            windows.pooled,
+            strict=True,
+        )
+    ):
+        positions = s * np.arange(m)[:, None] + d * np.arange(w) - lo  # within the input
+        real = ((positions >= 0) & (positions < n)).any(axis=1)
+        if not real.all():
+            i = int(np.argmin(real))
+            pads = f" (pads {windows.padding})" if isinstance(padding, str) else ""
+            raise ValueError(
+                f"padding {padding!r}{pads} leaves window {i} of spatial "
+                f"dimension {axis} with padding alone (its entries {positions[i].tolist()} lie "
+                f"outside the input's {n} positions), for window_shape {windows.window}, "
+                f"strides {windows.strides} and window_dilation {windows.dilation}"
+            )
+
+
 def _window_slices(x: jax.Array, windows: Windows):
     """(offset index, slice) for each offset within the window, in row-major order: the
-    slice holds, for every window, its entry at that offset (-inf in the padding)."""
+    slice holds, for every window, its entry at that offset (the padding is ``_lowest``)."""
     padding = windows.expand([(lo, hi, 0) for lo, hi in windows.padding], (0, 0, 0))
-    padded = lax.pad(x, jnp.asarray(-jnp.inf, x.dtype), padding)
+    padded = lax.pad(x, _lowest(x.dtype), padding)
     sizes = windows.expand(windows.pooled, None)
     for index, offset in enumerate(windows.offsets()):
-        start = windows.expand(offset, 0)
+        start = windows.expand([o * d for o, d in zip(offset, windows.dilation, strict=True)], 0)
         step = windows.expand(windows.strides, 1)
         limit = [
             s + (n - 1) * d + 1 if n is not None else m
@@ -427,15 +525,24 @@ def _window_slices(x: jax.Array, windows: Windows):
         yield index, lax.slice(padded, start, limit, step)
 
 
+def _lowest(dtype) -> jax.Array:
+    """The padding's value, at most every entry's: -inf, or an integer dtype's minimum (a tie
+    with the padding never wins: each window's winner starts at its first real entry)."""
+    if jnp.issubdtype(dtype, jnp.integer):
+        return jnp.asarray(jnp.iinfo(dtype).min, dtype)
+    return jnp.asarray(-jnp.inf, dtype)
+
+
 def _spread(parts, windows: Windows, shape) -> jax.Array:
     """The transpose of :func:`_window_slices`: sums each offset's part (of the pooled shape)
     back onto the input's positions; padded positions are dropped."""
     total = None
     for offset, part in zip(windows.offsets(), parts, strict=True):
         config = [(0, 0, 0)] * len(shape)
-        for i, (o, (lo, _), s, n, m) in enumerate(
+        for i, (o, d, (lo, _), s, n, m) in enumerate(
             zip(
                 offset,
+                windows.dilation,
                 windows.padding,
                 windows.strides,
                 windows.spatial,
@@ -443,7 +550,7 @@ def _spread(parts, windows: Windows, shape) -> jax.Array:
                 strict=True,
             )
         ):
-            low = o - lo
+            low = o * d - lo
             config[windows.first_axis + i] = (low, n - low - (m - 1) * s - 1, s - 1)
         spread = lax.pad(part, jnp.zeros((), part.dtype), config)
         total = spread if total is None else total + spread
@@ -461,14 +568,15 @@ def _window_max(x: jax.Array, windows: Windows) -> jax.Array:
 
 def _winners(x: jax.Array, windows: Windows) -> tuple[jax.Array, jax.Array]:
     """(maximum, offset index of the first maximum) per window; a window with NaN gives NaN
-    and its last NaN (as PyTorch does); one whose real entries are all -inf, its first real
-    entry (so that the index never names padding)."""
+    and its last NaN (as PyTorch does); one whose real entries are all -inf (an integer
+    dtype's minimum), its first real entry (so that the index never names padding)."""
     size = int(np.prod(windows.window))
     dtype = jnp.int8 if size <= np.iinfo(np.int8).max else jnp.int32
-    peak = jnp.full((), -jnp.inf, x.dtype)
+    peak = _lowest(x.dtype)
     winner = _first_real_offset(windows).astype(dtype)
+    floating = jnp.issubdtype(x.dtype, jnp.floating)
     for index, part in _window_slices(x, windows):
-        better = (part > peak) | jnp.isnan(part)
+        better = (part > peak) | jnp.isnan(part) if floating else part > peak
         peak = jnp.where(better, part, peak)
         winner = jnp.where(better, jnp.asarray(index, dtype), winner)
     return peak, winner
@@ -478,10 +586,19 @@ def _first_real_offset(windows: Windows) -> jax.Array:
     """The offset index of each window's first unpadded entry, broadcastable to the pooled
     shape (the first entry itself, 0, without padding)."""
     index = np.zeros((), np.int32)
-    for i, (w, s, (lo, _), m) in enumerate(
-        zip(windows.window, windows.strides, windows.padding, windows.pooled, strict=True)
+    for i, (w, s, d, (lo, _), m) in enumerate(
+        zip(
+            windows.window,
+            windows.strides,
+            windows.dilation,
+            windows.padding,
+            windows.pooled,
+            strict=True,
+        )
     ):
-        first = np.maximum(lo - s * np.arange(m), 0)  # the first real position in the window
+        # the first offset j whose position s i + j d lies past the low padding (every
+        # window has a real entry, so that this one is real)
+        first = np.maximum(-((s * np.arange(m) - lo) // d), 0)
         shape = [1] * len(windows.window)
         shape[i] = m
         index = index * w + first.reshape(shape)
@@ -494,16 +611,17 @@ def _plane_indices(winners: jax.Array, windows: Windows) -> jax.Array:
     remaining = winners.astype(jnp.int32)
     plane_stride = 1
     for i in reversed(range(len(windows.window))):
-        w, s, (lo, _), m = (
+        w, s, d, (lo, _), m = (
             windows.window[i],
             windows.strides[i],
+            windows.dilation[i],
             windows.padding[i],
             windows.pooled[i],
         )
         view = [1] * winners.ndim
         view[windows.first_axis + i] = m
         start = (s * jnp.arange(m, dtype=jnp.int32) - lo).reshape(view)
-        flat = flat + (start + remaining % w) * plane_stride
+        flat = flat + (start + (remaining % w) * d) * plane_stride
         remaining = remaining // w
         plane_stride *= windows.spatial[i]
     return flat
@@ -533,10 +651,12 @@ def _max_pool_bwd(windows, winner, cotangent):
     if isinstance(cotangent, tuple):  # (values, winners); the winners' cotangent is float0
         cotangent = cotangent[0]
     shape = cotangent.shape[: windows.first_axis] + windows.spatial + cotangent.shape[-1:]
-    if any(s < w for s, w in zip(windows.strides, windows.window, strict=True)):
-        # Overlapping windows: compiled with the forward pass, XLA fuses the winners' search
-        # into every offset's part of the spread (nine searches for a 3x3 window; an
-        # optimisation barrier does not survive its passes). A scatter reads it once.
+    extent = ((w - 1) * d + 1 for w, d in zip(windows.window, windows.dilation, strict=True))
+    if any(s < e for s, e in zip(windows.strides, extent, strict=True)):
+        # Overlapping windows (their extents, with dilation): compiled with the forward pass,
+        # XLA fuses the winners' search into every offset's part of the spread (nine
+        # searches for a 3x3 window; an optimisation barrier does not survive its passes). A
+        # scatter reads it once.
         flat = _global_indices(_plane_indices(winner, windows), shape, windows.spatial)
         dx = (
             jnp.zeros(int(np.prod(shape)), cotangent.dtype)
@@ -592,25 +712,31 @@ def _global_indices(plane_indices, shape, spatial) -> jax.Array:
     return jnp.where((rows >= 0) & (rows < plane), flat, total).reshape(plane_indices.shape)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _unpool_rule(values, flat, spatial):
+def _unpool_values(values, flat, spatial):
     batch = values.shape[: -1 - len(spatial)]
     features = values.shape[-1]
     size = int(np.prod(batch)) * int(np.prod(spatial)) * features
     updates, flat = values.reshape(-1), flat.reshape(-1)
-    held = jnp.full((size,), -jnp.inf, values.dtype).at[flat].max(updates, mode="drop")
-    # An untouched position holds -inf, as does a position whose value is -inf: told apart,
-    # only when some value is -inf, by a second scatter of which positions are written.
+    lowest = _lowest(values.dtype)
+    held = jnp.full((size,), lowest, values.dtype).at[flat].max(updates, mode="drop")
+    # An untouched position holds -inf (an integer dtype's minimum), as does a position
+    # whose value is that: told apart, only when some value is, by a second scatter of which
+    # positions are written.
     written = lax.cond(
-        jnp.any(updates == -jnp.inf),
+        jnp.any(updates == lowest),
         lambda: jnp.zeros((size,), bool).at[flat].set(True, mode="drop"),
-        lambda: held != -jnp.inf,
+        lambda: held != lowest,
     )
     return jnp.where(written, held, 0).reshape(*batch, *spatial, features)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _unpool_rule(values, flat, spatial):
+    return _unpool_values(values, flat, spatial)
+
+
 def _unpool_fwd(values, flat, spatial):
-    return _unpool_rule(values, flat, spatial), flat
+    return _unpool_values(values, flat, spatial), flat
 
 
 def _unpool_bwd(spatial, flat, cotangent):
@@ -637,7 +763,7 @@ def _window_softmax(x, t, windows) -> tuple[_WindowSoftmax, jax.Array]:
     temperature) weigh 0 with no 0 * inf."""
     peak = _window_max(x, windows)
     top = _numerics.halved_top(lax.stop_gradient(peak))
-    factor = _numerics.halves_factor(1 / t, x.dtype)
+    factor = _numerics.halves_factor(1, x.dtype, t)
     den = sum_gap = 0
     for _, part in _window_slices(x, windows):
         u = _window_logits(part, top, factor)
@@ -661,7 +787,7 @@ def _logit_floor(dtype) -> float:
 def _window_logits(part, top, factor):
     """``max((x - max) / t, floor)`` from halves (``factor`` is ``2 / t``): ``-inf`` entries
     and padding give the floor, with derivative 0 (no 0 * inf), and ``top`` gets none."""
-    u = (_numerics.capped_half(part) - top) * factor
+    u = (_numerics.capped_half(part) - top) * _numerics.inf_wins(top, factor)
     return jnp.maximum(u, _logit_floor(part.dtype))
 
 
@@ -706,7 +832,7 @@ def _smooth_fwd(x, t, windows, kind):
 def _smooth_bwd(windows, kind, residuals, cotangent):
     x, t, stats = residuals
     den = _nonzero(stats.den)
-    factor = _numerics.halves_factor(1 / t, x.dtype)
+    factor = _numerics.halves_factor(1, x.dtype, t)
     mean_u = stats.mean_gap * factor
     parts, spread_u = [], 0
     for _, part in _window_slices(x, windows):

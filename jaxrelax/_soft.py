@@ -62,11 +62,12 @@ def softmax(
       ``+inf`` entries share the mass equally (the limit of large finite values). A NaN in an
       unmasked entry makes its slice NaN. A concrete ``temperature <= 0`` raises ValueError;
       a traced one is not checked and gives NaN if it is negative (0 gives the limit). A
-      temperature beyond about ``1e38`` (float32) gives the uniform distribution, and its
-      gradients underflow to 0. The scores are shifted by their maximum in halves (so that
-      nothing overflows); XLA's CPU backend flushes subnormal numbers to zero, so there
-      scores below ``2 * finfo.tiny`` in magnitude count as 0, which matters only at
-      temperatures that small.
+      huge temperature gives the uniform distribution, but for scores that differ by a few
+      units of it (near finfo.max), computed as exactly up to about ``1.7e38`` (float32) and
+      as at that temperature beyond; its gradients underflow to 0. The scores are shifted
+      by their maximum in halves (so that nothing overflows); XLA's CPU backend flushes
+      subnormal numbers to zero, so there scores below ``2 * finfo.tiny`` in magnitude
+      count as 0, which matters only at temperatures that small.
       Forward mode (``jax.jvp``, ``jax.jacfwd``) is not supported: the gradient is a ``custom_vjp``.
       Use ``jax.grad``, ``jax.vjp`` or ``jax.jacrev``; second derivatives (``jax.hessian``, grad of
       grad) work.
@@ -241,7 +242,7 @@ def _softmax_parts(x, temperature, where, axes):
     Arithmetic only, so XLA fuses it into two passes over ``x``; ``total`` is NaN exactly for
     slices holding NaN, since sums propagate NaN.
     """
-    m, shifted = _numerics.shift_by_max(x, where, axes, 1 / temperature)
+    m, shifted = _numerics.shift_by_max(x, where, axes, temperature=temperature)
     e = jnp.exp(shifted)
     return m, e, jnp.sum(e, axes, keepdims=True)
 

@@ -396,8 +396,8 @@ def _entmax_value(x, temperature, alpha, where, axes, kind):
     # v = (alpha - 1) (z - max z), with z = x / t; p = mass(v - tau). shift_by_max keeps the
     # scale at least the smallest normal number, so that a huge temperature gives the uniform
     # limit, never 0 * -inf at a masked entry.
-    scale = jnp.broadcast_to((alpha - 1) / temperature, slices).astype(x.dtype)
-    _, v = _numerics.shift_by_max(x, where, axes, scale)
+    scale = jnp.broadcast_to(alpha - 1, slices).astype(x.dtype)
+    _, v = _numerics.shift_by_max(x, where, axes, scale, temperature)
     tau = _threshold_of(v, beta, kind, axes)
     mass = _MASSES[kind].value(v - tau, beta)
     if kind != "general":

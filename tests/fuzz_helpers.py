@@ -311,8 +311,8 @@ def _values(config):
     return st.one_of(general, general, general, extreme)
 
 
-def temperatures():
-    return st.sampled_from(TEMPERATURES * 3 + EXTREME_TEMPERATURES)
+def temperatures(extra=()):
+    return st.sampled_from(TEMPERATURES * 3 + EXTREME_TEMPERATURES + list(extra))
 
 
 @st.composite

@@ -855,19 +855,21 @@ def np_relaxed_topk_vjp(p, cotangent, k, axis=-1, temperature=1.0, kind="soft"):
 # --- pooling: float64 oracles from explicitly extracted windows ---
 
 
-def np_windows(x, window, strides, padding):
+def np_windows(x, window, strides, padding, dilation=None):
     """Every window of channels-last ``x`` as an explicit patch tensor: (patches, positions),
     ``patches`` of shape (*batch, *pooled, features, window size) with -inf at padded
     positions, and ``positions`` of shape (*pooled, window size): each entry's flat
     row-major index within the spatial plane, -1 where it is padding. ``padding`` is a
-    sequence of (low, high) pairs."""
+    sequence of (low, high) pairs; ``dilation`` (None: ones) the step between a window's
+    entries, as in lax.reduce_window's window_dilation."""
     x = np.asarray(x, np.float64)
     d = len(window)
+    dilation = (1,) * d if dilation is None else tuple(dilation)
     first = x.ndim - 1 - d
     spatial = x.shape[first:-1]
     pooled = [
-        (n + lo + hi - w) // s + 1
-        for n, w, s, (lo, hi) in zip(spatial, window, strides, padding, strict=True)
+        (n + lo + hi - (w - 1) * r - 1) // s + 1
+        for n, w, s, (lo, hi), r in zip(spatial, window, strides, padding, dilation, strict=True)
     ]
     batch = x.shape[:first]
     patches = np.full((*batch, *pooled, x.shape[-1], int(np.prod(window))), -np.inf)
@@ -875,8 +877,8 @@ def np_windows(x, window, strides, padding):
     for out in np.ndindex(*pooled):
         for k, offset in enumerate(np.ndindex(*window)):
             coords = [
-                o * s - lo + w
-                for o, s, (lo, _), w in zip(out, strides, padding, offset, strict=True)
+                o * s - lo + w * r
+                for o, s, (lo, _), w, r in zip(out, strides, padding, offset, dilation, strict=True)
             ]
             if all(0 <= c < n for c, n in zip(coords, spatial, strict=True)):
                 index = (Ellipsis, *coords, slice(None))
@@ -885,11 +887,11 @@ def np_windows(x, window, strides, padding):
     return patches, positions
 
 
-def np_max_pool(x, window, strides, padding):
+def np_max_pool(x, window, strides, padding, dilation=None):
     """(values, indices) with the documented semantics: the first maximum in row-major
     window order; a NaN window gives NaN and the index of its last NaN; a window whose real
     entries are all -inf, -inf and the index of its first real entry."""
-    patches, positions = np_windows(x, window, strides, padding)
+    patches, positions = np_windows(x, window, strides, padding, dilation)
     real = positions >= 0  # (*pooled, K), broadcast over batch and features
     real = np.broadcast_to(real[..., None, :], patches.shape)
     nan = np.isnan(patches)
@@ -940,11 +942,11 @@ def pool_temperature(temperature, ndim):
 
 
 @_quiet
-def np_smooth_pool(x, window, strides, padding, temperature=1.0, kind="soft"):
+def np_smooth_pool(x, window, strides, padding, temperature=1.0, kind="soft", dilation=None):
     """soft_pool (``kind="soft"``: the softmax-weighted mean) or lse_pool (``"lse"``: t
     log-sum-exp) of every window, in float64: padding and -inf entries take no part (a
     window of nothing but them gives -inf), +inf entries win (+inf), NaN poisons."""
-    patches, _ = np_windows(x, window, strides, padding)
+    patches, _ = np_windows(x, window, strides, padding, dilation)
     t = pool_temperature(temperature, np.ndim(x))[..., None]
     with np.errstate(invalid="ignore"):
         m = np.max(np.where(np.isnan(patches), -np.inf, patches), -1, keepdims=True)
@@ -964,7 +966,9 @@ def np_smooth_pool(x, window, strides, padding, temperature=1.0, kind="soft"):
 
 @np.errstate(invalid="ignore")  # NaN windows give NaN, as they should
 @_quiet
-def np_smooth_pool_vjp(x, cotangent, window, strides, padding, temperature=1.0, kind="soft"):
+def np_smooth_pool_vjp(
+    x, cotangent, window, strides, padding, temperature=1.0, kind="soft", dilation=None
+):
     """(dx, dt per window) of :func:`np_smooth_pool` in closed form, on inputs without NaN:
     ``p (1 + (x - y) / t)`` and ``-Var_p(x) / t^2`` for soft, ``p`` and the softmax's
     entropy for lse; a window holding +inf shares its cotangent equally among its c +inf
@@ -973,7 +977,7 @@ def np_smooth_pool_vjp(x, cotangent, window, strides, padding, temperature=1.0, 
     pooled shape (sum it to the temperature's shape)."""
     x = np.asarray(x, np.float64)
     d = len(window)
-    patches, positions = np_windows(x, window, strides, padding)
+    patches, positions = np_windows(x, window, strides, padding, dilation)
     t = pool_temperature(temperature, x.ndim)[..., None]
     g = np.asarray(cotangent, np.float64)[..., None]
     m = np.max(patches, -1, keepdims=True)

@@ -72,7 +72,8 @@ UNPOOL_WINDOW = (2, 2)  # max_unpool of max_pool over non-overlapping windows (s
 _UNSET = object()
 FLOAT_DTYPES = ("bfloat16", "float16", "float32", "float64")
 # Integer and boolean input is promoted like jax.nn.softmax (float32, float64 for int64
-# under x64); the samplers take floating-point logits only.
+# under x64), except that max_pool and max_unpool keep integers (as flax and PyTorch do);
+# the samplers take floating-point logits only.
 DTYPES = FLOAT_DTYPES + ("int32", "int64", "bool")
 
 

@@ -309,6 +309,28 @@ def test_bad_pooling_geometry(name):
     with pytest.raises(ValueError, match="window_shape .* must fit"):
         pool(IMAGE, (6, 2))  # larger than the (unpadded) input
     assert pool(IMAGE, (6, 2), None, ((1, 0), (0, 0))).shape == (2, 1, 3, 3)  # with padding
+    for dilation, error in [
+        ((2, 0), ValueError),  # zero
+        ((1, -1), ValueError),  # negative
+        ((2,), ValueError),  # one entry for two spatial dims
+        ((2, 1, 1), ValueError),
+        ((1.5, 1), TypeError),
+        (2, TypeError),  # not a sequence
+    ]:
+        with pytest.raises(error, match="window_dilation"):
+            pool(IMAGE, (2, 2), window_dilation=dilation)
+    with pytest.raises(ValueError, match=r"window_shape \(3, 2\) with window_dilation .* fit"):
+        pool(IMAGE, (3, 2), window_dilation=(3, 1))  # an extent of 7 in 5 positions
+    # the padding's bound is the dilated window's extent (3 here, for a window of 2) ...
+    with pytest.raises(ValueError, match=r"padding must be smaller than the extent \(3, 2\)"):
+        pool(IMAGE, (2, 2), (1, 1), ((3, 0), (0, 0)), window_dilation=(2, 1))
+    wide = pool(IMAGE, (2, 2), (1, 1), ((2, 0), (0, 0)), window_dilation=(2, 1))
+    assert wide.shape == (2, 5, 3, 3)
+    # ... and every window must still hold a real entry: one position, a window of 2 with
+    # dilation 3 and padding (2, 2) reads positions -2 and 1, outside the input; "SAME" alike
+    for padding in [((2, 2),), "SAME"]:
+        with pytest.raises(ValueError, match="padding .*padding alone.*window_dilation"):
+            pool(jnp.ones((1, 3)), (2,), (1,), padding, window_dilation=(3,))
 
 
 @pytest.mark.parametrize("name", [n for n in POOLS if n in TEMPERED])

@@ -3,9 +3,9 @@ st_max_pool: the entries of tests/registry.py that name test_pooling) against th
 window oracles of reference.py, with the value strategy of fuzz_helpers.py (+-inf, NaN, 1e30,
 finfo.max, subnormals, exact ties) and its temperatures.
 
-Each configuration (shape, window, strides, padding, dtype, temperature shape) compiles one
-program computing every function, its VJP and max_unpool of max_pool's indices. The
-semantics checked, example by example:
+Each configuration (shape, window, strides, padding, window dilation, dtype, temperature
+shape) compiles one program computing every function, its VJP and max_unpool of max_pool's
+indices. The semantics checked, example by example:
 
 - max_pool: the values and indices of the oracle exactly (the first maximum in the window's
   row-major order; NaN windows give NaN and their last NaN; windows of -inf entries their
@@ -17,7 +17,9 @@ semantics checked, example by example:
 - st_max_pool: max_pool's values (up to flushed subnormals) and soft_pool's VJP, bit for bit;
 - max_unpool of max_pool's own indices: x at the winners, 0 elsewhere; its VJP the gathered
   cotangent;
-- every output in the input's float dtype (float32 for integers), gradients in the input's.
+- max_pool's and max_unpool's outputs in the input's dtype (integers kept), the others in its
+  float dtype (float32 for int32), gradients in the input's (of the promoted input for
+  integers).
 """
 
 from __future__ import annotations
@@ -59,17 +61,31 @@ class PoolConfig:
     padding: str | tuple
     dtype: str
     temperature: str  # "scalar" or "feature" (one per batch element and feature)
+    dilation: tuple | None = None  # window_dilation
 
 
 P = PoolConfig
+# Beyond the shared temperatures: 1e38, where float32's 1 / t is subnormal, and scaled gaps
+# (x - max) / t of ordinary scores too, which made soft_pool the window's maximum rather than
+# its mean, and where +inf lost its window to finite scores near finfo.max.
+HUGE_TEMPERATURES = [1e38]
 POOL = [
-    P((2, 5, 3), (2,), (2,), "VALID", "float32", "scalar"),
+    P((2, 7, 3), (2,), (2,), "VALID", "float32", "scalar", (3,)),  # dilation > window
     P((1, 4, 5, 2), (3, 3), (2, 2), ((1, 1), (1, 1)), "float32", "feature"),
     P((3, 1, 2), (2,), (1,), ((1, 0),), "float64", "scalar"),  # a size-1 spatial dim
-    P((2, 3, 3, 1), (2, 2), None, "SAME", "bfloat16", "scalar"),
+    P((2, 3, 3, 1), (2, 2), None, "SAME", "bfloat16", "scalar", (2, 1)),  # SAME, dilated
     P((4, 4, 2), (2, 2), (2, 2), "VALID", "float16", "feature"),  # no batch dim
-    P((1, 3, 2, 3, 1), (2, 2, 2), (1, 1, 1), ((1, 0), (0, 1), (1, 1)), "float32", "scalar"),
-    P((2, 4, 2), (3,), (1,), ((2, 1),), "int32", "scalar"),  # windows of one real entry
+    P(
+        (1, 3, 2, 3, 1),
+        (2, 2, 2),
+        (1, 1, 1),
+        ((1, 0), (0, 1), (1, 1)),
+        "float32",
+        "scalar",
+        (1, 1, 2),
+    ),
+    # windows of one real entry, a pad wider than the window (not its extent 5)
+    P((2, 4, 2), (3,), (1,), ((4, 1),), "int32", "scalar", (2,)),
     P((2, 3, 2), (3,), (2,), ((1, 1),), "float32_x64", "feature"),
     P((0, 3, 3, 2), (2, 2), (1, 1), "VALID", "float32", "feature"),  # an empty batch axis
 ]
@@ -77,17 +93,21 @@ POOL = [
 
 def config_id(c):
     shape = "x".join(map(str, c.shape))
-    return f"{shape}-w{c.window}-s{c.strides}-{c.padding}-{c.dtype}-{c.temperature}"
+    dilation = "" if c.dilation is None else f"-d{c.dilation}"
+    return f"{shape}-w{c.window}-s{c.strides}-{c.padding}{dilation}-{c.dtype}-{c.temperature}"
 
 
 def _geometry(config):
+    """(strides, padding as (low, high) pairs, dilation), the defaults spelled out."""
     d = len(config.window)
     spatial = config.shape[-1 - d : -1]
     strides = (1,) * d if config.strides is None else config.strides
+    dilation = (1,) * d if config.dilation is None else config.dilation
     padding = config.padding
     if isinstance(padding, str):
-        padding = tuple(jax.lax.padtype_to_pads(spatial, config.window, strides, padding))
-    return strides, tuple(tuple(p) for p in padding)
+        extent = [(w - 1) * r + 1 for w, r in zip(config.window, dilation, strict=True)]
+        padding = tuple(jax.lax.padtype_to_pads(spatial, extent, strides, padding))
+    return strides, tuple(tuple(p) for p in padding), dilation
 
 
 @st.composite
@@ -101,11 +121,12 @@ def _cases(draw, config):
             x = x.astype(dtype)
     compute = DTYPES[config.dtype][1]
     if config.temperature == "scalar":
-        t = np.asarray(draw(temperatures()), compute)
+        t = np.asarray(draw(temperatures(HUGE_TEMPERATURES)), compute)
     else:
         t_shape = (*config.shape[: -1 - len(config.window)], *(1,) * len(config.window))
         t_shape = t_shape + config.shape[-1:]
-        t = np.asarray(draw(arrays(np.float64, t_shape, elements=temperatures())), compute)
+        elements = temperatures(HUGE_TEMPERATURES)
+        t = np.asarray(draw(arrays(np.float64, t_shape, elements=elements)), compute)
     return x, t, draw(st.integers(0, 2**16))
 
 
@@ -117,29 +138,38 @@ def _program(config):
     if config not in _PROGRAMS:
         window, strides, padding = config.window, config.strides, config.padding
         spatial = config.shape[-1 - len(window) : -1]
+        dilated = dict(window_dilation=config.dilation)
 
         def run(x, t, g, h):
-            values, indices = jaxrelax.max_pool(x, window, strides, padding, return_indices=True)
+            values, indices = jaxrelax.max_pool(
+                x, window, strides, padding, return_indices=True, **dilated
+            )
             out = {"values": values, "indices": indices}
             for name, fn in [("soft", jaxrelax.soft_pool), ("lse", jaxrelax.lse_pool)]:
-                out[f"{name}_int"] = fn(x, window, strides, padding, temperature=t)
+                out[f"{name}_int"] = fn(x, window, strides, padding, temperature=t, **dilated)
+            # max_unpool keeps integers as max_pool does
+            out["unpooled"] = jaxrelax.max_unpool(values, indices, spatial)
             if not jnp.issubdtype(x.dtype, jnp.floating):  # gradients of the promoted input
-                x = x.astype(values.dtype)
-            out["plain"], vjp = jax.vjp(lambda x: jaxrelax.max_pool(x, window, strides, padding), x)
-            out["max_dx"] = vjp(g.astype(values.dtype))[0]
+                x = x.astype(out["soft_int"].dtype)
+                values = values.astype(x.dtype)
+            out["plain"], vjp = jax.vjp(
+                lambda x: jaxrelax.max_pool(x, window, strides, padding, **dilated), x
+            )
+            out["max_dx"] = vjp(g.astype(x.dtype))[0]
             for name, fn in [
                 ("soft", jaxrelax.soft_pool),
                 ("lse", jaxrelax.lse_pool),
                 ("st", jaxrelax.st_max_pool),
             ]:
                 value, vjp = jax.vjp(
-                    lambda x, t, fn=fn: fn(x, window, strides, padding, temperature=t), x, t
+                    lambda x, t, fn=fn: fn(x, window, strides, padding, temperature=t, **dilated),
+                    x,
+                    t,
                 )
                 out[name] = value
                 out[f"{name}_dx"], out[f"{name}_dt"] = vjp(g.astype(value.dtype))
-            unpooled, vjp = jax.vjp(lambda v: jaxrelax.max_unpool(v, indices, spatial), values)
-            out["unpooled"] = unpooled
-            out["unpool_dv"] = vjp(h.astype(unpooled.dtype))[0]
+            _, vjp = jax.vjp(lambda v: jaxrelax.max_unpool(v, indices, spatial), values)
+            out["unpool_dv"] = vjp(h.astype(values.dtype))[0]
             return out
 
         _PROGRAMS[config] = run
@@ -170,11 +200,16 @@ def test_pooling(config, data):
     )
     if x.dtype in (jnp.bfloat16, np.float16):  # computed in float32, returned as given
         out_dtype = x.dtype
-    strides, padding = _geometry(config)
+    strides, padding, dilation = _geometry(config)
     window = config.window
+    # max_pool and max_unpool keep integers; the relaxations promote them
+    exact_dtype = x.dtype if np.issubdtype(x.dtype, np.integer) else out_dtype
     with jax.enable_x64(x64):
         values_shape = jax.eval_shape(
-            lambda x: jaxrelax.max_pool(x, window, config.strides, config.padding), x
+            lambda x: jaxrelax.max_pool(
+                x, window, config.strides, config.padding, window_dilation=config.dilation
+            ),
+            x,
         ).shape
         rng = np.random.default_rng(seed)
         g = rng.normal(size=values_shape).astype(np.float32)
@@ -185,10 +220,11 @@ def test_pooling(config, data):
     d = len(window)
 
     # max_pool: exact, against the oracle of x or of x with tiny scores flushed
-    assert out["values"].dtype == out_dtype and out["indices"].dtype == np.int32
-    oracles = [ref.np_max_pool(xc, window, strides, padding)]
+    assert out["values"].dtype == exact_dtype and out["indices"].dtype == np.int32
+    oracles = [ref.np_max_pool(xc, window, strides, padding, dilation)]
     if np.issubdtype(compute, np.floating):
-        oracles.append(ref.np_max_pool(flushed(xc.astype(compute)), window, strides, padding))
+        flush = flushed(xc.astype(compute))
+        oracles.append(ref.np_max_pool(flush, window, strides, padding, dilation))
     # per window, the index of either oracle (tiny scores may tie once flushed), and the
     # value found there (a subnormal may come back flushed)
     indices = out["indices"]
@@ -199,14 +235,14 @@ def test_pooling(config, data):
     found = np.take_along_axis(rows, indices.reshape(len(rows), pooled, x.shape[-1]), 1)
     np.testing.assert_array_equal(
         _no_subnormals(out["values"]),
-        _no_subnormals(_cast(found, out_dtype)).reshape(indices.shape),
+        _no_subnormals(_cast(found, exact_dtype)).reshape(indices.shape),
     )
     np.testing.assert_array_equal(np.isnan(out["values"]), np.isnan(oracles[0][0]))
     want_dx = ref.np_scatter_to_plane(x.shape, d, indices, gd)
     _close(out["max_dx"], want_dx, GRAD_TOL, np.abs(gd).max(initial=0), x.dtype, "max_pool dx")
 
     # soft_pool and lse_pool
-    patches, _ = ref.np_windows(xc, window, strides, padding)
+    patches, _ = ref.np_windows(xc, window, strides, padding, dilation)
     with np.errstate(invalid="ignore"):
         magnitude = np.max(np.where(np.isfinite(patches), np.abs(patches), 0), -1)
     nan_window = np.isnan(patches).any(-1)
@@ -214,7 +250,7 @@ def test_pooling(config, data):
     # halves the scores, and XLA's CPU backend flushes subnormal halves).
     inputs = [xc] + ([flushed(xc.astype(compute))] if np.issubdtype(compute, np.floating) else [])
     reach = ref.np_scatter_to_plane(
-        x.shape, d, *_every_position(x.shape, d, window, strides, padding, nan_window)
+        x.shape, d, *_every_position(x.shape, d, window, strides, padding, dilation, nan_window)
     )
     clean = reach == 0  # entries that no NaN window reaches
     scale = np.abs(gd).sum() + 1e-30
@@ -226,9 +262,14 @@ def test_pooling(config, data):
         if kind == "lse":  # + t log(window size), at most
             t_full = np.broadcast_to(ref.pool_temperature(t, xc.ndim), magnitude.shape)
             magnitude_kind = magnitude + np.abs(t_full) * np.log(patches.shape[-1])
-        wants = [ref.np_smooth_pool(xi, window, strides, padding, t, kind) for xi in inputs]
+        wants = [
+            ref.np_smooth_pool(xi, window, strides, padding, t, kind, dilation) for xi in inputs
+        ]
         _close(value, wants, TOL, magnitude_kind, out_dtype, f"{kind}_pool value")
-        vjps = [ref.np_smooth_pool_vjp(xi, gd, window, strides, padding, t, kind) for xi in inputs]
+        vjps = [
+            ref.np_smooth_pool_vjp(xi, gd, window, strides, padding, t, kind, dilation)
+            for xi in inputs
+        ]
         dx = np.asarray(out[f"{kind}_dx"], np.float64)
         assert out[f"{kind}_dx"].dtype == out_dtype
         assert not np.isnan(dx[clean]).any(), (kind, dx, x)
@@ -249,7 +290,8 @@ def test_pooling(config, data):
 
     # max_unpool of max_pool's indices: x at the winners, 0 elsewhere
     kept = ref.np_scatter_to_plane(x.shape, d, indices, np.ones(indices.shape)) > 0
-    want = np.where(kept, _cast(xc, out_dtype), 0)
+    want = np.where(kept, _cast(xc, exact_dtype), 0)
+    assert out["unpooled"].dtype == exact_dtype
     # (XLA's CPU backend may flush a subnormal winner to zero on the way)
     np.testing.assert_array_equal(_no_subnormals(out["unpooled"]), _no_subnormals(want))
     cotangent = _cast(h, out_dtype).reshape(-1, plane, x.shape[-1])
@@ -283,10 +325,10 @@ def _cast(values, dtype):
         return np.asarray(values, np.float64).astype(dtype).astype(np.float64)
 
 
-def _every_position(shape, d, window, strides, padding, selected):
+def _every_position(shape, d, window, strides, padding, dilation, selected):
     """(indices, updates) naming every real position of the selected windows, for
     np_scatter_to_plane: 1 where a selected window covers a position."""
-    _, positions = ref.np_windows(np.zeros(shape), window, strides, padding)
+    _, positions = ref.np_windows(np.zeros(shape), window, strides, padding, dilation)
     k = positions.shape[-1]
     full = np.broadcast_to(positions[..., None, :], (*selected.shape, k))
     updates = np.where(full >= 0, selected[..., None], False).astype(np.float64)

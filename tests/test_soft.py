@@ -120,6 +120,26 @@ def test_temperature_limits(rng):
     np.testing.assert_allclose(jaxrelax.soft_argmax(x, temperature=1e6), 5.0, atol=1e-3)
 
 
+@pytest.mark.parametrize("t", [5e37, 1e38, 1.5e38])
+def test_softmax_near_the_largest_temperatures(t):
+    # float32: 1 / t is subnormal (flushed) beyond 8.5e37, 2 / t beyond 1.7e38; scores near
+    # finfo.max still differ by a few units of t there (closed form in float64). +inf takes all
+    # the mass at any temperature.
+    big = float(jnp.finfo(jnp.float32).max)
+    x = np.array([big, 0.0, -big])
+    u = x / t
+    expected = np.exp(u - u.max()) / np.exp(u - u.max()).sum()
+    np.testing.assert_allclose(
+        jaxrelax.softmax(x.astype(np.float32), temperature=t), expected, 1e-5
+    )
+    np.testing.assert_allclose(
+        jaxrelax.entmax(x.astype(np.float32), 1.0, temperature=t), expected, 1e-5
+    )
+    with_inf = jnp.asarray([3.5, np.inf, -big, np.inf], jnp.float32)
+    for fn in (jaxrelax.softmax, jaxrelax.sparsemax, jaxrelax.entmax15):
+        np.testing.assert_allclose(fn(with_inf, temperature=t), [0, 0.5, 0, 0.5], 1e-6)
+
+
 def test_spatial_soft_argmax_conventions():
     h = jnp.zeros((4, 7)).at[3, 2].set(50.0)
     np.testing.assert_allclose(jaxrelax.spatial_soft_argmax(h, normalized=False), [3, 2], atol=1e-5)
