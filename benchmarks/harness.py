@@ -70,11 +70,11 @@ def run(description: str, cases: Callable, shapes: list, quick_shapes: list) -> 
             out = jax.eval_shape(case.ours, x, *extra)
             cotangent = jax.random.normal(key_g, out.shape, out.dtype)
             for mode, target in case.targets.items():
-                ours = _timed(case.ours, mode, x, cotangent, extra)
+                ours = timed(case.ours, mode, x, cotangent, extra)
                 if case.peer:
                     baseline = case.baseline(mode, np.asarray(x), np.asarray(cotangent))
                 else:
-                    baseline = _timed(case.baseline, mode, x, cotangent, extra)
+                    baseline = timed(case.baseline, mode, x, cotangent, extra)
                 ours_kept = input_sized_residuals(case.ours, x, extra)
                 theirs_kept = "-" if case.peer else input_sized_residuals(case.baseline, x, extra)
                 residuals = f"{ours_kept} vs {theirs_kept}"
@@ -120,7 +120,7 @@ def normal(shape: tuple[int, ...], seed: int) -> jax.Array:
     return jax.numpy.asarray(np.random.default_rng(seed).standard_normal(shape, np.float32))
 
 
-def _timed(fn: Callable, mode: str, x, cotangent, extra: tuple) -> Callable:
+def timed(fn: Callable, mode: str, x, cotangent, extra: tuple) -> Callable:
     """A zero-argument callable running ``mode`` of ``fn`` once, compiled."""
     if mode == "fwd":
         compiled = forward(fn)
