@@ -10,7 +10,10 @@ reduction over the scores. On a convex ``f`` (entmax with alpha <= 2) the iterat
 monotonically to the root, and where ``f`` is piecewise linear (sparsemax, sparse top-k) a
 secant through two points of the root's linear piece lands on it exactly (the idea behind
 Michelot's algorithm, 1986). A step that would leave the bracket bisects instead, which
-keeps the method safe where ``f`` is not convex.
+keeps the method safe where ``f`` is not convex. For the sigmoid, whose mass is nearly
+exponential in ``tau`` where the threshold lies in its tail, the secant runs through the log of
+the mass instead (``Mass.log_secant``): on normal rows with k = 8 of 1024 it needs 9 passes
+where the plain secant needs 14 (``benchmarks/threshold.py``).
 
 The derivative of ``tau`` is the implicit-function one, so the forward pass can be
 differentiated (for second derivatives) without going through the loop.
@@ -61,6 +64,9 @@ class Mass(NamedTuple):
     value: Callable
     slope: Callable
     param_slope: Callable | None = None
+    # Secant steps on log(sum mass) rather than on sum mass: for a mass whose tail is
+    # exponential in tau (the sigmoid), that is nearly linear where the threshold lies in it.
+    log_secant: bool = False
 
 
 def solve(v, capacity, lo, hi, mass: Mass, axes, param=None, max_slope=jnp.inf):
@@ -93,8 +99,13 @@ def _solve(v, param, capacity, lo, hi, max_slope, mass, axes):
         excess_tau = excess(tau)
         lo = jnp.where(excess_tau >= 0, tau, lo)
         hi = jnp.where(excess_tau < 0, tau, hi)
-        drop = excess_previous - excess_tau
-        secant = tau + excess_tau * (tau - previous) / jnp.where(drop != 0, drop, 1)
+        if mass.log_secant:
+            residual = jnp.log(excess_tau + capacity) - jnp.log(capacity)
+            residual_previous = jnp.log(excess_previous + capacity) - jnp.log(capacity)
+        else:
+            residual, residual_previous = excess_tau, excess_previous
+        drop = residual_previous - residual
+        secant = tau + residual * (tau - previous) / jnp.where(drop != 0, drop, 1)
         inside = (secant > lo) & (secant < hi) & (drop != 0)
         new_tau = jnp.where(inside, secant, _midpoint(lo, hi))
         # The first step, from lo, has no secant: a bounded Newton step.

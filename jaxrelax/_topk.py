@@ -665,7 +665,7 @@ def _clip_scale_slope(d, scale):
 
 
 _MASSES = {
-    "soft": _threshold.Mass(_sigmoid, _sigmoid_slope, _sigmoid_scale_slope),
+    "soft": _threshold.Mass(_sigmoid, _sigmoid_slope, _sigmoid_scale_slope, log_secant=True),
     "sparse": _threshold.Mass(_clip, _clip_slope, _clip_scale_slope),
 }
 

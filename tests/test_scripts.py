@@ -64,6 +64,19 @@ def test_stochastic_benchmark_prints_its_table():
 
 
 @pytest.mark.slow
+def test_threshold_benchmark_prints_its_tables():
+    out = _run("benchmarks/threshold.py", "--quick")
+    for name in ["sparsemax", "entmax15", "soft_topk", "sparse_topk", "entmax alpha=1.3"]:
+        counts = re.search(rf"^{name}\s+((?:\d+\s+){{8}})<=8", out, re.M)
+        assert counts, (name, out)
+        assert all(int(c) >= 1 for c in counts.group(1).split()), out
+    # the one-outlier rows: the outlier takes the whole mass, which the first step finds
+    assert re.search(r"^sparsemax\s+(?:\d+\s+){4}1\s", out, re.M), out
+    for op, mode in [("sparsemax", "fwd"), ("soft_topk", "fwd+bwd"), ("topk_mask", "fwd")]:
+        assert re.search(rf"^{op}\s.*64x256\s+normal\s+{re.escape(mode)}\s.*x\s+<=", out, re.M), op
+
+
+@pytest.mark.slow
 def test_sparse_benchmark_prints_its_table():
     out = _run("benchmarks/sparse.py", "--quick")
     for op, baseline in [

@@ -291,3 +291,16 @@ def test_general_alpha_sums_to_one_at_the_support_edge(alpha):
     np.testing.assert_allclose(out.sum(-1), 1, atol=4 * np.finfo(np.float32).eps)
     assert (out >= 0).all()
     np.testing.assert_allclose(out, np_entmax(np.asarray(x), alpha), atol=1e-3)
+
+
+def test_counting_passes_records_each_solve_while_on():
+    # One entry 2 above the others: sparsemax is its one-hot, and the first step from the
+    # bracket's left end (where it alone has mass 1) already meets the total.
+    x = jnp.array([[3.0, 1.0, 0.5, -1.0], [0.1, 0.2, 0.3, 0.4]])
+    with jaxrelax._threshold.counting_passes() as passes:
+        p = jax.block_until_ready(jaxrelax.sparsemax(x[:1]))
+        jax.block_until_ready(jaxrelax.soft_topk(x, 2))
+    np.testing.assert_array_equal(p, [[1, 0, 0, 0]])
+    assert passes[0] == 1 and len(passes) == 2 and passes[1] >= 2
+    jax.block_until_ready(jaxrelax.sparsemax(x))  # off: nothing recorded
+    assert len(passes) == 2
