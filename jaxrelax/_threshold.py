@@ -108,8 +108,11 @@ def _solve(v, param, capacity, lo, hi, max_slope, mass, axes):
         secant = tau + residual * (tau - previous) / jnp.where(drop != 0, drop, 1)
         inside = (secant > lo) & (secant < hi) & (drop != 0)
         new_tau = jnp.where(inside, secant, _midpoint(lo, hi))
-        # The first step, from lo, has no secant: a bounded Newton step.
-        new_tau = jnp.where(count == 0, tau + jnp.maximum(excess_tau, 0) / max_slope, new_tau)
+        # The first step, from lo, has no secant: a bounded Newton step (a bisection where the
+        # bound underflowed to 0 and the step left the bracket).
+        newton = tau + jnp.maximum(excess_tau, 0) / max_slope
+        newton = jnp.where(newton < hi, newton, _midpoint(lo, hi))
+        new_tau = jnp.where(count == 0, newton, new_tau)
         done = (
             (jnp.abs(excess_tau) <= tolerance)
             | ((jnp.abs(new_tau - tau) <= 2 * eps * jnp.abs(tau)) & (count > 0))  # two ulps

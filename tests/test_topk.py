@@ -661,6 +661,19 @@ def test_gradient_in_k_at_an_exact_k_hot_is_the_mean_of_its_one_sided_values(kin
     np.testing.assert_allclose(ones, [[1], [1], [1], [1], [0]], rtol=1e-12)
 
 
+@pytest.mark.parametrize("t", [1e37, 1e38, 1.5e38])
+def test_soft_topk_near_the_largest_temperatures_is_finite_and_exact(t):
+    # float32: the first step's slope bound n / (2 t) underflowed to 0 beyond about 1e38, and
+    # the step divided by it gave NaN (found by the fuzz suite drawing t = 1e38). k = 1 of two:
+    # the threshold is their midpoint, p = sigmoid(+-(x1 - x0) / (2 t)) in float64.
+    x = jnp.array([-3.4028235e38, 1.0], jnp.float32)
+    u = (1.0 + 3.4028235e38) / (2 * t)
+    expected = [special.expit(-u), special.expit(u)]
+    grads = jax.grad(lambda x: jaxrelax.soft_topk(x, 1, temperature=t)[1])(x)
+    np.testing.assert_allclose(jaxrelax.soft_topk(x, 1, temperature=t), expected, atol=4e-7)
+    assert np.isfinite(np.asarray(grads)).all()
+
+
 @pytest.mark.parametrize("kind", RELAXED)
 def test_the_edge_weights_are_kept_only_when_k_is_differentiated(kind):
     x = jnp.ones((8, 16))
