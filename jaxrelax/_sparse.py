@@ -639,9 +639,7 @@ def _fenchel_young_bwd(axes, kind, residuals, cotangent):
             _dtsallis_dalpha(labels, alpha, axes)
             - _dtsallis_dalpha(p, alpha, axes, on_simplex=True)
         )
-    # x (g / t) rather than g (x / t): the per-slice factor first, so that only a true overflow
-    # overflows.
-    d_labels = cotangent * d_labels - jnp.where(keep, x, 0) * (cotangent / temperature)
+    d_labels = cotangent * d_labels - _times_slope(jnp.where(keep, x, 0), cotangent, temperature)
     d_labels = jnp.where(keep, d_labels, 0)
     return (
         dx,
@@ -653,3 +651,19 @@ def _fenchel_young_bwd(axes, kind, residuals, cotangent):
 
 
 _fenchel_young_rule.defvjp(_fenchel_young_fwd, _fenchel_young_bwd)
+
+
+def _times_slope(x, cotangent, temperature):
+    """``x g / t``: the per-slice factor ``g / t`` first, so that only a true overflow
+    overflows, brought into range by a power of two where it alone would underflow (t near
+    finfo.max: x times a flushed 0 made NaN at +inf scores and lost finite ones) or overflow
+    (a tiny t: 0 times inf). A zero cotangent gives 0, infinite scores included. (XLA rewrites
+    ``(x / t) g`` as ``x (g / t)``, so that the order alone cannot be chosen.)"""
+    per_slice = cotangent / temperature
+    shift = jnp.where(
+        jnp.abs(per_slice) < jnp.finfo(x.dtype).tiny,
+        2.0**64,
+        jnp.where(jnp.isinf(per_slice), 2.0**-64, 1.0),
+    ).astype(x.dtype)
+    scaled = (x / shift) * ((cotangent * shift) / temperature)
+    return jnp.where(cotangent == 0, 0, scaled)

@@ -304,3 +304,24 @@ def test_counting_passes_records_each_solve_while_on():
     assert passes[0] == 1 and len(passes) == 2 and passes[1] >= 2
     jax.block_until_ready(jaxrelax.sparsemax(x))  # off: nothing recorded
     assert len(passes) == 2
+
+
+@pytest.mark.parametrize("alpha", [1.5, 2.0, 3.0])
+@pytest.mark.parametrize("t", [1.0, 1e38])
+def test_loss_labels_gradient_with_huge_scores_and_temperatures(alpha, t):
+    # d loss / d labels = g (labels^(alpha - 1) / (alpha - 1) - x / t), in float64. In float32
+    # g / t is flushed to 0 at t = 1e38: x times it lost x / t = 3.4 at finfo.max and gave
+    # NaN at +inf (found by drawing t = 1e38 in every fuzz suite).
+    labels = np.array([0.5, 0.5])
+    g = 0.3
+    for x in ([3.4028235e38, 1.0], [0.0, np.inf], [3.0, 1.0]):
+        x32 = jnp.asarray(x, jnp.float32)
+        grad = jax.grad(
+            lambda y, x=x32: g * jaxrelax.entmax_loss(x, y, alpha=alpha, temperature=t)
+        )(jnp.asarray(labels, jnp.float32))
+        expected = g * (labels ** (alpha - 1) / (alpha - 1) - np.asarray(x32, np.float64) / t)
+        np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-6 * abs(g) / t)
+    # a zero cotangent gives zero gradients, +inf scores included
+    x32 = jnp.asarray([0.0, np.inf], jnp.float32)
+    _, vjp = jax.vjp(lambda y: jaxrelax.entmax_loss(x32, y, alpha=alpha, temperature=t), labels)
+    np.testing.assert_array_equal(vjp(jnp.zeros(()))[0], [0, 0])
