@@ -292,7 +292,9 @@ def _gumbel_rao_bwd(axes, num_samples, residuals, cotangent):
     def add_one_sample(k, grads):
         arrivals = _exponentials(jax.random.fold_in(key, k), logits.shape, logits.dtype)
         gaps, _ = _conditional_gaps(probs, sample, arrivals, axes)
-        e_k = jnp.exp((gaps + moving) / temperature)
+        # -inf for impossible classes, as such: XLA divides by t as a product with 1 / t,
+        # which flushes to 0 beyond t = 8.5e37 in float32, and -inf * 0 is NaN.
+        e_k = jnp.exp(jnp.where(gaps == -jnp.inf, -jnp.inf, (gaps + moving) / temperature))
         scale_k = _soft.inverse_total(jnp.sum(e_k, axes, keepdims=True))
         dx_k, dt_k = _soft.softmax_vjp(e_k, scale_k, temperature, cotangent, axes)
         return grads[0] + dx_k, grads[1] + dt_k

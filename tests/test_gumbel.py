@@ -532,3 +532,24 @@ def test_conditional_gaps_survive_a_zero_arrival_of_the_winner(dtype, x64):
     # Two zero draws (both clamped to the smallest normal) tie: the gap is -log(1 + 1 / p_i).
     np.testing.assert_allclose(gaps[1, 0], -np.log1p(1 / 0.2), rtol=1e-6)
     assert gaps[1, 1] < -80
+
+
+@pytest.mark.parametrize("t", [1.0, 1e38])
+def test_gumbel_rao_gradients_at_masked_slices_and_huge_temperatures(t):
+    # A fully masked slice has zero output and zero gradients. At t = 1e38 (float32) XLA's
+    # division by t, a product with a flushed 1 / t, made -inf / t NaN in the backward pass's
+    # conditional samples (found by drawing t = 1e38 in every fuzz suite).
+    x = jnp.array([[np.inf, -3.4e38, 0.0, 2.0], [0.5, 1.0, -1.0, 2.0]], jnp.float32)
+    where = jnp.array([[False] * 4, [True] * 4])
+    temperature = jnp.full((2, 1), t, jnp.float32)
+
+    def total(x, temperature):
+        sample = jaxrelax.gumbel_rao(
+            jax.random.key(3), x, temperature=temperature, num_samples=3, where=where
+        )
+        return jnp.sum(sample * jnp.arange(1.0, 9.0).reshape(2, 4))
+
+    dx, dt = jax.jit(jax.grad(total, (0, 1)))(x, temperature)
+    np.testing.assert_array_equal(dx[0], 0)
+    np.testing.assert_array_equal(dt[0], 0)
+    assert np.isfinite(np.asarray(dx)).all() and np.isfinite(np.asarray(dt)).all()
