@@ -69,25 +69,28 @@ class Mass(NamedTuple):
     log_secant: bool = False
 
 
-def solve(v, capacity, lo, hi, mass: Mass, axes, param=None, max_slope=jnp.inf):
+def solve(v, capacity, lo, hi, mass: Mass, axes, param=None, max_slope=jnp.inf, start=None):
     """tau with ``sum mass(v - tau) = capacity`` over ``axes`` (a per-slice array).
 
-    ``lo`` and ``hi`` bracket the root (``f(lo) >= 0 >= f(hi)``), ``param`` is the mass's
-    parameter (per slice) and ``max_slope`` a bound on ``|f'|`` right of ``lo``, which makes
-    the first step a safe Newton step (without one it bisects). A slice holding NaN stops at
-    once, with a NaN threshold.
+    ``lo`` and ``hi`` bracket the root (``f(lo) >= 0 >= f(hi)``), ``start`` (default ``lo``)
+    is the first iterate, ``param`` is the mass's parameter (per slice) and ``max_slope`` a
+    bound on ``|f'|`` in the bracket, which makes the first step a safe Newton step (without
+    one it bisects). A slice holding NaN stops at once, with a NaN threshold.
     """
     param = jnp.zeros((), v.dtype) if param is None else param
     slices = capacity.shape
-    lo, hi, max_slope = (jnp.broadcast_to(a, slices).astype(v.dtype) for a in (lo, hi, max_slope))
-    return _solve(v, param, capacity, lo, hi, max_slope, mass, axes)
+    start = lo if start is None else start
+    lo, hi, max_slope, start = (
+        jnp.broadcast_to(a, slices).astype(v.dtype) for a in (lo, hi, max_slope, start)
+    )
+    return _solve(v, param, capacity, lo, hi, max_slope, start, mass, axes)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(6, 7))
-def _solve(v, param, capacity, lo, hi, max_slope, mass, axes):
-    """Secant steps through the last two iterates, from ``lo`` and a bounded Newton step to
-    its right; a step leaving the bracket bisects. Stops when every slice's step moves tau by
-    two ulps or leaves two ulps of mass (relative to the capacity)."""
+@functools.partial(jax.custom_jvp, nondiff_argnums=(7, 8))
+def _solve(v, param, capacity, lo, hi, max_slope, start, mass, axes):
+    """Secant steps through the last two iterates, after a bounded Newton step from
+    ``start``; a step leaving the bracket bisects. A slice stops when its mass is within two
+    ulps of the capacity (relative to it) or its bracket within two ulps of tau."""
     eps = jnp.finfo(v.dtype).eps
     tolerance = 2 * eps * jnp.maximum(capacity, 1)
 
@@ -95,7 +98,7 @@ def _solve(v, param, capacity, lo, hi, max_slope, mass, axes):
         return jnp.sum(mass.value(v - tau, param), axes, keepdims=True) - capacity
 
     def step(state):
-        count, previous, excess_previous, tau, lo, hi, _ = state
+        count, previous, excess_previous, tau, lo, hi, finished = state
         excess_tau = excess(tau)
         lo = jnp.where(excess_tau >= 0, tau, lo)
         hi = jnp.where(excess_tau < 0, tau, hi)
@@ -108,26 +111,30 @@ def _solve(v, param, capacity, lo, hi, max_slope, mass, axes):
         secant = tau + residual * (tau - previous) / jnp.where(drop != 0, drop, 1)
         inside = (secant > lo) & (secant < hi) & (drop != 0)
         new_tau = jnp.where(inside, secant, _midpoint(lo, hi))
-        # The first step, from lo, has no secant: a bounded Newton step (a bisection where the
-        # bound underflowed to 0 and the step left the bracket).
-        newton = tau + jnp.maximum(excess_tau, 0) / max_slope
-        newton = jnp.where(newton < hi, newton, _midpoint(lo, hi))
+        # A secant step that rounds to nothing moves one ulp towards the root instead.
+        stalled = (drop != 0) & (secant == tau)
+        toward_root = jnp.nextafter(tau, jnp.where(excess_tau > 0, hi, lo))
+        new_tau = jnp.where(stalled, toward_root, new_tau)
+        # The first step has no secant: a bounded Newton step (a bisection where it does not
+        # move, or leaves the bracket).
+        newton = tau + excess_tau / max_slope
+        newton = jnp.where((newton > lo) & (newton < hi), newton, _midpoint(lo, hi))
         new_tau = jnp.where(count == 0, newton, new_tau)
         done = (
-            (jnp.abs(excess_tau) <= tolerance)
-            | ((jnp.abs(new_tau - tau) <= 2 * eps * jnp.abs(tau)) & (count > 0))  # two ulps
+            finished  # a slice that ended stays ended (the others' passes re-evaluate it)
+            | (jnp.abs(excess_tau) <= tolerance)
             | (hi - lo <= 2 * eps * jnp.maximum(jnp.abs(lo), jnp.abs(hi)))
             | jnp.isnan(excess_tau)
             | (excess_tau == -capacity)  # nothing in the slice: stays all zeros
         )
         new_tau = jnp.where(done, tau, new_tau)
         new_tau = jnp.where(jnp.isnan(excess_tau), excess_tau, new_tau)  # NaN poisons its slice
-        return count + 1, tau, excess_tau, new_tau, lo, hi, jnp.all(done)
+        return count + 1, tau, excess_tau, new_tau, lo, hi, done
 
     def keep_going(state):
-        return (state[0] < MAX_STEPS) & ~state[6]
+        return (state[0] < MAX_STEPS) & ~jnp.all(state[6])
 
-    init = (0, lo, jnp.zeros_like(lo) + capacity, lo, lo, hi, False)
+    init = (0, start, jnp.zeros_like(start) + capacity, start, lo, hi, jnp.zeros(lo.shape, bool))
     count, _, _, tau, *_ = lax.while_loop(keep_going, step, init)
     if _passes is not None:
         jax.debug.callback(lambda count, passes=_passes: passes.append(int(count)), count)
@@ -150,9 +157,9 @@ def _midpoint(lo, hi):
 def _solve_jvp(mass, axes, primals, tangents):
     """From ``sum mass(v - tau) = capacity``: ``dtau = (sum mass' dv + sum dmass/dparam dparam
     - dcapacity) / sum mass'``."""
-    v, param, capacity, lo, hi, max_slope = primals
+    v, param, capacity, lo, hi, max_slope, start = primals
     d_v, d_param, d_capacity = tangents[:3]
-    tau = _solve(v, param, capacity, lo, hi, max_slope, mass, axes)
+    tau = _solve(v, param, capacity, lo, hi, max_slope, start, mass, axes)
     d = v - tau
     slope = mass.slope(d, param)
     change = jnp.sum(slope * d_v, axes, keepdims=True) - d_capacity

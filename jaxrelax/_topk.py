@@ -728,22 +728,60 @@ def _relaxed_value(x, k, temperature, where, axes, kind):
         anchor = jnp.max(jnp.where(nearest, x, -jnp.inf), axes, keepdims=True, initial=-jnp.inf)
         anchor = jnp.where(coarse & jnp.isfinite(anchor), anchor, 0)
         near = jnp.where(competing & ~top, x / 2 - anchor / 2, v)  # masked, +-inf: as they are
-        low = jnp.min(jnp.where(competing & ~top, near, 0), axes, keepdims=True, initial=0)
-        high = jnp.max(jnp.where(competing & ~top, near, 0), axes, keepdims=True, initial=0)
-        again = _threshold.solve(near, total, low - offset, high - offset, mass, axes, scale)
+        # The first threshold, moved to these scores, is off by the rounding of v (at most
+        # an ulp of the larger of the maximum and the anchor per score, and so for tau): a
+        # bracket of 64 such ulps either side holds the root. Other slices are done at once.
+        start = tau + (top_finite / 2 - anchor / 2)
+        eps = jnp.finfo(x.dtype).eps
+        width = jnp.where(coarse, 64 * eps * (jnp.abs(top_finite) + jnp.abs(anchor)), 0)
+        again = _threshold.solve(
+            near, total, start - width, start + width, mass, axes, scale, max_slope, start
+        )
         return jnp.where(coarse, near, v), jnp.where(coarse, again, tau)
 
     v, tau = lax.cond(jnp.any(coarse), refine, lambda v, tau: (v, tau), v, tau)
-    # Double where: infinite distances (masked, -inf and +inf entries) get their limits, and
-    # derivatives in the temperature (second order) stay finite there.
-    d = v - tau
-    finite = jnp.isfinite(d)
-    p = mass.value(jnp.where(finite, d, 0), scale)
-    p = jnp.where(finite, p, (d > 0).astype(p.dtype))
+
+    def masses(tau):
+        # Double where: infinite distances (masked, -inf and +inf entries) get their limits,
+        # and derivatives in the temperature (second order) stay finite there.
+        d = v - tau
+        finite = jnp.isfinite(d)
+        p = mass.value(jnp.where(finite, d, 0), scale)
+        return jnp.where(finite, p, (d > 0).astype(p.dtype))
+
+    p = masses(tau)
+    if kind == "soft":
+        tau = _balance(p, v, tau, scale, competing & ~top, axes)
+        p = masses(tau)
     p = _settle(p, v, total, axes, kind)
     p = jnp.where(everything, competing.astype(x.dtype), p)
     p = jnp.where(shared, jnp.where(top, top_share, 0), p) + 0 * tau  # NaN poisons
     return p, shared, (v, competing & ~top)
+
+
+def _balance(p, v, tau, scale, finite, axes):
+    """The sigmoid's threshold where its mass is flat to rounding (every ``p`` within eps of
+    0 or 1): there any threshold between the lowest chosen score and the highest unchosen
+    one meets the total, and the exact one is where the tails balance, ``a exp(-(low - tau)
+    scale) = b exp(-(tau - high) scale)`` for the ``a`` entries at the lowest and the ``b``
+    at the highest: ``tau = (low + high) / 2 + log(b / a) / (2 scale)``. Its derivative is
+    the implicit one (the solver's); other slices keep theirs."""
+    eps = jnp.finfo(p.dtype).eps
+    room = jnp.sum(p * (1 - p), axes, keepdims=True)
+    flat = room <= eps
+
+    def balanced(tau):
+        chosen, unchosen = finite & (v > tau), finite & (v <= tau)
+        low = jnp.min(jnp.where(chosen, v, jnp.inf), axes, keepdims=True, initial=jnp.inf)
+        high = jnp.max(jnp.where(unchosen, v, -jnp.inf), axes, keepdims=True, initial=-jnp.inf)
+        a, b = (
+            _count(s & (v == e), axes).astype(p.dtype) for s, e in ((chosen, low), (unchosen, high))
+        )
+        middle = low / 2 + high / 2 + (jnp.log(b) - jnp.log(a)) / (2 * scale)
+        moves = flat & (a > 0) & (b > 0) & (middle > high) & (middle < low)
+        return tau + lax.stop_gradient(jnp.where(moves, middle - tau, 0))
+
+    return lax.cond(jnp.any(flat), balanced, lambda tau: tau, tau)
 
 
 def coarse_shift(top, scale):
