@@ -681,19 +681,56 @@ def limit_scores(x, where, axes, scale=None):
 
 def _limit_scores(x, where, axes, scale):
     x = _numerics.fill_masked(x, where)
-    top = x == jnp.inf
-    m, v = _numerics.shift_by_max(x, ~top, axes, scale)
-    top_count = jnp.sum(top, axes, keepdims=True, dtype=x.dtype)
-    return jnp.where(top, jnp.inf, v), top, top_count, m
+
+    def with_top(x):
+        top = x == jnp.inf
+        m, v = _numerics.shift_by_max(x, ~top, axes, scale)
+        top_count = jnp.sum(top, axes, keepdims=True, dtype=x.dtype)
+        return jnp.where(top, jnp.inf, v), top_count, m
+
+    def without_top(x):
+        m, v = _numerics.shift_by_max(x, None, axes, scale)
+        return v, jnp.zeros_like(m), m
+
+    # Only a slice holding +inf (or NaN, which hides it from the maximum) needs the masked
+    # maximum and the count; without one both branches agree. (A reduction with a select in
+    # it costs several plain ones on XLA's CPU backend.)
+    plain = jnp.max(x, axes, initial=-jnp.inf) < jnp.inf
+    v, top_count, m = lax.cond(jnp.all(plain), without_top, with_top, x)
+    return v, v == jnp.inf, top_count, m
+
+
+def _finite_count_and_minimum(v, top_count, axes):
+    """The number of finite scores per slice, and their minimum (at most 0): counted and
+    masked only where some slice holds an infinite or NaN score (see :func:`_limit_scores`)."""
+    lowest = jnp.min(v, axes, keepdims=True, initial=jnp.inf)
+
+    def counted(v):
+        finite = _finite(v)
+        n = _count(finite, axes).astype(v.dtype)
+        return n, jnp.min(jnp.where(finite, v, 0), axes, keepdims=True, initial=0)
+
+    def all_finite(v):
+        n = _numerics.slice_size(v.shape, axes)
+        return jnp.full_like(lowest, n), jnp.minimum(lowest, 0)
+
+    plain = jnp.all(lowest > -jnp.inf) & jnp.all(top_count == 0)  # no infinity, no NaN
+    return lax.cond(plain, all_finite, counted, v)
+
+
+def _finite(v):
+    """The finite limited scores (not masked, not -inf, not +inf, not NaN)."""
+    return (v > -jnp.inf) & (v < jnp.inf)
 
 
 def _relaxed_value(x, k, temperature, where, axes, kind):
     # Halves of the scores less their maximum (no overflow); the scale comes in the mass.
-    v, top, top_count, top_finite = _limit_scores(x, where, axes, 0.5)
+    # (Full-size masks are recomputed where needed rather than kept: XLA writes an array
+    # that a lax.cond takes to memory.)
+    v, _, top_count, top_finite = _limit_scores(x, where, axes, 0.5)
     finfo = jnp.finfo(x.dtype)
     scale = jnp.clip(2 / temperature, finfo.tiny, finfo.max)
-    competing = v > -jnp.inf  # NaN: see the threshold below
-    n = _count(competing, axes).astype(x.dtype) - top_count  # the finite ones
+    n, smallest = _finite_count_and_minimum(v, top_count, axes)
     capacity = jnp.clip(k, 0, n + top_count)
     left = capacity - top_count  # for the finite entries
     # Ends where no threshold is needed: the +inf entries share all of k, or every finite
@@ -704,7 +741,6 @@ def _relaxed_value(x, k, temperature, where, axes, kind):
     # The solver sees a well-posed problem in every slice; those two ends are set afterwards.
     n_safe = jnp.maximum(n, 2)
     left = jnp.where(shared | everything, n_safe / 2, left)
-    smallest = jnp.min(jnp.where(competing & ~top, v, 0), axes, keepdims=True, initial=0)
     if kind == "soft":
         # n sigmoid((vmin - lo) scale) >= left and n sigmoid((0 - hi) scale) <= left.
         offset = (jnp.log(left) - jnp.log(n_safe - left)) / scale
@@ -722,12 +758,12 @@ def _relaxed_value(x, k, temperature, where, axes, kind):
     def refine(v, tau):
         # A score nearest the threshold (the largest of those): m + 2 tau would carry the
         # maximum's rounding.
-        finite = competing & ~top
+        finite = _finite(v)
         gap = jnp.where(finite, jnp.abs(v - tau), jnp.inf)
         nearest = finite & (gap == jnp.min(gap, axes, keepdims=True, initial=jnp.inf))
         anchor = jnp.max(jnp.where(nearest, x, -jnp.inf), axes, keepdims=True, initial=-jnp.inf)
         anchor = jnp.where(coarse & jnp.isfinite(anchor), anchor, 0)
-        near = jnp.where(competing & ~top, x / 2 - anchor / 2, v)  # masked, +-inf: as they are
+        near = _near(x, v, anchor, coarse)
         # The first threshold, moved to these scores, is off by the rounding of v (at most
         # an ulp of the larger of the maximum and the anchor per score, and so for tau): a
         # bracket of 64 such ulps either side holds the root. Other slices are done at once.
@@ -737,45 +773,54 @@ def _relaxed_value(x, k, temperature, where, axes, kind):
         again = _threshold.solve(
             near, total, start - width, start + width, mass, axes, scale, max_slope, start
         )
-        return jnp.where(coarse, near, v), jnp.where(coarse, again, tau)
+        return anchor, jnp.where(coarse, again, tau)
 
-    v, tau = lax.cond(jnp.any(coarse), refine, lambda v, tau: (v, tau), v, tau)
+    def keep(v, tau):
+        return jnp.zeros_like(tau), tau
 
-    def masses(tau):
-        # Double where: infinite distances (masked, -inf and +inf entries) get their limits,
-        # and derivatives in the temperature (second order) stay finite there.
-        d = v - tau
-        finite = jnp.isfinite(d)
-        p = mass.value(jnp.where(finite, d, 0), scale)
-        return jnp.where(finite, p, (d > 0).astype(p.dtype))
-
-    p = masses(tau)
+    anchor, tau = lax.cond(jnp.any(coarse), refine, keep, v, tau)
+    v = _near(x, v, anchor, coarse)
     if kind == "soft":
-        tau = _balance(p, v, tau, scale, competing & ~top, axes)
-        p = masses(tau)
+        tau = _balance(v, tau, scale, axes)
+    # Double where: infinite distances (masked, -inf and +inf entries) get their limits, and
+    # derivatives in the temperature (second order) stay finite there.
+    d = v - tau
+    finite = jnp.isfinite(d)
+    p = mass.value(jnp.where(finite, d, 0), scale)
+    p = jnp.where(finite, p, (d > 0).astype(p.dtype))
     p = _settle(p, v, total, axes, kind)
+    competing = v > -jnp.inf
     p = jnp.where(everything, competing.astype(x.dtype), p)
-    p = jnp.where(shared, jnp.where(top, top_share, 0), p) + 0 * tau  # NaN poisons
-    return p, shared, (v, competing & ~top)
+    p = jnp.where(shared, jnp.where(v == jnp.inf, top_share, 0), p) + 0 * tau  # NaN poisons
+    return p, shared, (v, _finite(v))
 
 
-def _balance(p, v, tau, scale, finite, axes):
+def _near(x, v, anchor, coarse):
+    """The limited scores, with those of slices whose maximum is coarse (see
+    :func:`coarse_shift`) taken as halved distances to ``anchor`` instead: masked and
+    infinite ones stay as they are."""
+    return jnp.where(coarse & _finite(v), x / 2 - anchor / 2, v)
+
+
+def _balance(v, tau, scale, axes):
     """The sigmoid's threshold where its mass is flat to rounding (every ``p`` within eps of
     0 or 1): there any threshold between the lowest chosen score and the highest unchosen
     one meets the total, and the exact one is where the tails balance, ``a exp(-(low - tau)
     scale) = b exp(-(tau - high) scale)`` for the ``a`` entries at the lowest and the ``b``
     at the highest: ``tau = (low + high) / 2 + log(b / a) / (2 scale)``. Its derivative is
     the implicit one (the solver's); other slices keep theirs."""
-    eps = jnp.finfo(p.dtype).eps
-    room = jnp.sum(p * (1 - p), axes, keepdims=True)
-    flat = room <= eps
+    eps = jnp.finfo(v.dtype).eps
+    p = jax.nn.sigmoid((v - tau) * scale)  # NaN at infinite distances, which are flat
+    room = jnp.sum(p - p * p, axes, keepdims=True)
+    flat = ~(room > eps)
 
     def balanced(tau):
+        finite = _finite(v)
         chosen, unchosen = finite & (v > tau), finite & (v <= tau)
         low = jnp.min(jnp.where(chosen, v, jnp.inf), axes, keepdims=True, initial=jnp.inf)
         high = jnp.max(jnp.where(unchosen, v, -jnp.inf), axes, keepdims=True, initial=-jnp.inf)
         a, b = (
-            _count(s & (v == e), axes).astype(p.dtype) for s, e in ((chosen, low), (unchosen, high))
+            _count(s & (v == e), axes).astype(v.dtype) for s, e in ((chosen, low), (unchosen, high))
         )
         middle = low / 2 + high / 2 + (jnp.log(b) - jnp.log(a)) / (2 * scale)
         moves = flat & (a > 0) & (b > 0) & (middle > high) & (middle < low)
