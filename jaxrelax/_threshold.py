@@ -74,8 +74,9 @@ def solve(v, capacity, lo, hi, mass: Mass, axes, param=None, max_slope=jnp.inf, 
 
     ``lo`` and ``hi`` bracket the root (``f(lo) >= 0 >= f(hi)``), ``start`` (default ``lo``)
     is the first iterate, ``param`` is the mass's parameter (per slice) and ``max_slope`` a
-    bound on ``|f'|`` in the bracket, which makes the first step a safe Newton step (without
-    one it bisects). A slice holding NaN stops at once, with a NaN threshold.
+    bound on ``|f'|`` in the bracket (on the slope of ``log(sum mass)`` for a
+    ``Mass.log_secant``), which makes the first step a Newton step that does not pass the
+    root (without one it bisects). A slice holding NaN stops at once, with a NaN threshold.
     """
     param = jnp.zeros((), v.dtype) if param is None else param
     slices = capacity.shape
@@ -117,7 +118,7 @@ def _solve(v, param, capacity, lo, hi, max_slope, start, mass, axes):
         new_tau = jnp.where(stalled, toward_root, new_tau)
         # The first step has no secant: a bounded Newton step (a bisection where it does not
         # move, or leaves the bracket).
-        newton = tau + excess_tau / max_slope
+        newton = tau + residual / max_slope
         newton = jnp.where((newton > lo) & (newton < hi), newton, _midpoint(lo, hi))
         new_tau = jnp.where(count == 0, newton, new_tau)
         done = (

@@ -742,9 +742,10 @@ def _relaxed_value(x, k, temperature, where, axes, kind):
     n_safe = jnp.maximum(n, 2)
     left = jnp.where(shared | everything, n_safe / 2, left)
     if kind == "soft":
-        # n sigmoid((vmin - lo) scale) >= left and n sigmoid((0 - hi) scale) <= left.
+        # n sigmoid((vmin - lo) scale) >= left and n sigmoid((0 - hi) scale) <= left. The
+        # log of the mass falls at most as fast as its tail, exp(-tau scale).
         offset = (jnp.log(left) - jnp.log(n_safe - left)) / scale
-        max_slope = n_safe * scale / 4
+        max_slope = scale
     else:
         # Every clip((v - lo) scale) >= left / n and every clip((v - hi) scale) <= left / n.
         offset = left / n_safe / scale
@@ -773,21 +774,21 @@ def _relaxed_value(x, k, temperature, where, axes, kind):
         again = _threshold.solve(
             near, total, start - width, start + width, mass, axes, scale, max_slope, start
         )
-        return anchor, jnp.where(coarse, again, tau)
+        return near, jnp.where(coarse, again, tau)
 
-    def keep(v, tau):
-        return jnp.zeros_like(tau), tau
+    v, tau = lax.cond(jnp.any(coarse), refine, lambda v, tau: (v, tau), v, tau)
 
-    anchor, tau = lax.cond(jnp.any(coarse), refine, keep, v, tau)
-    v = _near(x, v, anchor, coarse)
+    def masses(tau):
+        # Double where: infinite distances (masked, -inf and +inf entries) get their limits,
+        # and derivatives in the temperature (second order) stay finite there.
+        d = v - tau
+        finite = jnp.isfinite(d)
+        p = mass.value(jnp.where(finite, d, 0), scale)
+        return jnp.where(finite, p, (d > 0).astype(p.dtype))
+
+    p = masses(tau)
     if kind == "soft":
-        tau = _balance(v, tau, scale, axes)
-    # Double where: infinite distances (masked, -inf and +inf entries) get their limits, and
-    # derivatives in the temperature (second order) stay finite there.
-    d = v - tau
-    finite = jnp.isfinite(d)
-    p = mass.value(jnp.where(finite, d, 0), scale)
-    p = jnp.where(finite, p, (d > 0).astype(p.dtype))
+        p = _balance(p, v, tau, scale, axes, masses)
     p = _settle(p, v, total, axes, kind)
     competing = v > -jnp.inf
     p = jnp.where(everything, competing.astype(x.dtype), p)
@@ -802,19 +803,17 @@ def _near(x, v, anchor, coarse):
     return jnp.where(coarse & _finite(v), x / 2 - anchor / 2, v)
 
 
-def _balance(v, tau, scale, axes):
-    """The sigmoid's threshold where its mass is flat to rounding (every ``p`` within eps of
-    0 or 1): there any threshold between the lowest chosen score and the highest unchosen
-    one meets the total, and the exact one is where the tails balance, ``a exp(-(low - tau)
-    scale) = b exp(-(tau - high) scale)`` for the ``a`` entries at the lowest and the ``b``
-    at the highest: ``tau = (low + high) / 2 + log(b / a) / (2 scale)``. Its derivative is
-    the implicit one (the solver's); other slices keep theirs."""
-    eps = jnp.finfo(v.dtype).eps
-    p = jax.nn.sigmoid((v - tau) * scale)  # NaN at infinite distances, which are flat
-    room = jnp.sum(p - p * p, axes, keepdims=True)
-    flat = ~(room > eps)
+def _balance(p, v, tau, scale, axes, masses):
+    """soft_topk's output where its mass is flat to rounding (every ``p`` within eps of 0 or
+    1): there any threshold between the lowest chosen score and the highest unchosen one meets
+    the total, and the exact one is where the tails balance, ``a exp(-(low - tau) scale) = b
+    exp(-(tau - high) scale)`` for the ``a`` entries at the lowest and the ``b`` at the
+    highest: ``tau = (low + high) / 2 + log(b / a) / (2 scale)``. Its derivative is the
+    implicit one (the solver's); other slices keep theirs."""
+    eps = jnp.finfo(p.dtype).eps
+    flat = ~(jnp.sum(p - p * p, axes, keepdims=True) > eps)
 
-    def balanced(tau):
+    def balanced(p):
         finite = _finite(v)
         chosen, unchosen = finite & (v > tau), finite & (v <= tau)
         low = jnp.min(jnp.where(chosen, v, jnp.inf), axes, keepdims=True, initial=jnp.inf)
@@ -824,9 +823,9 @@ def _balance(v, tau, scale, axes):
         )
         middle = low / 2 + high / 2 + (jnp.log(b) - jnp.log(a)) / (2 * scale)
         moves = flat & (a > 0) & (b > 0) & (middle > high) & (middle < low)
-        return tau + lax.stop_gradient(jnp.where(moves, middle - tau, 0))
+        return masses(tau + lax.stop_gradient(jnp.where(moves, middle - tau, 0)))
 
-    return lax.cond(jnp.any(flat), balanced, lambda tau: tau, tau)
+    return lax.cond(jnp.any(flat), balanced, lambda p: p, p)
 
 
 def coarse_shift(top, scale):
