@@ -364,27 +364,39 @@ def _squared_hinge(d, beta):
     return r * r
 
 
+def _root_of_mass(mass, beta):
+    """``beta (mass ** (1 / beta) - 1)``: the solver's secant runs on it. It is the
+    ``beta``-norm of the bases less 1, times ``beta``: convex in tau, linear wherever the
+    support is fixed and its scores equal (a near-uniform slice), and precise as beta grows
+    (alpha -> 1)."""
+    return beta * jnp.expm1(jnp.log(mass) / beta)
+
+
 _MASSES = {
     "sparsemax": _threshold.Mass(
         lambda d, beta: jnp.maximum(d, 0),
         lambda d, beta: jnp.minimum(jnp.ceil(jnp.maximum(d, 0)), 1),
     ),
-    "entmax15": _threshold.Mass(_squared_hinge, lambda d, beta: 2 * jnp.maximum(d, 0)),
+    "entmax15": _threshold.Mass(
+        _squared_hinge, lambda d, beta: 2 * jnp.maximum(d, 0), secant_scale=_root_of_mass
+    ),
     "general": _threshold.Mass(
         _general_mass,
         lambda d, beta: beta * _power(1 + d, beta - 1),
         _general_mass_beta_slope,
+        _root_of_mass,
     ),
 }
 
 
 def _threshold_of(v, beta, kind, axes):
     """tau with ``sum mass(v - tau) = 1`` per slice, for scores ``v <= 0`` with a maximum of 0:
-    the bracket's left end is where the entry at 0 alone gives mass 1. For beta >= 1, ``|f'|
-    <= beta * n`` on the bracket, a first step that stays left of the root."""
+    the bracket's left end is where the entry at 0 alone gives mass 1. For beta >= 1 the
+    slope of the secant's scale is at most ``beta n ** (1 / beta)`` (Hoelder), a first step
+    that stays left of the root."""
     lo, hi = _BRACKETS[kind]
     size = _numerics.slice_size(v.shape, axes)
-    max_slope = jnp.where(beta >= 1, beta * size, jnp.inf)
+    max_slope = jnp.where(beta >= 1, beta * size ** (1 / beta), jnp.inf)
     one = jnp.ones_like(beta)
     return _threshold.solve(v, one, lo, hi, _MASSES[kind], axes, beta, max_slope)
 

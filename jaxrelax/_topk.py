@@ -665,7 +665,9 @@ def _clip_scale_slope(d, scale):
 
 
 _MASSES = {
-    "soft": _threshold.Mass(_sigmoid, _sigmoid_slope, _sigmoid_scale_slope, log_secant=True),
+    "soft": _threshold.Mass(
+        _sigmoid, _sigmoid_slope, _sigmoid_scale_slope, lambda mass, scale: jnp.log(mass)
+    ),
     "sparse": _threshold.Mass(_clip, _clip_slope, _clip_scale_slope),
 }
 
