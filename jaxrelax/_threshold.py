@@ -5,14 +5,18 @@ per-slice threshold ``tau`` such that ``sum_i p_i = capacity``: sparsemax's ``[d
 entmax's ``[d]_+ ** beta`` with capacity 1, the sigmoid (soft top-k) and a clip to [0, 1]
 (sparse top-k) with capacity k. Rather than sorting, the threshold is the root of the
 decreasing function ``f(tau) = sum_i mass(v_i - tau) - capacity``, found by secant steps
-from the left end of a bracket ``[lo, hi]`` with ``f(lo) >= 0 >= f(hi)``, each step one fused
-reduction over the scores. On a convex ``f`` (entmax with alpha <= 2) the iterates rise
-monotonically to the root, and where ``f`` is piecewise linear (sparsemax, sparse top-k) a
+after a bounded Newton step, inside a bracket ``[lo, hi]`` with ``f(lo) >= 0 >= f(hi)``, each
+step one fused reduction over the scores. The secant runs on a monotone map of the mass
+(``Mass.secant_scale``) under which it is nearly linear in ``tau``: for the sigmoid, whose
+mass is nearly exponential in ``tau`` where the threshold lies in its tail, its log; for
+entmax's ``[d]_+ ** beta``, ``beta (mass ** (1 / beta) - 1)``, a ``beta``-norm of the bases:
+convex, so that the iterates rise monotonically to the root, and linear wherever the support
+is fixed and its scores equal. Where ``f`` is piecewise linear (sparsemax, sparse top-k) a
 secant through two points of the root's linear piece lands on it exactly (the idea behind
 Michelot's algorithm, 1986). A step that would leave the bracket bisects instead, which
-keeps the method safe where ``f`` is not convex. For the sigmoid, whose mass is nearly
-exponential in ``tau`` where the threshold lies in its tail, the secant runs through the log of
-the mass instead (``Mass.secant_scale``), and for entmax through its ``beta``-th root.
+keeps the method safe where ``f`` is not convex. A slice stops when its mass is within two
+ulps of the capacity or its bracket within two ulps of ``tau``; the loop runs until every
+slice has stopped.
 
 The derivative of ``tau`` is the implicit-function one, so the forward pass can be
 differentiated (for second derivatives) without going through the loop.

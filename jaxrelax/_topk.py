@@ -858,16 +858,20 @@ def _settle(p, v, total, axes, kind):
     off = jnp.abs(excess) > 8 * eps * jnp.maximum(total, 1)
 
     def settle(p):
-        slope = p * (1 - p) if kind == "soft" else jnp.ceil(p) - jnp.floor(p)
+        slope = p - p * p if kind == "soft" else jnp.ceil(p) - jnp.floor(p)
         room = jnp.sum(slope, axes, keepdims=True)
         stepped = jnp.clip(p - excess * slope / jnp.maximum(room, jnp.finfo(p.dtype).tiny), 0, 1)
-        needed = jnp.ceil(total).astype(jnp.int32)
-        competing = v > -jnp.inf
-        above, tied, chosen, in_band = _bracket_by_counting(v, competing, needed, axes, True)
-        rest = (total - chosen) / jnp.maximum(in_band, 1)
-        limit = above + jnp.where(tied, rest, 0)
-        resolved = room > jnp.sqrt(eps) * jnp.abs(excess)
-        return jnp.where(off, jnp.where(resolved, stepped, limit), p)
+        unresolved = off & ~(room > jnp.sqrt(eps) * jnp.abs(excess))
+
+        def limit(stepped):  # counting is many passes: only where some slice needs it
+            needed = jnp.ceil(total).astype(jnp.int32)
+            competing = v > -jnp.inf
+            above, tied, chosen, in_band = _bracket_by_counting(v, competing, needed, axes, True)
+            rest = (total - chosen) / jnp.maximum(in_band, 1)
+            return jnp.where(unresolved, above + jnp.where(tied, rest, 0), stepped)
+
+        stepped = lax.cond(jnp.any(unresolved), limit, lambda stepped: stepped, stepped)
+        return jnp.where(off, stepped, p)
 
     return lax.cond(jnp.any(off), settle, lambda p: p, p)
 
