@@ -455,10 +455,10 @@ def topk_mask_impl(x, temperature, where, *, axes, k, ties):
     x = _numerics.fill_masked(x, where)
     if k == 0:
         return jnp.zeros_like(x) + _numerics.nan_poison(x, axes)
-    competing = x > -jnp.inf  # not masked (now -inf), not -inf; NaN poisons below
-    needed = jnp.minimum(_count(competing, axes), k)
+    needed = _needed(x, axes, k)
     if k <= SMALL_K and ties == "first":
         return _scatter_top_k(x, needed, axes, k) + _numerics.nan_poison(x, axes)
+    competing = x > -jnp.inf  # not masked (now -inf), not -inf; NaN poisons below
     if k <= SMALL_K:
         above, band, chosen, in_band = _bracket_by_top_k(x, needed, axes, k)
     else:
@@ -471,6 +471,19 @@ def topk_mask_impl(x, temperature, where, *, axes, k, ties):
     else:
         mask = (above | _first_of(band, still_needed, in_band, axes)).astype(x.dtype)
     return jnp.where(needed > 0, mask, 0) + _numerics.nan_poison(x, axes)
+
+
+def _needed(x, axes, k):
+    """min(k, the entries taking part: not masked, now -inf, and not -inf) per slice: counted
+    only where some slice holds -inf or NaN (the minimum tells; a count is a reduction with a
+    select, which XLA's CPU backend writes out in full)."""
+    lowest = jnp.min(x, axes, keepdims=True, initial=jnp.inf)
+    return lax.cond(
+        jnp.all(lowest > -jnp.inf),
+        lambda x: jnp.full(lowest.shape, k, jnp.int32),
+        lambda x: jnp.minimum(_count(x > -jnp.inf, axes), k),
+        x,
+    )
 
 
 # Up to this k, XLA's TopK finds the k-th largest score faster than counting does
