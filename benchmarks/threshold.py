@@ -15,7 +15,26 @@ The passes table counts, with ``jaxrelax._threshold.counting_passes``, the solve
 over the scores (one reduction each; a function that solves twice counts both), the most any
 row needed, on six input families at 1024x1024: normal rows, normal rows scaled by 100, Cauchy
 rows, many ties (integers 0 to 3), one outlier (1e4) per row, and near-uniform rows
-(1 + 1e-4 normal). The target is at most 8.
+(1 + 1e-4 normal). The target is at most 8; ``tests/test_threshold.py`` asserts the counts.
+
+Where the targets are missed, and why (measured while reworking the solver):
+
+- Passes. sparsemax on normal rows takes 10: its secant starts where the largest score
+  alone has mass 1, and the first step, a Newton step bounded by the n scores' slope, barely
+  moves; a square root or a log of the mass as the secant's scale took 17 and 13. soft_topk
+  and sparse_topk on rows whose spacing near the threshold is many temperatures (scaled by
+  100, Cauchy, one outlier) face a staircase: the mass is nearly a count of the scores above
+  the threshold, which a secant cannot interpolate, so these rows bisect to the k-th score
+  (23 to 38 passes); finding it in fewer passes needs several thresholds per pass, which
+  costs as many passes' time.
+- Time. A pass costs a fifth to a third of a softmax (the sigmoid's about four fifths), so
+  the passes above alone exceed the limits on the normal rows of sparsemax at 4096x1024
+  and of the top-k relaxations; the heavy rows of the top-k relaxations pay the staircase.
+  Full-size temporaries matter on this backend: XLA's CPU runtime writes any reduction
+  operand holding a select, and any array that ``lax.cond`` takes, to a fresh buffer, at
+  about a softmax's cost each; the relaxations now keep those to the few they need.
+- topk_mask against ``lax.top_k``'s k-hot (1.1 to 1.4x): the mask canonicalises -0.0 (a
+  select over the scores) and adds the NaN poison (a sum over them) to the same TopK.
 """
 
 from __future__ import annotations
