@@ -126,7 +126,7 @@ def soft_topk(
       >>> import jaxrelax
       >>> p = jaxrelax.soft_topk(jnp.array([3.0, 1.0, 0.0, -2.0]), 2)
       >>> print(p)
-      [0.9241418  0.6224594  0.37754077 0.07585822]
+      [0.9241418  0.62245935 0.37754074 0.0758582 ]
       >>> print(p.sum().round(6))  # k, to float32's rounding
       2.0
 
