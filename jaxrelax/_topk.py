@@ -803,7 +803,7 @@ def _relaxed_value(x, k, temperature, where, axes, kind):
 
     p = masses(tau)
     if kind == "soft":
-        p = _balance(p, v, tau, scale, axes, masses)
+        p = _balance(p, v, tau, total, scale, axes, masses)
     p = _settle(p, v, total, axes, kind)
     competing = v > -jnp.inf
     p = jnp.where(everything, competing.astype(x.dtype), p)
@@ -818,26 +818,30 @@ def _near(x, v, anchor, coarse):
     return jnp.where(coarse & _finite(v), x / 2 - anchor / 2, v)
 
 
-def _balance(p, v, tau, scale, axes, masses):
-    """soft_topk's output where its mass is flat to rounding (every ``p`` within eps of 0 or
-    1): there any threshold between the lowest chosen score and the highest unchosen one meets
-    the total, and the exact one is where the tails balance, ``a exp(-(low - tau) scale) = b
-    exp(-(tau - high) scale)`` for the ``a`` entries at the lowest and the ``b`` at the
-    highest: ``tau = (low + high) / 2 + log(b / a) / (2 scale)``. Its derivative is the
-    implicit one (the solver's); other slices keep theirs."""
+def _balance(p, v, tau, total, scale, axes, masses):
+    """soft_topk's output where its mass is flat to rounding: the chosen entries' ``1 - p``
+    and the unchosen ones' ``p`` add up to a few eps of the total, the solver's resolution,
+    so that the sum no longer pins the threshold (in float32, ``1 - p`` rounds to 0 below
+    6e-8 while ``p`` does not). The exact root is where the two tails balance, ``sum over the
+    chosen of exp(-(v - tau) s) = sum over the unchosen of exp((v - tau) s)`` (the sigmoid's
+    tails are exponential there), which moves tau by half the difference of their
+    log-sum-exps over ``s``, as long as no score crosses it. Its derivative is the implicit
+    one (the solver's); other slices keep theirs."""
     eps = jnp.finfo(p.dtype).eps
-    flat = ~(jnp.sum(p - p * p, axes, keepdims=True) > eps)
+    flat = ~(jnp.sum(p - p * p, axes, keepdims=True) > 4 * eps * jnp.maximum(total, 1))
 
     def balanced(p):
         finite = _finite(v)
         chosen, unchosen = finite & (v > tau), finite & (v <= tau)
+        d = (v - tau) * scale
+
+        def log_tail(side, exponent):
+            return jax.nn.logsumexp(jnp.where(side, exponent, -jnp.inf), axes, keepdims=True)
+
+        middle = tau + (log_tail(unchosen, d) - log_tail(chosen, -d)) / (2 * scale)
         low = jnp.min(jnp.where(chosen, v, jnp.inf), axes, keepdims=True, initial=jnp.inf)
         high = jnp.max(jnp.where(unchosen, v, -jnp.inf), axes, keepdims=True, initial=-jnp.inf)
-        a, b = (
-            _count(s & (v == e), axes).astype(v.dtype) for s, e in ((chosen, low), (unchosen, high))
-        )
-        middle = low / 2 + high / 2 + (jnp.log(b) - jnp.log(a)) / (2 * scale)
-        moves = flat & (a > 0) & (b > 0) & (middle > high) & (middle < low)
+        moves = flat & (middle > high) & (middle < low)  # NaN where a side is empty
         return masses(tau + lax.stop_gradient(jnp.where(moves, middle - tau, 0)))
 
     return lax.cond(jnp.any(flat), balanced, lambda p: p, p)

@@ -619,6 +619,21 @@ def test_jacobians_match_their_closed_forms(kind, rng, x64):
         np.testing.assert_allclose(jk, numeric, rtol=0, atol=1e-8)
 
 
+@pytest.mark.parametrize("t", [0.05, 0.02, 0.001])
+def test_soft_topk_where_the_mass_is_flat_to_rounding_balances_the_tails(t):
+    # float32 [3, 0], k = 1: 1 - p rounds to 0 on the chosen side, so the sum pins the
+    # threshold only to within eps of mass (p[1] anywhere below 2.4e-7); the exact threshold
+    # is 1.5 by symmetry, p[1] = sigmoid(-1.5 / t) (9.4e-14 at t = 0.05, 0 at t = 0.001), and
+    # at an exact k-hot dk is the mean of the one-sided derivatives, 1.5 for cotangent [1, 2].
+    x = jnp.array([3.0, 0.0], jnp.float32)
+    p, vjp = jax.vjp(lambda k: jaxrelax.soft_topk(x, k, temperature=t), jnp.float32(1.0))
+    expected = np.exp(-np.logaddexp(0, 1.5 / t))  # no overflow at t = 0.001
+    np.testing.assert_allclose(p[1], expected, rtol=1e-5, atol=1e-45)
+    assert p[0] == 1
+    if expected < np.finfo(np.float32).tiny:
+        np.testing.assert_allclose(vjp(jnp.array([1.0, 2.0]))[0], 1.5, rtol=1e-6)
+
+
 @pytest.mark.parametrize("kind", RELAXED)
 def test_gradient_in_k_at_an_exact_k_hot_is_the_mean_of_its_one_sided_values(kind, x64):
     # Every output exactly 0 or 1: the derivative in k has a left value (the smallest chosen
