@@ -455,7 +455,7 @@ def topk_mask_impl(x, temperature, where, *, axes, k, ties):
     x = _numerics.fill_masked(x, where)
     if k == 0:
         return jnp.zeros_like(x) + _numerics.nan_poison(x, axes)
-    needed = _needed(x, axes, k)
+    needed = jnp.minimum(_count_taking_part(x, axes), k)
     if k <= SMALL_K and ties == "first":
         return _scatter_top_k(x, needed, axes, k) + _numerics.nan_poison(x, axes)
     competing = x > -jnp.inf  # not masked (now -inf), not -inf; NaN poisons below
@@ -473,15 +473,16 @@ def topk_mask_impl(x, temperature, where, *, axes, k, ties):
     return jnp.where(needed > 0, mask, 0) + _numerics.nan_poison(x, axes)
 
 
-def _needed(x, axes, k):
-    """min(k, the entries taking part: not masked, now -inf, and not -inf) per slice: counted
-    only where some slice holds -inf or NaN (the minimum tells; a count is a reduction with a
-    select, which XLA's CPU backend writes out in full)."""
-    lowest = jnp.min(x, axes, keepdims=True, initial=jnp.inf)
+def _count_taking_part(x, axes, lowest=None):
+    """The entries above -inf per slice (not masked, now -inf, and not -inf or NaN): counted
+    only where some slice holds -inf or NaN, which its minimum ``lowest`` tells (a count is a
+    reduction with a select, which XLA's CPU backend writes out in full first)."""
+    lowest = jnp.min(x, axes, keepdims=True, initial=jnp.inf) if lowest is None else lowest
+    size = _numerics.slice_size(x.shape, axes)
     return lax.cond(
         jnp.all(lowest > -jnp.inf),
-        lambda x: jnp.full(lowest.shape, k, jnp.int32),
-        lambda x: jnp.minimum(_count(x > -jnp.inf, axes), k),
+        lambda x: jnp.full(lowest.shape, size, jnp.int32),
+        lambda x: _count(x > -jnp.inf, axes),
         x,
     )
 
@@ -716,21 +717,17 @@ def _limit_scores(x, where, axes, scale):
 
 
 def _finite_count_and_minimum(v, top_count, axes):
-    """The number of finite scores per slice, and their minimum (at most 0): counted and
-    masked only where some slice holds an infinite or NaN score (see :func:`_limit_scores`)."""
-    lowest = jnp.min(v, axes, keepdims=True, initial=jnp.inf)
-
-    def counted(v):
-        finite = _finite(v)
-        n = _count(finite, axes).astype(v.dtype)
-        return n, jnp.min(jnp.where(finite, v, 0), axes, keepdims=True, initial=0)
-
-    def all_finite(v):
-        n = _numerics.slice_size(v.shape, axes)
-        return jnp.full_like(lowest, n), jnp.minimum(lowest, 0)
-
-    plain = jnp.all(lowest > -jnp.inf) & jnp.all(top_count == 0)  # no infinity, no NaN
-    return lax.cond(plain, all_finite, counted, v)
+    """The number of finite scores per slice, and their minimum (at most 0): masked only
+    where some slice holds -inf or NaN (see :func:`_count_taking_part`)."""
+    lowest = jnp.min(v, axes, keepdims=True, initial=jnp.inf)  # +inf only where all are
+    n = _count_taking_part(v, axes, lowest).astype(v.dtype) - top_count
+    smallest = lax.cond(
+        jnp.all(lowest > -jnp.inf),
+        lambda v: jnp.minimum(lowest, 0),
+        lambda v: jnp.min(jnp.where(_finite(v), v, 0), axes, keepdims=True, initial=0),
+        v,
+    )
+    return n, smallest
 
 
 def _finite(v):
@@ -779,7 +776,7 @@ def _relaxed_value(x, k, temperature, where, axes, kind):
         nearest = finite & (gap == jnp.min(gap, axes, keepdims=True, initial=jnp.inf))
         anchor = jnp.max(jnp.where(nearest, x, -jnp.inf), axes, keepdims=True, initial=-jnp.inf)
         anchor = jnp.where(coarse & jnp.isfinite(anchor), anchor, 0)
-        near = _near(x, v, anchor, coarse)
+        near = jnp.where(coarse & _finite(v), x / 2 - anchor / 2, v)  # masked, +-inf: as is
         # The first threshold, moved to these scores, is off by the rounding of v (at most
         # an ulp of the larger of the maximum and the anchor per score, and so for tau): a
         # bracket of 64 such ulps either side holds the root. Other slices are done at once.
@@ -809,13 +806,6 @@ def _relaxed_value(x, k, temperature, where, axes, kind):
     p = jnp.where(everything, competing.astype(x.dtype), p)
     p = jnp.where(shared, jnp.where(v == jnp.inf, top_share, 0), p) + 0 * tau  # NaN poisons
     return p, shared, (v, _finite(v))
-
-
-def _near(x, v, anchor, coarse):
-    """The limited scores, with those of slices whose maximum is coarse (see
-    :func:`coarse_shift`) taken as halved distances to ``anchor`` instead: masked and
-    infinite ones stay as they are."""
-    return jnp.where(coarse & _finite(v), x / 2 - anchor / 2, v)
 
 
 def _balance(p, v, tau, total, scale, axes, masses):
