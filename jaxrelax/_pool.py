@@ -4,19 +4,19 @@ soft, smooth and straight-through max-pools.
 Layout and arguments follow ``flax.linen.max_pool``: channels-last ``x`` of shape
 ``(*batch, *spatial, features)`` and one window dimension per spatial dimension.
 
-Every function reads the windows as strided slices of the padded input, one slice of the
-output's shape per offset within the window (``window_dilation`` apart), and combines them
-elementwise; XLA fuses the slices into one pass, so that no (windows x window size) patch
-tensor is ever built. The backward passes are the dual: each offset's contribution, of the
-output's shape, is spread back onto the input by a padding with holes (``lax.pad`` with
-interior padding), and the offsets' spreads are summed. The max-pool's backward pass reads
-the winner's offset within each window, saved by the forward pass, in place of XLA's
-select-and-scatter (which ``lax.reduce_window`` cannot differentiate with a window
-dilation); with overlapping windows it scatters to the winners instead (see
+Every function reads the windows as strided slices of the input, one slice of the output's
+shape per offset within the window (``window_dilation`` apart), padded where the windows
+overhang the input, and combines them elementwise; XLA fuses the slices into one pass, so that
+no (windows x window size) patch tensor is ever built. The backward passes are the dual: each
+offset's contribution, of the output's shape, is spread back onto the input by a padding with
+holes (``lax.pad`` with interior padding), and the offsets' spreads are summed. The max-pool's
+backward pass reads the winner's offset within each window, found by the forward pass, in
+place of XLA's select-and-scatter (which ``lax.reduce_window`` cannot differentiate with a
+window dilation); with overlapping windows it scatters to the winners instead (see
 ``_max_pool_bwd``). Against ``lax.reduce_window`` (which drops NaN on XLA's CPU backend, so
 that an equivalent needs a second window pass for NaN) the slices are faster forward and
 several times faster backward: ``benchmarks/tricks.py``, rows "window slices" and "slices +
-spreads".
+spreads", and ``benchmarks/pooling.py``.
 """
 
 from __future__ import annotations
@@ -57,6 +57,11 @@ class Windows(NamedTuple):
         """A per-axis list for the whole input: ``per_spatial`` on the spatial axes, ``fill``
         on the batch axes and the features axis."""
         return [fill] * self.first_axis + list(per_spatial) + [fill]
+
+    def resize(self, shape, per_spatial) -> list:
+        """``shape`` (the input's or the output's) with ``per_spatial`` as its spatial sizes."""
+        sizes = self.expand(per_spatial, None)
+        return [n if size is None else size for size, n in zip(sizes, shape, strict=True)]
 
 
 def max_pool(
@@ -368,16 +373,14 @@ def _smooth_pool(kind, x, window_shape, strides, padding, temperature, window_di
 def _max_pool(x, windows):
     if jnp.issubdtype(x.dtype, jnp.integer):
         return _window_max(x, windows)
-    return _max_pool_rule(x, windows)
+    return _max_pool_rule(x, windows, _overlapping(windows))
 
 
 @functools.partial(jax.jit, static_argnums=1)
 def _max_pool_with_indices(x, windows):
     if jnp.issubdtype(x.dtype, jnp.integer):
-        values, winners = _winners(x, windows)
-    else:
-        values, winners = _max_pool_winners_rule(x, windows)
-    return values, _plane_indices(winners, windows)
+        return _winners(x, windows, True)
+    return _max_pool_winners_rule(x, windows, True)
 
 
 @functools.partial(jax.jit, static_argnums=2)
@@ -509,25 +512,90 @@ def _check_real_entries(windows: Windows, padding) -> None:
             )
 
 
-def _window_slices(x: jax.Array, windows: Windows):
-    """(offset index, slice) for each offset within the window, in row-major order: the
-    slice holds, for every window, its entry at that offset (the padding is ``_lowest``)."""
-    padding = windows.expand([(lo, hi, 0) for lo, hi in windows.padding], (0, 0, 0))
-    padded = lax.pad(x, _lowest(x.dtype), padding)
-    sizes = windows.expand(windows.pooled, None)
-    for index, offset in enumerate(windows.offsets()):
-        start = windows.expand([o * d for o, d in zip(offset, windows.dilation, strict=True)], 0)
-        step = windows.expand(windows.strides, 1)
-        limit = [
-            s + (n - 1) * d + 1 if n is not None else m
-            for s, n, d, m in zip(start, sizes, step, x.shape, strict=True)
+class _Offset(NamedTuple):
+    """One offset within the window: the input's entries at it, for the windows where that
+    entry is real (a strided slice of the input, no padded copy of it)."""
+
+    index: int  # the offset's place in the window, row-major
+    entries: jax.Array | None  # None where no window has a real entry at this offset
+    windows_at: tuple[tuple[int, int], ...]  # per spatial axis, the (first, last) such window
+    windows: Windows
+
+    def pad(self, array, fill) -> jax.Array:
+        """An array of ``entries``' shape, padded with ``fill`` to the output's shape."""
+        w = self.windows
+        config = [
+            (first, m - 1 - last, 0)
+            for (first, last), m in zip(self.windows_at, w.pooled, strict=True)
         ]
-        yield index, lax.slice(padded, start, limit, step)
+        return lax.pad(array, jnp.asarray(fill, array.dtype), w.expand(config, (0, 0, 0)))
+
+    def crop(self, array) -> jax.Array:
+        """An output-shaped array, cropped to ``entries``' windows."""
+        w = self.windows
+        start = w.expand([first for first, _ in self.windows_at], 0)
+        limit = w.resize(array.shape, [last + 1 for _, last in self.windows_at])
+        return lax.slice(array, start, limit)
+
+
+def _offsets(x: jax.Array, windows: Windows):
+    """Each offset within the window, in row-major order, with its entries (see _Offset)."""
+    for index, offset in enumerate(windows.offsets()):
+        start, limit, windows_at = [], [], []
+        for o, n, s, d, (lo, _), m in zip(
+            offset,
+            windows.spatial,
+            windows.strides,
+            windows.dilation,
+            windows.padding,
+            windows.pooled,
+            strict=True,
+        ):
+            # window i reads position s i + o d - lo: the real ones are i = first..last
+            first = max(0, -((o * d - lo) // s))
+            last = min(m - 1, (n - 1 + lo - o * d) // s)
+            start.append(s * first + o * d - lo)
+            limit.append(s * last + o * d - lo + 1)
+            windows_at.append((first, last))
+        entries = None
+        if all(first <= last for first, last in windows_at):
+            entries = lax.slice(
+                x,
+                windows.expand(start, 0),
+                windows.resize(x.shape, limit),
+                windows.expand(windows.strides, 1),
+            )
+        yield _Offset(index, entries, tuple(windows_at), windows)
+
+
+def _window_slices(x: jax.Array, windows: Windows, *, padded_copy: bool = False):
+    """(offset index, slice) for each offset within the window, in row-major order: the
+    slice holds, for every window, its entry at that offset, and ``_lowest`` where that
+    entry is padding. Each slice is a strided slice of ``x`` padded to the output's shape:
+    XLA fuses that padding into a pass that reads the slice once, where slicing a padded
+    copy of ``x`` writes the copy out first (a 3x3 stride-2 max-pool with padding 1 took 4
+    to 8 times longer: ``benchmarks/pooling.py``, row "max_pool 3x3/2 p1"). A pass that
+    reads each slice more than once has XLA write out every padded slice instead: there,
+    ``padded_copy`` slices one padded copy of ``x`` (without it, the soft pools' rows took
+    25 to 65% longer)."""
+    if padded_copy:
+        padding = windows.expand([(lo, hi, 0) for lo, hi in windows.padding], (0, 0, 0))
+        x = lax.pad(x, _lowest(x.dtype), padding)
+        spatial = tuple(
+            n + lo + hi for n, (lo, hi) in zip(windows.spatial, windows.padding, strict=True)
+        )
+        windows = windows._replace(spatial=spatial, padding=((0, 0),) * len(spatial))
+    shape = windows.resize(x.shape, windows.pooled)
+    for at in _offsets(x, windows):
+        if at.entries is None:
+            yield at.index, jnp.full(shape, _lowest(x.dtype))
+        else:
+            yield at.index, at.pad(at.entries, _lowest(x.dtype))
 
 
 def _lowest(dtype) -> jax.Array:
     """The padding's value, at most every entry's: -inf, or an integer dtype's minimum (a tie
-    with the padding never wins: each window's winner starts at its first real entry)."""
+    with the padding never wins: winners are found among the real entries alone)."""
     if jnp.issubdtype(dtype, jnp.integer):
         return jnp.asarray(jnp.iinfo(dtype).min, dtype)
     return jnp.asarray(-jnp.inf, dtype)
@@ -557,114 +625,128 @@ def _spread(parts, windows: Windows, shape) -> jax.Array:
     return total
 
 
-def _window_max(x: jax.Array, windows: Windows) -> jax.Array:
-    """Each window's maximum. An elementwise ``max`` of the slices: it propagates NaN, which
-    ``lax.reduce_window`` drops on XLA's CPU backend."""
+def _window_max(x: jax.Array, windows: Windows, *, padded_copy: bool = False) -> jax.Array:
+    """Each window's maximum. An elementwise ``max`` of the slices (see
+    :func:`_window_slices`): it propagates NaN, which ``lax.reduce_window`` drops on XLA's
+    CPU backend."""
     peak = None
-    for _, part in _window_slices(x, windows):
+    for _, part in _window_slices(x, windows, padded_copy=padded_copy):
         peak = part if peak is None else jnp.maximum(peak, part)
     return peak
 
 
-def _winners(x: jax.Array, windows: Windows) -> tuple[jax.Array, jax.Array]:
-    """(maximum, offset index of the first maximum) per window; a window with NaN gives NaN
-    and its last NaN (as PyTorch does); one whose real entries are all -inf (an integer
-    dtype's minimum), its first real entry (so that the index never names padding)."""
-    size = int(np.prod(windows.window))
-    dtype = jnp.int8 if size <= np.iinfo(np.int8).max else jnp.int32
-    peak = _lowest(x.dtype)
-    winner = _first_real_offset(windows).astype(dtype)
-    floating = jnp.issubdtype(x.dtype, jnp.floating)
-    for index, part in _window_slices(x, windows):
-        better = (part > peak) | jnp.isnan(part) if floating else part > peak
-        peak = jnp.where(better, part, peak)
-        winner = jnp.where(better, jnp.asarray(index, dtype), winner)
-    return peak, winner
+def _winners(x: jax.Array, windows: Windows, plane: bool) -> tuple[jax.Array, jax.Array]:
+    """(maximum, winner) per window, the winner being its first maximum, in the window's
+    row-major order; in a window with NaN, the maximum is NaN and the winner its last NaN (as
+    in PyTorch); in one whose real entries are all -inf (an integer dtype's minimum), the
+    winner is its first real entry (never padding). Winners are named by their offsets'
+    indices within the window or, with ``plane``, by their flat row-major indices within the
+    input's spatial plane (:func:`_labels`)."""
+    peak = _window_max(x, windows)
+    offsets = [at for at in _offsets(x, windows) if at.entries is not None]
+    labels = _labels(windows, plane)
+    # Every window has a real entry equal to its maximum, unless the maximum is NaN: the
+    # first, by a second pass over the window (one pass keeping both the running maximum
+    # and its winner reads each padded slice twice, which XLA then writes out: 5 to 7 times
+    # slower at 3x3 stride 2 with padding 1). Compared before padding, padding never wins.
+    winner = jnp.zeros((), labels[0].dtype)
+    for at in reversed(offsets):
+        hit = at.pad(at.entries == at.crop(peak), False)
+        winner = jnp.where(hit, labels[at.index], winner)
+
+    if jnp.issubdtype(x.dtype, jnp.floating):  # a window holding NaN: its last NaN
+        for at in offsets:
+            winner = jnp.where(at.pad(jnp.isnan(at.entries), False), labels[at.index], winner)
+    return peak, winner + _window_starts(windows) if plane else winner
 
 
-def _first_real_offset(windows: Windows) -> jax.Array:
-    """The offset index of each window's first unpadded entry, broadcastable to the pooled
-    shape (the first entry itself, 0, without padding)."""
-    index = np.zeros((), np.int32)
-    for i, (w, s, d, (lo, _), m) in enumerate(
-        zip(
-            windows.window,
-            windows.strides,
-            windows.dilation,
-            windows.padding,
-            windows.pooled,
-            strict=True,
-        )
+def _labels(windows: Windows, plane: bool) -> list[np.ndarray]:
+    """Per offset (row-major), the label of each window's entry there: the offset's index
+    within the window (int8 for windows of at most 127 entries), or with ``plane`` the
+    entry's flat row-major index within the input's spatial plane less its window's start
+    (see :func:`_window_starts`). Both grow by a fixed step per offset along each axis."""
+    units = _label_units(windows, plane)
+    dtype = _label_dtype(windows, plane)
+    return [np.asarray(np.dot(offset, units), dtype) for offset in windows.offsets()]
+
+
+def _window_starts(windows: Windows) -> np.ndarray:
+    """The flat row-major plane index of each window's offset 0 (negative in the padding),
+    broadcastable to the output: a winner's plane index less it is its label."""
+    start = np.zeros((), np.int32)
+    for axis, (s, (lo, _), m, n) in enumerate(
+        zip(windows.strides, windows.padding, windows.pooled, windows.spatial, strict=True)
     ):
-        # the first offset j whose position s i + j d lies past the low padding (every
-        # window has a real entry, so that this one is real)
-        first = np.maximum(-((s * np.arange(m) - lo) // d), 0)
-        shape = [1] * len(windows.window)
-        shape[i] = m
-        index = index * w + first.reshape(shape)
-    return jnp.asarray(index.reshape(windows.expand(index.shape, 1)))
+        start = start * n + _along(windows, axis, s * np.arange(m, dtype=np.int32) - lo)
+    return start
 
 
-def _plane_indices(winners: jax.Array, windows: Windows) -> jax.Array:
-    """Offset indices within the windows as flat row-major indices within the spatial plane."""
-    flat = jnp.zeros((), jnp.int32)
-    remaining = winners.astype(jnp.int32)
-    plane_stride = 1
-    for i in reversed(range(len(windows.window))):
-        w, s, d, (lo, _), m = (
-            windows.window[i],
-            windows.strides[i],
-            windows.dilation[i],
-            windows.padding[i],
-            windows.pooled[i],
-        )
-        view = [1] * winners.ndim
-        view[windows.first_axis + i] = m
-        start = (s * jnp.arange(m, dtype=jnp.int32) - lo).reshape(view)
-        flat = flat + (start + (remaining % w) * d) * plane_stride
-        remaining = remaining // w
-        plane_stride *= windows.spatial[i]
-    return flat
+def _label_units(windows: Windows, plane: bool) -> list[int]:
+    """What a label gains per step of offset along each spatial axis."""
+    sizes, steps = (windows.spatial, windows.dilation) if plane else (windows.window, None)
+    return [
+        (1 if steps is None else steps[axis]) * int(np.prod(sizes[axis + 1 :]))
+        for axis in range(len(sizes))
+    ]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _max_pool_rule(x, windows):
+def _label_dtype(windows: Windows, plane: bool) -> type:
+    small = not plane and np.prod(windows.window) <= np.iinfo(np.int8).max
+    return np.int8 if small else np.int32
+
+
+def _along(windows: Windows, axis: int, values: np.ndarray) -> np.ndarray:
+    """Per-window values along one spatial axis, broadcastable to the output."""
+    view = [1] * len(windows.window)
+    view[axis] = -1
+    return values.reshape(windows.expand(view, 1))
+
+
+def _overlapping(windows: Windows) -> bool:
+    """Whether windows overlap along some axis (their extents, with dilation)."""
+    extent = ((w - 1) * d + 1 for w, d in zip(windows.window, windows.dilation, strict=True))
+    return any(s < e for s, e in zip(windows.strides, extent, strict=True))
+
+
+# ``plane``: whether the backward pass reads the winners as plane indices (see _labels):
+# always with overlapping windows (see _max_pool_bwd) and where they are returned anyway.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _max_pool_rule(x, windows, plane):
     return _window_max(x, windows)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _max_pool_winners_rule(x, windows):
-    return _winners(x, windows)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _max_pool_winners_rule(x, windows, plane):
+    return _winners(x, windows, plane)
 
 
-def _max_pool_fwd(x, windows):
-    peak, winner = _winners(x, windows)
-    return peak, winner
+def _max_pool_fwd(x, windows, plane):
+    return _winners(x, windows, plane)
 
 
-def _max_pool_winners_fwd(x, windows):
-    peak, winner = _winners(x, windows)
+def _max_pool_winners_fwd(x, windows, plane):
+    peak, winner = _winners(x, windows, plane)
     return (peak, winner), winner
 
 
-def _max_pool_bwd(windows, winner, cotangent):
+def _max_pool_bwd(windows, plane, winner, cotangent):
     if isinstance(cotangent, tuple):  # (values, winners); the winners' cotangent is float0
         cotangent = cotangent[0]
     shape = cotangent.shape[: windows.first_axis] + windows.spatial + cotangent.shape[-1:]
-    extent = ((w - 1) * d + 1 for w, d in zip(windows.window, windows.dilation, strict=True))
-    if any(s < e for s, e in zip(windows.strides, extent, strict=True)):
-        # Overlapping windows (their extents, with dilation): compiled with the forward pass,
-        # XLA fuses the winners' search into every offset's part of the spread (nine
-        # searches for a 3x3 window; an optimisation barrier does not survive its passes). A
-        # scatter reads it once.
-        flat = _global_indices(_plane_indices(winner, windows), shape, windows.spatial)
+    if _overlapping(windows):
+        # Compiled with the forward pass, XLA fuses the winners' search into every offset's
+        # part of the spread (nine searches for a 3x3 window; an optimisation barrier does
+        # not survive its passes). A scatter reads it once.
+        flat = _global_indices(winner, shape, windows.spatial)
         dx = (
             jnp.zeros(int(np.prod(shape)), cotangent.dtype)
             .at[flat.reshape(-1)]
             .add(cotangent.reshape(-1), mode="drop")
         )
         return (dx.reshape(shape),)
-    parts = (jnp.where(winner == index, cotangent, 0) for index, _ in enumerate(windows.offsets()))
+    if plane:
+        winner = winner - _window_starts(windows)
+    parts = (jnp.where(winner == label, cotangent, 0) for label in _labels(windows, plane))
     return (_spread(parts, windows, shape),)
 
 
@@ -718,16 +800,25 @@ def _unpool_values(values, flat, spatial):
     size = int(np.prod(batch)) * int(np.prod(spatial)) * features
     updates, flat = values.reshape(-1), flat.reshape(-1)
     lowest = _lowest(values.dtype)
-    held = jnp.full((size,), lowest, values.dtype).at[flat].max(updates, mode="drop")
-    # An untouched position holds -inf (an integer dtype's minimum), as does a position
-    # whose value is that: told apart, only when some value is, by a second scatter of which
-    # positions are written.
-    written = lax.cond(
-        jnp.any(updates == lowest),
-        lambda: jnp.zeros((size,), bool).at[flat].set(True, mode="drop"),
-        lambda: held != lowest,
-    )
-    return jnp.where(written, held, 0).reshape(*batch, *spatial, features)
+
+    def held():  # each position's largest value, and the lowest value where there is none
+        return jnp.full((size,), lowest, values.dtype).at[flat].max(updates, mode="drop")
+
+    def untouched_at_lowest():
+        unpooled = held()
+        return jnp.where(unpooled == lowest, 0, unpooled)
+
+    def written_apart():  # a second scatter, of which positions are written
+        return jnp.where(jnp.zeros((size,), bool).at[flat].set(True, mode="drop"), held(), 0)
+
+    # A position whose value is the lowest value looks untouched: the second scatter runs
+    # only where some value may be it. A plain minimum tells (a NaN hides the rest from it,
+    # and takes that path too). Counting such values cost 40% more, as did choosing the
+    # path after the first scatter rather than around both (benchmarks/pooling.py, rows
+    # "max_unpool"); so did scattering the floats' bits as ordered integers, in one pass.
+    low = jnp.min(updates, initial=0)
+    unpooled = lax.cond((low == lowest) | (low != low), written_apart, untouched_at_lowest)
+    return unpooled.reshape(*batch, *spatial, features)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -761,11 +852,11 @@ def _window_softmax(x, t, windows) -> tuple[_WindowSoftmax, jax.Array]:
     """The statistics, and each window's maximum. The logits are clamped at a floor whose
     exponential is 0, so that -inf entries, padding and logits that overflow to -inf (a tiny
     temperature) weigh 0 with no 0 * inf."""
-    peak = _window_max(x, windows)
+    peak = _window_max(x, windows, padded_copy=True)
     top = _numerics.halved_top(lax.stop_gradient(peak))
     factor = _numerics.halves_factor(1, x.dtype, t)
     den = sum_gap = 0
-    for _, part in _window_slices(x, windows):
+    for _, part in _window_slices(x, windows, padded_copy=True):
         u = _window_logits(part, top, factor)
         e = jnp.exp(u)
         den = den + e
@@ -835,7 +926,7 @@ def _smooth_bwd(windows, kind, residuals, cotangent):
     factor = _numerics.halves_factor(1, x.dtype, t)
     mean_u = stats.mean_gap * factor
     parts, spread_u = [], 0
-    for _, part in _window_slices(x, windows):
+    for _, part in _window_slices(x, windows, padded_copy=True):
         u = _window_logits(part, stats.top, factor)
         p = jnp.exp(u) / den  # 0 at the floor, where u - mean u is finite
         if kind == "lse":
