@@ -14,9 +14,9 @@ convex, so that the iterates rise monotonically to the root, and linear wherever
 is fixed and its scores equal. Where ``f`` is piecewise linear (sparsemax, sparse top-k) a
 secant through two points of the root's linear piece lands on it exactly (the idea behind
 Michelot's algorithm, 1986). A step that would leave the bracket bisects instead, which
-keeps the method safe where ``f`` is not convex. A slice stops when its mass is within two
-ulps of the capacity or its bracket within two ulps of ``tau``; the loop runs until every
-slice has stopped.
+keeps the method safe where ``f`` is not convex. A slice stops when its mass is within
+``2 eps max(capacity, 1)`` of the capacity or its bracket within two ulps of ``tau``; the loop
+runs until every slice has stopped.
 
 The derivative of ``tau`` is the implicit-function one, so the forward pass can be
 differentiated (for second derivatives) without going through the loop.
