@@ -9,7 +9,8 @@ Where things live (a function's module follows from its name):
   perturbed_max, perturbed_fy_loss).
 - A larger choice has one module holding all its techniques: ``_topk`` for k of n (topk_mask,
   soft_topk, sparse_topk, st_topk, gumbel_topk, perturbed_topk) and ``_pool`` for windows
-  (max_pool, max_unpool, soft_pool, lse_pool, st_max_pool).
+  (max_pool, max_unpool, soft_pool, lse_pool, st_max_pool) and ``_sort`` for orders (rank,
+  soft_sort, soft_rank, soft_quantile, st_sort, st_rank).
 - Shared machinery lives in a module named after it: ``_checks`` (argument checks and
   canonicalisation), ``_numerics`` (masks, infinities, NaN and the shift by the slice
   maximum), ``_noise`` (random bits and the perturbation noises), ``_threshold`` (the threshold
@@ -46,6 +47,12 @@ from ._soft import smooth_max as smooth_max
 from ._soft import soft_argmax as soft_argmax
 from ._soft import softmax as softmax
 from ._soft import spatial_soft_argmax as spatial_soft_argmax
+from ._sort import rank as rank
+from ._sort import soft_quantile as soft_quantile
+from ._sort import soft_rank as soft_rank
+from ._sort import soft_sort as soft_sort
+from ._sort import st_rank as st_rank
+from ._sort import st_sort as st_sort
 from ._sparse import entmax as entmax
 from ._sparse import entmax15 as entmax15
 from ._sparse import entmax_loss as entmax_loss
@@ -85,10 +92,14 @@ __all__ = [
     "perturbed_fy_loss",
     "perturbed_max",
     "perturbed_topk",
+    "rank",
     "schedules",
     "smooth_max",
     "soft_argmax",
     "soft_pool",
+    "soft_quantile",
+    "soft_rank",
+    "soft_sort",
     "soft_topk",
     "softmax",
     "sparse_topk",
@@ -99,6 +110,8 @@ __all__ = [
     "st_hardmax",
     "st_max",
     "st_max_pool",
+    "st_rank",
+    "st_sort",
     "st_topk",
     "straight_through",
     "topk_mask",

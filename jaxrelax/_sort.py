@@ -1,0 +1,784 @@
+"""Orders: rank, soft_sort, soft_rank, soft_quantile, st_sort and st_rank.
+
+The soft operators are Blondel et al.'s regularised projections onto the permutahedron,
+reduced to a decreasing isotonic fit of the sorted scores (their Proposition 3). The fit is
+computed by :func:`_isotonic_fit` in O(n log n) time and O(n) memory, whatever the input
+(see its docstring); its Jacobian is the block-average formula, never autodiff of a loop.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.typing import ArrayLike
+
+from . import _checks, _numerics, _straight_through
+
+REGULARIZATIONS = ("l2", "kl")
+
+_TEMPERATURE_NOTE = r"""
+    How the temperature scales: entries pool (share their rank, or their sorted value) where
+    their gaps are small next to the temperature. For ranks the gaps that matter are those of
+    ``x`` (about ``std(x) / n`` between neighbours), so the same ``temperature`` smooths more
+    as ``n`` grows; for the sort they are those of the ranks (1) against ``x``'s gaps times
+    ``1 / temperature``, so it smooths less. To keep one meaning across sizes and scales, set
+    ``temperature = tau * std(x) / n`` for :func:`soft_rank` and
+    ``temperature = tau * n / std(x)`` for :func:`soft_sort` (``std`` over the slice, with
+    ``keepdims=True``: a per-slice temperature is allowed). ``soft_rank(x, ...) / n`` then
+    depends on ``x`` only through its standardised values, at ``n = 1000`` as at ``n = 5000``.
+"""
+
+
+# --- the decreasing isotonic fit ---
+
+
+class _L2:
+    """Blocks of ``s - w`` pooled by their mean: statistics (sum, count)."""
+
+    identity = (0.0, 0.0)
+
+    @staticmethod
+    def statistics(s, w, real):
+        return (jnp.where(real, s - w, 0.0), real.astype(s.dtype))
+
+    @staticmethod
+    def join(a, b):
+        return tuple(x + y for x, y in zip(a, b, strict=True))
+
+    @staticmethod
+    def accumulate(stats, reverse=False):
+        return tuple(lax.cumsum(x, x.ndim - 1, reverse=reverse) for x in stats)
+
+    @staticmethod
+    def value(stats):
+        return stats[0] / stats[1]
+
+
+class _KL:
+    """Blocks pooled by ``logsumexp(s) - logsumexp(w)``: statistics (lse of s, lse of w)."""
+
+    identity = (-np.inf, -np.inf)
+
+    @staticmethod
+    def statistics(s, w, real):
+        return (jnp.where(real, s, -jnp.inf), jnp.where(real, w, -jnp.inf))
+
+    @staticmethod
+    def join(a, b):
+        return tuple(jnp.logaddexp(x, y) for x, y in zip(a, b, strict=True))
+
+    @staticmethod
+    def accumulate(stats, reverse=False):
+        # lax.cumlogsumexp is a quadratic reduce_window on CPU; the scan is O(n log n).
+        return tuple(
+            lax.associative_scan(jnp.logaddexp, x, reverse=reverse, axis=x.ndim - 1) for x in stats
+        )
+
+    @staticmethod
+    def value(stats):
+        return stats[0] - stats[1]
+
+
+_KINDS = {"l2": _L2, "kl": _KL}
+
+
+def _take(a, i):
+    return jnp.take_along_axis(a, i[..., None], axis=-1)[..., 0]
+
+
+def _bisect(lo, hi, steps, holds):
+    """The last index where the monotone ``holds`` is true, given it is at ``lo`` and is not
+    at ``hi`` (elementwise arrays): ``steps`` halvings of ``hi - lo``."""
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = (lo + hi) // 2
+        open_ = hi - lo > 1
+        yes = holds(mid)
+        return jnp.where(open_ & yes, mid, lo), jnp.where(open_ & ~yes, mid, hi)
+
+    return lax.fori_loop(0, steps, halve, (lo, hi))
+
+
+def _isotonic_fit(s, w, m, kind):
+    """The decreasing isotonic fit of rows ``s`` against ``w`` over their first ``m`` entries.
+
+    Returns ``(v, start)``: ``v`` the fitted block value at each entry (0 past ``m``) and
+    ``start`` the position where its block starts (its own position past ``m``).
+
+    For l2 this is the slope sequence of the least concave majorant of the cumulative sums of
+    ``s - w`` (Barlow et al., Statistical Inference under Order Restrictions, 1972); kl has the
+    same block structure with another block value. It is built bottom up over a complete
+    binary tree of the positions: two neighbouring spans, each already fitted (decreasing
+    blocks), join by pooling one run of blocks across their boundary (the bridge of their
+    majorants), from the left span's block ``a`` to the right span's block ``b``. For a fixed
+    ``a``, ``b`` is where the next right block's value first falls below the pooled value (a
+    tangent to a concave chain: monotone), and ``a`` is the last left block whose left
+    neighbour stays above the pooled value of ``(a, b(a))`` (monotone too): a binary search
+    nested in a binary search, per pair of spans. The pooled statistics are sums taken from
+    the boundary outwards, as pool-adjacent-violators would form them (no differences of
+    large prefix sums). ``log2 n`` levels of O(n) work and O(log^2 n) search steps per pair:
+    O(n log n) in all, however many violators there are.
+    """
+    kind = _KINDS[kind]
+    batch, n = s.shape[:-1], s.shape[-1]
+    s, w = s.reshape(-1, n), w.reshape(-1, n)
+    m = m.reshape(-1, 1)
+    rows, size_n = s.shape[0], 1 << max(0, math.ceil(math.log2(max(n, 1))))
+    pad = ((0, 0), (0, size_n - n))
+    position = jnp.arange(size_n)
+    real = position < m
+    stats = kind.statistics(jnp.pad(s, pad), jnp.pad(w, pad), real)
+    v = jnp.where(real, kind.value(stats), 0.0)
+    start = end = jnp.broadcast_to(position, (rows, size_n))
+    size = 1
+    while size < size_n:
+        pairs = size_n // (2 * size)
+
+        def halves(x, size=size, pairs=pairs):
+            x = x.reshape(rows, pairs, 2, size)
+            return x[:, :, 0], x[:, :, 1]
+
+        origin = (jnp.arange(pairs) * 2 * size)[:, None]
+        real_left = jnp.clip(m - origin[:, 0], 0, size)
+        real_right = jnp.clip(m - origin[:, 0] - size, 0, size)
+        left, right = zip(*(halves(x) for x in stats), strict=True)
+        empty = tuple(jnp.full((rows, pairs, 1), e, s.dtype) for e in kind.identity)
+        suffix = tuple(
+            jnp.concatenate(parts, -1)
+            for parts in zip(kind.accumulate(left, reverse=True), empty, strict=True)
+        )
+        prefix = kind.accumulate(right)
+        v_left, v_right = halves(v)
+        left_start = halves(start)[0] - origin
+        right_end = halves(end)[1] - origin - size
+
+        def through(suffix_a, last, prefix=prefix, empty=empty):
+            """The pooled value of the left blocks from ``a`` (their summed statistics
+            ``suffix_a``) and the right entries up to ``last`` (-1: none)."""
+            taken = tuple(
+                jnp.where(last >= 0, _take(p, jnp.maximum(last, 0)), e[..., 0])
+                for p, e in zip(prefix, empty, strict=True)
+            )
+            return kind.value(kind.join(suffix_a, taken))
+
+        def right_run(suffix_a, size=size, v_right=v_right, right_end=right_end, n_r=real_right):
+            """The last right entry pooled with the left blocks from ``a`` (-1: none)."""
+
+            def continues(q):
+                last = _take(right_end, jnp.maximum(q, 0))
+                following = _take(v_right, jnp.minimum(last + 1, size - 1))
+                following = jnp.where(last + 1 < n_r, following, -jnp.inf)
+                return following >= through(suffix_a, last)
+
+            q = _bisect(jnp.full_like(n_r, -1), n_r - 1, math.ceil(math.log2(size)), continues)[1]
+            return jnp.where(q >= 0, _take(right_end, jnp.maximum(q, 0)), -1)
+
+        def left_block(p, size=size, left_start=left_start, n_l=real_left):
+            """The start of the left block holding entry ``p`` (``n_l``: no left block)."""
+            return jnp.where(p < n_l, _take(left_start, jnp.minimum(p, size - 1)), n_l)
+
+        def stays(p, suffix=suffix, v_left=v_left, right_run=right_run, left_block=left_block):
+            a = left_block(p)
+            suffix_a = tuple(_take(x, a) for x in suffix)
+            before = jnp.where(a > 0, _take(v_left, jnp.maximum(a - 1, 0)), jnp.inf)
+            return before > through(suffix_a, right_run(suffix_a))
+
+        p = _bisect(jnp.zeros_like(real_left), real_left + 1, math.ceil(math.log2(size + 1)), stays)
+        a = left_block(p[0])
+        suffix_a = tuple(_take(x, a) for x in suffix)
+        last = right_run(suffix_a)
+        pooled = through(suffix_a, last)
+        offset = jnp.arange(2 * size)
+        pooling = (offset >= a[..., None]) & (offset <= size + last[..., None])
+        pooling = pooling.reshape(rows, size_n)
+
+        def spread(value, size=size):
+            return jnp.repeat(value, 2 * size, axis=-1)
+
+        v = jnp.where(pooling, spread(pooled), v)
+        start = jnp.where(pooling, spread(origin[:, 0] + a), start)
+        end = jnp.where(pooling, spread(origin[:, 0] + size + last), end)
+        size *= 2
+    return v[:, :n].reshape(*batch, n), start[:, :n].reshape(*batch, n)
+
+
+def _block_sums(values, start):
+    """Each entry's block total of ``values`` (rows; blocks given by their ``start``)."""
+    n = values.shape[-1]
+    flat = start + n * jnp.arange(values.size // max(n, 1)).reshape(start.shape[:-1] + (1,))
+    flat = flat.reshape(-1)
+    totals = jax.ops.segment_sum(
+        values.reshape(-1), flat, num_segments=values.size, indices_are_sorted=True
+    )
+    return totals[flat].reshape(values.shape)
+
+
+def _block_logsumexp(x, start):
+    """Each entry's block logsumexp of ``x`` (finite rows)."""
+    n = x.shape[-1]
+    flat = start + n * jnp.arange(x.size // max(n, 1)).reshape(start.shape[:-1] + (1,))
+    flat = flat.reshape(-1)
+    top = jax.ops.segment_max(
+        lax.stop_gradient(x).reshape(-1), flat, num_segments=x.size, indices_are_sorted=True
+    )[flat].reshape(x.shape)
+    return top + jnp.log(_block_sums(jnp.exp(x - top), start))
+
+
+def _projected(s, w, real, start, kind):
+    """``s - v`` from the blocks, written so that an entry alone in its block gets ``w``
+    exactly: ``w``'s block mean plus ``s``'s offset from its own (l2), or ``s`` less its
+    block's logsumexp plus ``w``'s (kl)."""
+    if kind == "l2":
+        count = _block_sums(real.astype(s.dtype), start)
+        return _block_sums(w, start) / count + (s - _block_sums(s, start) / count)
+    return s - _block_logsumexp(s, start) + _block_logsumexp(w, start)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _projection_rule(s, w, m, kind):
+    """``s - v`` on the first ``m`` entries (0 after them), ``v`` the decreasing isotonic fit
+    of ``s`` against ``w``: the projection of the paper's Proposition 3, in sorted order."""
+    return _projection_fwd(s, w, m, kind)[0]
+
+
+def _projection_fwd(s, w, m, kind):
+    real = jnp.arange(s.shape[-1]) < m[..., None]
+    start = _isotonic_fit(s, w, m, kind)[1]
+    out = jnp.where(real, _projected(s, w, real, start, kind), 0)
+    return out, (start, m, s, w) if kind == "kl" else (start, m)
+
+
+def _projection_bwd(kind, residuals, cotangent):
+    start, m = residuals[:2]
+    real = jnp.arange(cotangent.shape[-1]) < m[..., None]
+    g = jnp.where(real, cotangent, 0)
+    total = _block_sums(g, start)
+    if kind == "l2":
+        mean = jnp.where(real, total / _block_sums(real.astype(total.dtype), start), 0)
+        return g - mean, mean, None
+    s, w = (jnp.where(real, x, 0) for x in residuals[2:])
+    s_weights = jnp.exp(s - _block_logsumexp(s, start))
+    w_weights = jnp.exp(w - _block_logsumexp(w, start))
+    return g - jnp.where(real, s_weights * total, 0), jnp.where(real, w_weights * total, 0), None
+
+
+_projection_rule.defvjp(_projection_fwd, _projection_bwd)
+
+
+# --- the rows of a prepared call ---
+
+
+def _as_rows(a: _checks.Prepared, temperature=None):
+    """The scores as rows (reduced axes last, flattened), the mask, the temperature per row,
+    and the map back to ``x``'s layout."""
+    x, back = _numerics.rows_last(a.x, a.axes)
+    mask = jnp.ones(x.shape, bool)
+    if a.where is not None:
+        mask = _numerics.rows_last(jnp.broadcast_to(a.where, a.x.shape), a.axes)[0]
+    t = None
+    if temperature is not None:
+        t = _numerics.rows_last(jnp.broadcast_to(temperature, a.x.shape), a.axes)[0][..., :1]
+    return x, mask, t, back
+
+
+def _count(mask):
+    return jnp.sum(mask, -1, dtype=jnp.int32)
+
+
+def _sort_order(x, taking_part):
+    """The permutation that sorts ``x`` decreasingly, the entries not taking part last."""
+    key = jnp.where(taking_part, -x, jnp.inf)
+    return jnp.argsort(key, axis=-1, stable=True)
+
+
+def _unsort(values, order):
+    """``out[..., order] = values``: puts sorted rows back in place."""
+    flat_values, flat_order = (
+        values.reshape(-1, values.shape[-1]),
+        order.reshape(-1, order.shape[-1]),
+    )
+    rows = jnp.arange(flat_values.shape[0])[:, None]
+    return jnp.zeros_like(flat_values).at[rows, flat_order].set(flat_values).reshape(values.shape)
+
+
+def _nan_rows(x, mask):
+    """0 per row, NaN where an entry taking part is NaN."""
+    return _numerics.nan_poison(jnp.where(mask, x, 0), (x.ndim - 1,))
+
+
+def _soft_rank_rows(x, t, mask, descending, kind):
+    z = -x if descending else x
+    finite = mask & jnp.isfinite(z)
+    m = _count(finite)
+    order = _sort_order(z, finite)
+    scaled = jnp.where(finite, z, 0) / t
+    s = jnp.take_along_axis(scaled, order, -1)
+    position = jnp.arange(x.shape[-1])
+    real = position < m[..., None]
+    s = jnp.where(real, s, 0)
+    rho = jnp.where(real, (m[..., None] - position).astype(x.dtype), 0)
+    ranks = _unsort(_projection_rule(s, rho, m, kind), order)
+    low, high = mask & (z == -jnp.inf), mask & (z == jnp.inf)
+    n_low, n_high = _count(low)[..., None], _count(high)[..., None]
+    taking_part = _count(mask)[..., None]
+    ranks = jnp.where(finite, ranks + n_low, 0)
+    ranks = jnp.where(low, (n_low + 1) / 2, ranks)
+    ranks = jnp.where(high, taking_part - (n_high - 1) / 2, ranks)
+    return ranks + _nan_rows(x, mask)
+
+
+def _soft_sort_rows(x, t, mask, descending, kind):
+    finite = mask & jnp.isfinite(x)
+    m = _count(finite)[..., None]
+    order = _sort_order(x, finite)
+    position = jnp.arange(x.shape[-1])
+    real = position < m
+    w = jnp.where(real, jnp.take_along_axis(jnp.where(finite, x, 0), order, -1), 0)
+    s = jnp.where(real, (m - position).astype(x.dtype) / t, 0)
+    decreasing = _projection_rule(s, w, m[..., 0], kind)
+    return _place(decreasing, x, mask, m, descending)
+
+
+def _place(decreasing, x, mask, m, descending):
+    """The slice's output from the decreasing sort of its ``m`` finite entries: the infinite
+    entries at the ends, the masked places (zeros) last."""
+    position = jnp.arange(x.shape[-1])
+    n_high = _count(mask & (x == jnp.inf))[..., None]
+    n_low = _count(mask & (x == -jnp.inf))[..., None]
+    first, before, after = (n_high, jnp.inf, -jnp.inf) if descending else (n_low, -jnp.inf, jnp.inf)
+    inner = position - first
+    source = inner if descending else m - 1 - inner
+    values = jnp.take_along_axis(decreasing, jnp.clip(source, 0, x.shape[-1] - 1), -1)
+    out = jnp.where(inner < m, values, after)
+    out = jnp.where(inner < 0, before, out)
+    return jnp.where(position < _count(mask)[..., None], out, 0) + _nan_rows(x, mask)
+
+
+def _hard_sort_rows(x, mask, descending):
+    finite = mask & jnp.isfinite(x)
+    m = _count(finite)[..., None]
+    decreasing = jnp.take_along_axis(jnp.where(finite, x, 0), _sort_order(x, finite), -1)
+    return _place(decreasing, x, mask, m, descending)
+
+
+def _rank_rows(x, mask, descending):
+    z = -x if descending else x
+    n = x.shape[-1]
+    position = jnp.arange(n)
+    _, ordered, order = lax.sort(
+        (~mask, jnp.where(mask, z, 0), jnp.broadcast_to(position, x.shape)),
+        dimension=x.ndim - 1,
+        num_keys=2,
+    )
+    new = jnp.concatenate(
+        [jnp.ones_like(ordered[..., :1], bool), ordered[..., 1:] != ordered[..., :-1]], -1
+    )
+    ends = jnp.concatenate([new[..., 1:], jnp.ones_like(new[..., :1])], -1)
+    first = lax.cummax(jnp.where(new, position, 0), x.ndim - 1)
+    last = lax.cummin(jnp.where(ends, position, n - 1), x.ndim - 1, reverse=True)
+    ranks = (first + last).astype(x.dtype) / 2 + 1
+    ranks = jnp.where(position < _count(mask)[..., None], ranks, 0)
+    return _unsort(ranks, order) + _nan_rows(x, mask)
+
+
+# --- implementations on prepared arguments ---
+
+
+def soft_rank_impl(a: _checks.Prepared, *, descending, kind):
+    x, mask, t, back = _as_rows(a, a.temperature)
+    return back(_soft_rank_rows(x, t, mask, descending, kind))
+
+
+def soft_sort_impl(a: _checks.Prepared, *, descending, kind):
+    x, mask, t, back = _as_rows(a, a.temperature)
+    return back(_soft_sort_rows(x, t, mask, descending, kind))
+
+
+def rank_impl(a: _checks.Prepared, *, descending):
+    x, mask, _, back = _as_rows(a)
+    return back(lax.stop_gradient(_rank_rows(x, mask, descending)))
+
+
+def _straight_through_impl(hard, soft, a: _checks.Prepared, **options):
+    def hard_fn(x, temperature, where):
+        return hard(a._replace(x=x, temperature=temperature, where=where), **options)
+
+    def soft_fn(x, temperature, where):
+        return soft(a._replace(x=x, temperature=temperature, where=where), **options)
+
+    return _straight_through.straight_through_rule(hard_fn, soft_fn, a.x, a.temperature, a.where)
+
+
+def _hard_sort_impl(a: _checks.Prepared, *, descending, kind):
+    del kind
+    x, mask, _, back = _as_rows(a)
+    return back(_hard_sort_rows(x, mask, descending))
+
+
+def _rank_of(a: _checks.Prepared, *, descending, kind):
+    del kind
+    return rank_impl(a, descending=descending)
+
+
+# --- public functions ---
+
+
+def _prepare(x, axis, temperature, where, descending, regularization):
+    a = _checks.prepare(x, axis, temperature, where)
+    descending = _checks.check_flag(descending, "descending")
+    kind = _checks.check_choice(regularization, "regularization", REGULARIZATIONS)
+    return a, dict(descending=descending, kind=kind)
+
+
+def soft_rank(
+    x: ArrayLike,
+    axis: int | tuple[int, ...] | None = -1,
+    *,
+    temperature: ArrayLike = 1.0,
+    descending: bool = False,
+    regularization: str = "l2",
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    (
+        r"""Soft ranks: the projection of ``x / temperature`` onto the permutahedron.
+
+    .. math::
+        r(x) = \arg\min_{\mu \in \mathcal{P}(\rho)} \tfrac12 \|\mu - x / t\|^2,
+        \qquad \rho = (n, n - 1, \dots, 1),
+
+    the convex hull of all permutations of ``rho`` (``regularization="l2"``); with ``"kl"``,
+    ``log`` of the KL projection of ``exp(x / t)`` onto the permutahedron of ``exp(rho)``.
+    Ranks are 1-based and ascending (the largest entry tends to rank ``n``, as in
+    ``scipy.stats.rankdata``); ``descending=True`` ranks ``-x``. As ``t -> 0`` the ranks are
+    the hard :func:`rank` (for ``"kl"``, tied entries then share the log-mean-exp of their
+    ranks); as ``t -> inf`` every entry tends to the mean rank ``(n + 1) / 2``. Every slice's
+    ranks sum to ``n (n + 1) / 2``. Computed by sorting once and an isotonic fit, O(n log n).
+    The gradient is exact: within each block of entries that share a pooled value, the
+    Jacobian of ``r`` in ``x / t`` is the identity less the block average (``"l2"``) or less
+    the block's softmax (``"kl"``); ``temperature`` receives a gradient.
+    """
+        + _TEMPERATURE_NOTE
+        + r"""
+    Args:
+      x: the scores, any real dtype; integers are promoted to the default float, bfloat16 and
+        float16 are computed in float32.
+      axis: the axis, or tuple of axes (``None``: all of them), to rank along.
+      temperature: the regularisation strength (Blondel et al.'s epsilon, torchsort's
+        ``regularization_strength``), a positive scalar or one per slice; it may be traced.
+      descending: rank the largest entry 1 instead of ``n``.
+      regularization: ``"l2"`` or ``"kl"``.
+      where: optional boolean mask broadcastable to ``x``; masked entries take no part.
+
+    Returns:
+      The ranks, of ``x``'s shape and float dtype.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jaxrelax
+      >>> x = jnp.array([2.0, 0.0, 5.0, 1.2])
+      >>> print(jaxrelax.soft_rank(x, temperature=0.1))
+      [3. 1. 4. 2.]
+      >>> print(jaxrelax.soft_rank(x, temperature=2.0))
+      [2.6 1.6 3.4 2.4]
+
+    References:
+      Blondel, Teboul, Berthet & Djolonga, Fast Differentiable Sorting and Ranking, 2020,
+      https://arxiv.org/abs/2002.08871
+
+    Note:
+      Masked entries take no part: the ``m`` others get ranks in ``[1, m]``, masked places
+      are 0 with zero gradient, an all-masked slice is zeros. ``-inf`` and ``+inf`` entries take
+      the lowest and highest ranks exactly (tied infinities share their average rank, with
+      zero gradient) and the finite entries are ranked among themselves as if they were
+      absent. A NaN in an entry taking part makes its slice NaN. A traced ``temperature <= 0``
+      cannot be checked and gives NaN or meaningless ranks. Forward mode (``jax.jvp``) is not
+      supported: the gradient is a ``custom_vjp``; second derivatives work.
+    """
+    )
+    a, options = _prepare(x, axis, temperature, where, descending, regularization)
+    return soft_rank_impl(a, **options).astype(a.dtype)
+
+
+def soft_sort(
+    x: ArrayLike,
+    axis: int | tuple[int, ...] | None = -1,
+    *,
+    temperature: ArrayLike = 1.0,
+    descending: bool = False,
+    regularization: str = "l2",
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    (
+        r"""The soft sort: the projection of ``rho / temperature`` onto the permutahedron of ``x``.
+
+    .. math::
+        s(x) = \arg\min_{\mu \in \mathcal{P}(x)} \tfrac12 \|\mu - \rho / t\|^2,
+        \qquad \rho = (n, n - 1, \dots, 1),
+
+    reversed to ascending order unless ``descending`` (``"kl"``: the KL projection of
+    ``exp(rho / t)`` onto the permutahedron of ``exp(x)``, then ``log``). The result is
+    monotone (nondecreasing unless ``descending``) and, for ``"l2"``, keeps the slice's sum.
+    As ``t -> 0`` it is ``jnp.sort(x)``; as ``t -> inf`` every entry tends to the mean (for
+    ``"kl"``: the log-mean-exp). Sorting once and an isotonic fit, O(n log n). The gradient is
+    exact: each output is the average (``"l2"``) or the softmax-weighted average (``"kl"``)
+    of the sorted entries in its block, so the Jacobian spreads each output's cotangent over
+    its block's entries; ``temperature`` receives a gradient.
+    """
+        + _TEMPERATURE_NOTE
+        + r"""
+    Args:
+      x: the values, any real dtype (see :func:`soft_rank`).
+      axis: the axis, or tuple of axes (``None``: all of them), to sort along.
+      temperature: the regularisation strength, a positive scalar or one per slice.
+      descending: sort from the largest down.
+      regularization: ``"l2"`` or ``"kl"``.
+      where: optional boolean mask broadcastable to ``x``; masked entries take no part.
+
+    Returns:
+      The soft-sorted values, of ``x``'s shape and float dtype.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jaxrelax
+      >>> x = jnp.array([2.0, 0.0, 5.0, 1.2])
+      >>> print(jaxrelax.soft_sort(x, temperature=0.1))
+      [0.  1.2 2.  5. ]
+      >>> print(jaxrelax.soft_sort(x, temperature=2.0))  # one block: the mean 2.05, spread
+      [1.3 1.8 2.3 2.8]
+
+    References:
+      Blondel, Teboul, Berthet & Djolonga, Fast Differentiable Sorting and Ranking, 2020,
+      https://arxiv.org/abs/2002.08871
+
+    Note:
+      With ``m`` entries taking part, the first ``m`` places of the slice hold their soft
+      sort and the masked places after them are 0 (zero gradient); an all-masked slice is
+      zeros. ``-inf`` and ``+inf`` entries take the first and last places exactly (zero
+      gradient) and the finite entries are soft-sorted between them as if they were alone.
+      A NaN in an entry taking part makes its slice NaN. Forward mode is not supported (a
+      ``custom_vjp``); second derivatives work.
+    """
+    )
+    a, options = _prepare(x, axis, temperature, where, descending, regularization)
+    return soft_sort_impl(a, **options).astype(a.dtype)
+
+
+def rank(
+    x: ArrayLike,
+    axis: int | tuple[int, ...] | None = -1,
+    *,
+    descending: bool = False,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    r"""Hard ranks, 1-based, tied entries sharing their average rank.
+
+    ``scipy.stats.rankdata(x, method="average")`` along ``axis``: the smallest entry has rank
+    1 and the largest ``n`` (``descending=True``: the largest has rank 1). It is the limit of
+    ``soft_rank(x, temperature=t)`` as ``t -> 0``. Piecewise constant: the gradient is 0.
+
+    Args:
+      x: the scores, any real dtype (see :func:`soft_rank`).
+      axis: the axis, or tuple of axes (``None``: all of them), to rank along.
+      descending: rank the largest entry 1.
+      where: optional boolean mask broadcastable to ``x``; masked entries take no part.
+
+    Returns:
+      The ranks, of ``x``'s shape and float dtype.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jaxrelax
+      >>> print(jaxrelax.rank(jnp.array([2.0, 0.0, 5.0, 2.0])))
+      [2.5 1.  4.  2.5]
+
+    Note:
+      Masked places are 0 and the others are ranked among themselves; infinities are ranked
+      like any value (tied infinities share their average rank); a NaN in an entry taking
+      part makes its slice NaN.
+    """
+    a = _checks.prepare(x, axis, where=where)
+    descending = _checks.check_flag(descending, "descending")
+    return rank_impl(a, descending=descending).astype(a.dtype)
+
+
+def st_sort(
+    x: ArrayLike,
+    axis: int | tuple[int, ...] | None = -1,
+    *,
+    temperature: ArrayLike = 1.0,
+    descending: bool = False,
+    regularization: str = "l2",
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    r"""Straight-through sort: the exact sort forward, the soft sort's gradient backward.
+
+    The forward pass is ``jnp.sort(x, axis)`` (reversed when ``descending``) exactly; the
+    backward pass is the vector-Jacobian product of :func:`soft_sort` with the same
+    arguments (temperature and regularisation).
+
+    Args:
+      x: the values, any real dtype (see :func:`soft_rank`).
+      axis: the axis, or tuple of axes (``None``: all of them), to sort along.
+      temperature: the soft sort's temperature in the backward pass; it receives a gradient.
+      descending: sort from the largest down.
+      regularization: ``"l2"`` or ``"kl"``, of the backward pass.
+      where: optional boolean mask broadcastable to ``x``; masked entries take no part.
+
+    Returns:
+      The sorted values, of ``x``'s shape and float dtype.
+
+    Examples:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import jaxrelax
+      >>> x = jnp.array([2.0, 0.0, 5.0, 1.2])
+      >>> print(jaxrelax.st_sort(x, temperature=2.0))
+      [0.  1.2 2.  5. ]
+      >>> print(jax.grad(lambda x: jaxrelax.st_sort(x, temperature=2.0)[0])(x))
+      [0.25 0.25 0.25 0.25]
+
+    References:
+      Blondel, Teboul, Berthet & Djolonga, Fast Differentiable Sorting and Ranking, 2020,
+      https://arxiv.org/abs/2002.08871
+
+    Note:
+      Masks, infinities and NaN as in :func:`soft_sort` (whose layout the forward value
+      keeps: the sorted entries taking part first, zeros after). Forward mode is not
+      supported; second derivatives differentiate the soft sort's VJP.
+    """
+    a, options = _prepare(x, axis, temperature, where, descending, regularization)
+    return _straight_through_impl(_hard_sort_impl, soft_sort_impl, a, **options).astype(a.dtype)
+
+
+def st_rank(
+    x: ArrayLike,
+    axis: int | tuple[int, ...] | None = -1,
+    *,
+    temperature: ArrayLike = 1.0,
+    descending: bool = False,
+    regularization: str = "l2",
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    r"""Straight-through ranks: the exact :func:`rank` forward, the soft ranks' gradient.
+
+    The forward pass is ``rank(x, axis, descending=descending, where=where)`` exactly (ties
+    share their average rank); the backward pass is the vector-Jacobian product of
+    :func:`soft_rank` with the same arguments.
+
+    Args:
+      x: the scores, any real dtype (see :func:`soft_rank`).
+      axis: the axis, or tuple of axes (``None``: all of them), to rank along.
+      temperature: the soft ranks' temperature in the backward pass; it receives a gradient.
+      descending: rank the largest entry 1.
+      regularization: ``"l2"`` or ``"kl"``, of the backward pass.
+      where: optional boolean mask broadcastable to ``x``; masked entries take no part.
+
+    Returns:
+      The ranks, of ``x``'s shape and float dtype.
+
+    Examples:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import jaxrelax
+      >>> x = jnp.array([2.0, 0.0, 5.0, 1.2])
+      >>> print(jaxrelax.st_rank(x, temperature=2.0))
+      [3. 1. 4. 2.]
+      >>> print(jax.grad(lambda x: jaxrelax.st_rank(x, temperature=2.0)[0])(x))
+      [ 0.375 -0.125 -0.125 -0.125]
+
+    References:
+      Blondel, Teboul, Berthet & Djolonga, Fast Differentiable Sorting and Ranking, 2020,
+      https://arxiv.org/abs/2002.08871
+
+    Note:
+      Masks, infinities and NaN as in :func:`soft_rank`. Forward mode is not supported;
+      second derivatives differentiate the soft ranks' VJP.
+    """
+    a, options = _prepare(x, axis, temperature, where, descending, regularization)
+    return _straight_through_impl(_rank_of, soft_rank_impl, a, **options).astype(a.dtype)
+
+
+def soft_quantile(
+    x: ArrayLike,
+    q: ArrayLike,
+    axis: int | tuple[int, ...] | None = -1,
+    *,
+    temperature: ArrayLike = 1.0,
+    regularization: str = "l2",
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    r"""Soft quantiles: ``jnp.quantile``'s linear interpolation of the ascending soft sort.
+
+    .. math::
+        Q(q) = s_{\lfloor h \rfloor} + (h - \lfloor h \rfloor)
+        (s_{\lfloor h \rfloor + 1} - s_{\lfloor h \rfloor}), \qquad h = q (m - 1),
+
+    with ``s = soft_sort(x, axis, temperature=temperature)`` (0-based) and ``m`` the number of
+    entries taking part. As ``t -> 0`` it is ``jnp.quantile(x, q, axis)``. The gradient is
+    the soft sort's, through the interpolation; ``q`` receives one too.
+
+    Args:
+      x: the values, any real dtype (see :func:`soft_rank`).
+      q: the probability, a scalar or a 1-D array of them, in ``[0, 1]``.
+      axis: the axis, or tuple of axes (``None``: all of them), to reduce.
+      temperature: the soft sort's regularisation strength, a positive scalar or one per
+        slice.
+      regularization: ``"l2"`` or ``"kl"``.
+      where: optional boolean mask broadcastable to ``x``; masked entries take no part.
+
+    Returns:
+      Shaped as ``jnp.quantile(x, q, axis=axis)``: ``q``'s shape, then ``x``'s shape without
+      the reduced axes.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jaxrelax
+      >>> x = jnp.array([2.0, 0.0, 5.0, 1.2])
+      >>> print(jaxrelax.soft_quantile(x, jnp.array([0.5, 1.0]), temperature=0.1))
+      [1.6 5. ]
+
+    References:
+      Blondel, Teboul, Berthet & Djolonga, Fast Differentiable Sorting and Ranking, 2020,
+      https://arxiv.org/abs/2002.08871
+
+    Note:
+      An all-masked slice gives 0 with zero gradient. Infinities and NaN as in
+      :func:`soft_sort`; a quantile interpolating between an infinite and a finite value is
+      that infinity, as in ``jnp.quantile``. A traced ``q`` outside ``[0, 1]`` cannot be
+      checked and is clipped.
+    """
+    a = _checks.prepare(x, axis, temperature, where)
+    kind = _checks.check_choice(regularization, "regularization", REGULARIZATIONS)
+    q = _check_probability(q, a.x.dtype)
+    ascending, mask, _, _ = _as_rows(a._replace(x=soft_sort_impl(a, descending=False, kind=kind)))
+    m = _count(mask)
+    h = jnp.clip(q, 0, 1).reshape(q.shape + (1,) * m.ndim) * jnp.maximum(m - 1, 0)
+    low = jnp.floor(h)
+    low_index = low.astype(jnp.int32)
+    high_index = jnp.minimum(low_index + 1, jnp.maximum(m - 1, 0))
+
+    def at(index):
+        rows = jnp.broadcast_to(ascending, index.shape + ascending.shape[-1:])
+        return jnp.take_along_axis(rows, index[..., None], -1)[..., 0]
+
+    below, above = at(low_index), at(high_index)
+    fraction = h - low
+    out = jnp.where(fraction > 0, below + fraction * (above - below), below)
+    return jnp.where(m > 0, out, 0).astype(a.dtype)
+
+
+def _check_probability(q, dtype):
+    q = _checks.as_real_array(q, "q", booleans=False)
+    if q.ndim > 1:
+        raise ValueError(f"q must be a scalar or a 1-D array, got shape {q.shape}")
+    if not isinstance(q, jax.core.Tracer):
+        bad = ~((np.asarray(q) >= 0) & (np.asarray(q) <= 1))
+        if bad.any():
+            raise ValueError(f"q must be in [0, 1], got {np.asarray(q)[bad].ravel()[0]}")
+    return q.astype(dtype)
