@@ -21,74 +21,66 @@ from . import _checks, _numerics, _straight_through
 
 REGULARIZATIONS = ("l2", "kl")
 
-_TEMPERATURE_NOTE = r"""
-    How the temperature scales: entries pool (share their rank, or their sorted value) where
-    their gaps are small next to the temperature. For ranks the gaps that matter are those of
-    ``x`` (about ``std(x) / n`` between neighbours), so the same ``temperature`` smooths more
-    as ``n`` grows; for the sort they are those of the ranks (1) against ``x``'s gaps times
-    ``1 / temperature``, so it smooths less. To keep one meaning across sizes and scales, set
-    ``temperature = tau * std(x) / n`` for :func:`soft_rank` and
-    ``temperature = tau * n / std(x)`` for :func:`soft_sort` (``std`` over the slice, with
-    ``keepdims=True``: a per-slice temperature is allowed). ``soft_rank(x, ...) / n`` then
-    depends on ``x`` only through its standardised values, at ``n = 1000`` as at ``n = 5000``.
-"""
-
 
 # --- the decreasing isotonic fit ---
 
 
 class _L2:
-    """Blocks of ``s - w`` pooled by their mean: statistics (sum, count)."""
+    """Blocks of ``s - w`` pooled by their mean: statistics ``[sum, count]`` (last axis)."""
 
     identity = (0.0, 0.0)
 
     @staticmethod
     def statistics(s, w, real):
-        return (jnp.where(real, s - w, 0.0), real.astype(s.dtype))
+        return jnp.stack([jnp.where(real, s - w, 0.0), real.astype(s.dtype)], -1)
 
     @staticmethod
     def join(a, b):
-        return tuple(x + y for x, y in zip(a, b, strict=True))
+        return a + b
 
     @staticmethod
     def accumulate(stats, reverse=False):
-        return tuple(lax.cumsum(x, x.ndim - 1, reverse=reverse) for x in stats)
+        return lax.cumsum(stats, stats.ndim - 2, reverse=reverse)
 
     @staticmethod
     def value(stats):
-        return stats[0] / stats[1]
+        return stats[..., 0] / stats[..., 1]
 
 
 class _KL:
-    """Blocks pooled by ``logsumexp(s) - logsumexp(w)``: statistics (lse of s, lse of w)."""
+    """Blocks pooled by ``logsumexp(s) - logsumexp(w)``: statistics ``[lse(s), lse(w)]``."""
 
     identity = (-np.inf, -np.inf)
 
     @staticmethod
     def statistics(s, w, real):
-        return (jnp.where(real, s, -jnp.inf), jnp.where(real, w, -jnp.inf))
+        return jnp.stack([jnp.where(real, s, -jnp.inf), jnp.where(real, w, -jnp.inf)], -1)
 
     @staticmethod
     def join(a, b):
-        return tuple(jnp.logaddexp(x, y) for x, y in zip(a, b, strict=True))
+        return jnp.logaddexp(a, b)
 
     @staticmethod
     def accumulate(stats, reverse=False):
         # lax.cumlogsumexp is a quadratic reduce_window on CPU; the scan is O(n log n).
-        return tuple(
-            lax.associative_scan(jnp.logaddexp, x, reverse=reverse, axis=x.ndim - 1) for x in stats
-        )
+        return lax.associative_scan(jnp.logaddexp, stats, reverse=reverse, axis=stats.ndim - 2)
 
     @staticmethod
     def value(stats):
-        return stats[0] - stats[1]
+        return stats[..., 0] - stats[..., 1]
 
 
 _KINDS = {"l2": _L2, "kl": _KL}
 
 
-def _take(a, i):
-    return jnp.take_along_axis(a, i[..., None], axis=-1)[..., 0]
+def _rows_of(table, index):
+    """``table[r, p, index[r, p, ...]]``: rows of each pair's table (a flat gather, which XLA
+    compiles far faster than ``take_along_axis``)."""
+    rows, pairs, width = table.shape[:3]
+    flat = table.reshape(-1, *table.shape[3:])
+    base = (jnp.arange(rows * pairs, dtype=index.dtype) * width).reshape(rows, pairs)
+    base = base.reshape(rows, pairs, *(1,) * (index.ndim - 2))
+    return flat.at[base + index].get(mode="promise_in_bounds")
 
 
 def _bisect(lo, hi, steps, holds):
@@ -127,73 +119,109 @@ def _isotonic_fit(s, w, m, kind):
     """
     kind = _KINDS[kind]
     batch, n = s.shape[:-1], s.shape[-1]
-    s, w = s.reshape(-1, n), w.reshape(-1, n)
-    m = m.reshape(-1, 1)
+    s, w, m = s.reshape(-1, n), w.reshape(-1, n), m.reshape(-1, 1)
     rows, size_n = s.shape[0], 1 << max(0, math.ceil(math.log2(max(n, 1))))
-    pad = ((0, 0), (0, size_n - n))
     position = jnp.arange(size_n)
-    real = position < m
-    stats = kind.statistics(jnp.pad(s, pad), jnp.pad(w, pad), real)
-    v = jnp.where(real, kind.value(stats), 0.0)
+    pad = ((0, 0), (0, size_n - n))
+    stats = kind.statistics(jnp.pad(s, pad), jnp.pad(w, pad), position < m)
+    identity = jnp.asarray(kind.identity, s.dtype)
+    v = jnp.where(position < m, kind.value(stats), 0.0)
     start = end = jnp.broadcast_to(position, (rows, size_n))
     size = 1
     while size < size_n:
         pairs = size_n // (2 * size)
+        origin = (jnp.arange(pairs) * 2 * size)[:, None]
+        n_left = jnp.clip(m - origin[:, 0], 0, size)
+        n_right = jnp.clip(m - origin[:, 0] - size, 0, size)
 
         def halves(x, size=size, pairs=pairs):
-            x = x.reshape(rows, pairs, 2, size)
+            x = x.reshape(rows, pairs, 2, size, *x.shape[2:])
             return x[:, :, 0], x[:, :, 1]
 
-        origin = (jnp.arange(pairs) * 2 * size)[:, None]
-        real_left = jnp.clip(m - origin[:, 0], 0, size)
-        real_right = jnp.clip(m - origin[:, 0] - size, 0, size)
-        left, right = zip(*(halves(x) for x in stats), strict=True)
-        empty = tuple(jnp.full((rows, pairs, 1), e, s.dtype) for e in kind.identity)
-        suffix = tuple(
-            jnp.concatenate(parts, -1)
-            for parts in zip(kind.accumulate(left, reverse=True), empty, strict=True)
-        )
-        prefix = kind.accumulate(right)
+        left, right = halves(stats)
         v_left, v_right = halves(v)
-        left_start = halves(start)[0] - origin
-        right_end = halves(end)[1] - origin - size
+        # Per left entry: the statistics from its block's start to the boundary, the value
+        # of the block before (+inf: none) and the start; row ``size``: no left block.
+        block_start = halves(start)[0] - origin
+        suffix = kind.accumulate(left, reverse=True)
+        before = _rows_of(v_left[..., None], jnp.maximum(block_start - 1, 0)).squeeze(-1)
+        before = jnp.where(block_start > 0, before, jnp.inf)
+        last_value = _rows_of(v_left[..., None], jnp.maximum(n_left - 1, 0)).squeeze(-1)
+        none = jnp.concatenate(
+            [
+                jnp.broadcast_to(identity, (rows, pairs, 1, identity.size)),
+                jnp.where(n_left > 0, last_value, jnp.inf)[..., None, None],
+                n_left[..., None, None].astype(s.dtype),
+            ],
+            -1,
+        )
+        left_table = jnp.concatenate(
+            [
+                jnp.concatenate(
+                    [
+                        _rows_of(suffix, block_start),
+                        before[..., None],
+                        block_start[..., None].astype(s.dtype),
+                    ],
+                    -1,
+                ),
+                none,
+            ],
+            2,
+        )
+        # Per right entry (row q + 1): the statistics from the boundary to its block's end,
+        # the value of the block after (-inf: none) and the end; row 0: no right entry.
+        block_end = halves(end)[1] - origin - size
+        prefix = kind.accumulate(right)
+        after = _rows_of(v_right[..., None], jnp.minimum(block_end + 1, size - 1)).squeeze(-1)
+        after = jnp.where(block_end + 1 < n_right[..., None], after, -jnp.inf)
+        right_table = jnp.concatenate(
+            [
+                jnp.concatenate(
+                    [
+                        jnp.broadcast_to(identity, (rows, pairs, 1, identity.size)),
+                        jnp.full((rows, pairs, 1, 2), -1.0, s.dtype),
+                    ],
+                    -1,
+                ),
+                jnp.concatenate(
+                    [
+                        _rows_of(prefix, block_end),
+                        after[..., None],
+                        block_end[..., None].astype(s.dtype),
+                    ],
+                    -1,
+                ),
+            ],
+            2,
+        )
+        k = identity.size
 
-        def through(suffix_a, last, prefix=prefix, empty=empty):
-            """The pooled value of the left blocks from ``a`` (their summed statistics
-            ``suffix_a``) and the right entries up to ``last`` (-1: none)."""
-            taken = tuple(
-                jnp.where(last >= 0, _take(p, jnp.maximum(last, 0)), e[..., 0])
-                for p, e in zip(prefix, empty, strict=True)
-            )
-            return kind.value(kind.join(suffix_a, taken))
-
-        def right_run(suffix_a, size=size, v_right=v_right, right_end=right_end, n_r=real_right):
-            """The last right entry pooled with the left blocks from ``a`` (-1: none)."""
+        def right_run(from_left, size=size, right_table=right_table, n_right=n_right, k=k):
+            """The right table's row ending the run pooled with the left statistics."""
 
             def continues(q):
-                last = _take(right_end, jnp.maximum(q, 0))
-                following = _take(v_right, jnp.minimum(last + 1, size - 1))
-                following = jnp.where(last + 1 < n_r, following, -jnp.inf)
-                return following >= through(suffix_a, last)
+                row = _rows_of(right_table, q + 1)
+                return row[..., k] >= kind.value(kind.join(from_left, row[..., :k]))
 
-            q = _bisect(jnp.full_like(n_r, -1), n_r - 1, math.ceil(math.log2(size)), continues)[1]
-            return jnp.where(q >= 0, _take(right_end, jnp.maximum(q, 0)), -1)
+            steps = math.ceil(math.log2(size))
+            q = _bisect(jnp.full_like(n_right, -1), n_right - 1, steps, continues)[1]
+            return _rows_of(right_table, q + 1)
 
-        def left_block(p, size=size, left_start=left_start, n_l=real_left):
-            """The start of the left block holding entry ``p`` (``n_l``: no left block)."""
-            return jnp.where(p < n_l, _take(left_start, jnp.minimum(p, size - 1)), n_l)
+        def left_row(p, size=size, left_table=left_table, n_left=n_left):
+            return _rows_of(left_table, jnp.where(p < n_left, p, size))
 
-        def stays(p, suffix=suffix, v_left=v_left, right_run=right_run, left_block=left_block):
-            a = left_block(p)
-            suffix_a = tuple(_take(x, a) for x in suffix)
-            before = jnp.where(a > 0, _take(v_left, jnp.maximum(a - 1, 0)), jnp.inf)
-            return before > through(suffix_a, right_run(suffix_a))
+        def stays(p, left_row=left_row, right_run=right_run, k=k):
+            row = left_row(p)
+            pooled = kind.value(kind.join(row[..., :k], right_run(row[..., :k])[..., :k]))
+            return row[..., k] > pooled
 
-        p = _bisect(jnp.zeros_like(real_left), real_left + 1, math.ceil(math.log2(size + 1)), stays)
-        a = left_block(p[0])
-        suffix_a = tuple(_take(x, a) for x in suffix)
-        last = right_run(suffix_a)
-        pooled = through(suffix_a, last)
+        steps = math.ceil(math.log2(size + 1))
+        p = _bisect(jnp.zeros_like(n_left), n_left + 1, steps, stays)[0]
+        row = left_row(p)
+        run = right_run(row[..., :k])
+        pooled = kind.value(kind.join(row[..., :k], run[..., :k]))
+        a, last = row[..., k + 1].astype(jnp.int32), run[..., k + 1].astype(jnp.int32)
         offset = jnp.arange(2 * size)
         pooling = (offset >= a[..., None]) & (offset <= size + last[..., None])
         pooling = pooling.reshape(rows, size_n)
@@ -269,6 +297,8 @@ def _projection_bwd(kind, residuals, cotangent):
 
 
 _projection_rule.defvjp(_projection_fwd, _projection_bwd)
+# Compiled once per shape, also when called eagerly (the tree's loops are many small ops).
+_projection = jax.jit(_projection_rule, static_argnums=3)
 
 
 # --- the rows of a prepared call ---
@@ -323,7 +353,7 @@ def _soft_rank_rows(x, t, mask, descending, kind):
     real = position < m[..., None]
     s = jnp.where(real, s, 0)
     rho = jnp.where(real, (m[..., None] - position).astype(x.dtype), 0)
-    ranks = _unsort(_projection_rule(s, rho, m, kind), order)
+    ranks = _unsort(_projection(s, rho, m, kind), order)
     low, high = mask & (z == -jnp.inf), mask & (z == jnp.inf)
     n_low, n_high = _count(low)[..., None], _count(high)[..., None]
     taking_part = _count(mask)[..., None]
@@ -341,7 +371,7 @@ def _soft_sort_rows(x, t, mask, descending, kind):
     real = position < m
     w = jnp.where(real, jnp.take_along_axis(jnp.where(finite, x, 0), order, -1), 0)
     s = jnp.where(real, (m - position).astype(x.dtype) / t, 0)
-    decreasing = _projection_rule(s, w, m[..., 0], kind)
+    decreasing = _projection(s, w, m[..., 0], kind)
     return _place(decreasing, x, mask, m, descending)
 
 
@@ -445,8 +475,7 @@ def soft_rank(
     regularization: str = "l2",
     where: ArrayLike | None = None,
 ) -> jax.Array:
-    (
-        r"""Soft ranks: the projection of ``x / temperature`` onto the permutahedron.
+    r"""Soft ranks: the projection of ``x / temperature`` onto the permutahedron.
 
     .. math::
         r(x) = \arg\min_{\mu \in \mathcal{P}(\rho)} \tfrac12 \|\mu - x / t\|^2,
@@ -462,9 +491,14 @@ def soft_rank(
     The gradient is exact: within each block of entries that share a pooled value, the
     Jacobian of ``r`` in ``x / t`` is the identity less the block average (``"l2"``) or less
     the block's softmax (``"kl"``); ``temperature`` receives a gradient.
-    """
-        + _TEMPERATURE_NOTE
-        + r"""
+
+    How the temperature scales: sorted neighbours pool where their gap in ``x`` is below
+    ``temperature`` (their ranks are 1 apart). In a slice of ``n`` entries neighbours are about
+    ``std(x) / n`` apart, so one temperature smooths more as ``n`` grows or ``x`` shrinks. A
+    per-slice ``temperature = tau * jnp.std(x, axis, keepdims=True) / n`` keeps one meaning:
+    ``soft_rank(x) / n`` then depends on the standardised ``x`` alone (for ``"l2"``), the same at
+    ``n = 1000`` as at ``n = 5000``.
+
     Args:
       x: the scores, any real dtype; integers are promoted to the default float, bfloat16 and
         float16 are computed in float32.
@@ -485,7 +519,7 @@ def soft_rank(
       >>> print(jaxrelax.soft_rank(x, temperature=0.1))
       [3. 1. 4. 2.]
       >>> print(jaxrelax.soft_rank(x, temperature=2.0))
-      [2.6 1.6 3.4 2.4]
+      [2.475 1.475 3.975 2.075]
 
     References:
       Blondel, Teboul, Berthet & Djolonga, Fast Differentiable Sorting and Ranking, 2020,
@@ -500,7 +534,6 @@ def soft_rank(
       cannot be checked and gives NaN or meaningless ranks. Forward mode (``jax.jvp``) is not
       supported: the gradient is a ``custom_vjp``; second derivatives work.
     """
-    )
     a, options = _prepare(x, axis, temperature, where, descending, regularization)
     return soft_rank_impl(a, **options).astype(a.dtype)
 
@@ -514,8 +547,7 @@ def soft_sort(
     regularization: str = "l2",
     where: ArrayLike | None = None,
 ) -> jax.Array:
-    (
-        r"""The soft sort: the projection of ``rho / temperature`` onto the permutahedron of ``x``.
+    r"""The soft sort: the projection of ``rho / temperature`` onto the permutahedron of ``x``.
 
     .. math::
         s(x) = \arg\min_{\mu \in \mathcal{P}(x)} \tfrac12 \|\mu - \rho / t\|^2,
@@ -529,9 +561,14 @@ def soft_sort(
     exact: each output is the average (``"l2"``) or the softmax-weighted average (``"kl"``)
     of the sorted entries in its block, so the Jacobian spreads each output's cotangent over
     its block's entries; ``temperature`` receives a gradient.
-    """
-        + _TEMPERATURE_NOTE
-        + r"""
+
+    How the temperature scales: sorted neighbours pool where their gap in ``x`` exceeds
+    ``1 / temperature``. In a slice of ``n`` entries neighbours are about ``std(x) / n`` apart,
+    so one temperature smooths less as ``n`` grows or ``x`` shrinks. A per-slice
+    ``temperature = tau * n / jnp.std(x, axis, keepdims=True)`` keeps one meaning:
+    ``soft_sort(x) / std(x)`` then depends on the standardised ``x`` alone (``"l2"``), the same at
+    ``n = 1000`` as at ``n = 5000``.
+
     Args:
       x: the values, any real dtype (see :func:`soft_rank`).
       axis: the axis, or tuple of axes (``None``: all of them), to sort along.
@@ -564,7 +601,6 @@ def soft_sort(
       A NaN in an entry taking part makes its slice NaN. Forward mode is not supported (a
       ``custom_vjp``); second derivatives work.
     """
-    )
     a, options = _prepare(x, axis, temperature, where, descending, regularization)
     return soft_sort_impl(a, **options).astype(a.dtype)
 

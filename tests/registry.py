@@ -200,6 +200,13 @@ def _max_unpool(key, x):
     return jaxrelax.max_unpool(values, indices, np.shape(x)[-1 - len(UNPOOL_WINDOW) : -1])
 
 
+QUANTILE = 0.3  # soft_quantile's q
+
+
+def _soft_quantile(key, x, *axis, **kw):
+    return jaxrelax.soft_quantile(x, QUANTILE, *axis, **kw)
+
+
 def _entmax(key, x, *axis, **kw):
     return jaxrelax.entmax(x, ALPHA, *axis, **kw)
 
@@ -221,6 +228,8 @@ ST = STRAIGHT_THROUGH
 _POOLING = dict(input=IMAGES, axis=NO_AXIS, where=False)
 _TIES = variant("uniform", dict(ties="uniform"))
 _HARD = variant("hard", dict(hard=True), gradient=ST)  # a sampler's straight-through form
+_DESCENDING = variant("descending", dict(descending=True))
+_KL = variant("kl", dict(regularization="kl"))
 _SIGMA = dict(temperature="sigma", sampled=True)
 _LOGITS = dict(sampled=True, checks="logits", dtypes=FLOAT_DTYPES)
 
@@ -275,6 +284,15 @@ _ENTRIES = [
     *_fuzzed_by("test_fuzz_topk.py::test_gumbel_topk",
         E("gumbel_topk", _key_k(jaxrelax.gumbel_topk), SMOOTH, k=K, variants=(_HARD,),
           **_LOGITS)),
+    # orders
+    *_fuzzed_by("test_fuzz_sort.py::test_orders",
+        E("rank", _x(jaxrelax.rank), HARD, temperature=None, variants=(_DESCENDING,)),
+        E("soft_rank", _x(jaxrelax.soft_rank), PIECEWISE, variants=(_DESCENDING, _KL)),
+        E("soft_sort", _x(jaxrelax.soft_sort), PIECEWISE, variants=(_DESCENDING, _KL)),
+        E("st_rank", _x(jaxrelax.st_rank), ST, variants=(_DESCENDING,)),
+        E("st_sort", _x(jaxrelax.st_sort), ST, variants=(_KL,)),
+        E("soft_quantile", _soft_quantile, PIECEWISE, reduces=True, empty=0.0,
+          variants=(_KL,))),
     # perturbed optimizers
     *_fuzzed_by("test_fuzz_perturbed.py::test_perturbed",
         E("perturbed_argmax", _estimator(jaxrelax.perturbed_argmax), ESTIMATED, **_SIGMA),
