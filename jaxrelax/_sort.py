@@ -119,6 +119,8 @@ def _isotonic_fit(s, w, m, kind):
     """
     kind = _KINDS[kind]
     batch, n = s.shape[:-1], s.shape[-1]
+    if s.size == 0:
+        return jnp.zeros_like(s), jnp.zeros(s.shape, jnp.int32)
     s, w, m = s.reshape(-1, n), w.reshape(-1, n), m.reshape(-1, 1)
     rows, size_n = s.shape[0], 1 << max(0, math.ceil(math.log2(max(n, 1))))
     position = jnp.arange(size_n)
@@ -224,7 +226,7 @@ def _isotonic_fit(s, w, m, kind):
         a, last = row[..., k + 1].astype(jnp.int32), run[..., k + 1].astype(jnp.int32)
         offset = jnp.arange(2 * size)
         pooling = (offset >= a[..., None]) & (offset <= size + last[..., None])
-        pooling = pooling.reshape(rows, size_n)
+        pooling = pooling.reshape(rows, size_n) & (position < m)  # padding stays alone
 
         def spread(value, size=size):
             return jnp.repeat(value, 2 * size, axis=-1)
@@ -238,6 +240,8 @@ def _isotonic_fit(s, w, m, kind):
 
 def _block_sums(values, start):
     """Each entry's block total of ``values`` (rows; blocks given by their ``start``)."""
+    if values.size == 0:
+        return values
     n = values.shape[-1]
     flat = start + n * jnp.arange(values.size // max(n, 1)).reshape(start.shape[:-1] + (1,))
     flat = flat.reshape(-1)
@@ -247,15 +251,18 @@ def _block_sums(values, start):
     return totals[flat].reshape(values.shape)
 
 
-def _block_logsumexp(x, start):
-    """Each entry's block logsumexp of ``x`` (finite rows)."""
+def _below_block_logsumexp(x, start):
+    """``x`` less its block's logsumexp, as ``(x - max) - log(sum(exp(x - max)))`` so that
+    large equal entries keep their precision (finite rows)."""
+    if x.size == 0:
+        return x
     n = x.shape[-1]
     flat = start + n * jnp.arange(x.size // max(n, 1)).reshape(start.shape[:-1] + (1,))
     flat = flat.reshape(-1)
     top = jax.ops.segment_max(
         lax.stop_gradient(x).reshape(-1), flat, num_segments=x.size, indices_are_sorted=True
     )[flat].reshape(x.shape)
-    return top + jnp.log(_block_sums(jnp.exp(x - top), start))
+    return (x - top) - jnp.log(_block_sums(jnp.exp(x - top), start))
 
 
 def _projected(s, w, real, start, kind):
@@ -265,7 +272,7 @@ def _projected(s, w, real, start, kind):
     if kind == "l2":
         count = _block_sums(real.astype(s.dtype), start)
         return _block_sums(w, start) / count + (s - _block_sums(s, start) / count)
-    return s - _block_logsumexp(s, start) + _block_logsumexp(w, start)
+    return _below_block_logsumexp(s, start) + (w - _below_block_logsumexp(w, start))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -291,8 +298,8 @@ def _projection_bwd(kind, residuals, cotangent):
         mean = jnp.where(real, total / _block_sums(real.astype(total.dtype), start), 0)
         return g - mean, mean, None
     s, w = (jnp.where(real, x, 0) for x in residuals[2:])
-    s_weights = jnp.exp(s - _block_logsumexp(s, start))
-    w_weights = jnp.exp(w - _block_logsumexp(w, start))
+    s_weights = jnp.exp(_below_block_logsumexp(s, start))
+    w_weights = jnp.exp(_below_block_logsumexp(w, start))
     return g - jnp.where(real, s_weights * total, 0), jnp.where(real, w_weights * total, 0), None
 
 
@@ -329,6 +336,8 @@ def _sort_order(x, taking_part):
 
 def _unsort(values, order):
     """``out[..., order] = values``: puts sorted rows back in place."""
+    if values.size == 0:
+        return values
     flat_values, flat_order = (
         values.reshape(-1, values.shape[-1]),
         order.reshape(-1, order.shape[-1]),
@@ -338,8 +347,13 @@ def _unsort(values, order):
 
 
 def _nan_rows(x, mask):
-    """0 per row, NaN where an entry taking part is NaN."""
-    return _numerics.nan_poison(jnp.where(mask, x, 0), (x.ndim - 1,))
+    """0 per row, NaN where an entry taking part is NaN, with a NaN gradient there too (as
+    ``jax.nn.softmax`` has): the flag times a term whose value is 1 and whose gradient is 1
+    for every finite entry taking part."""
+    finite = jnp.where(mask & ~jnp.isinf(x), x, 0)
+    flag = lax.stop_gradient(_numerics.nan_poison(finite, (x.ndim - 1,)))
+    total = jnp.sum(finite, -1, keepdims=True)
+    return flag * (1 + total - lax.stop_gradient(total))
 
 
 def _soft_rank_rows(x, t, mask, descending, kind):
@@ -401,15 +415,14 @@ def _rank_rows(x, mask, descending):
     z = -x if descending else x
     n = x.shape[-1]
     position = jnp.arange(n)
-    _, ordered, order = lax.sort(
+    masked, ordered, order = lax.sort(
         (~mask, jnp.where(mask, z, 0), jnp.broadcast_to(position, x.shape)),
         dimension=x.ndim - 1,
         num_keys=2,
     )
-    new = jnp.concatenate(
-        [jnp.ones_like(ordered[..., :1], bool), ordered[..., 1:] != ordered[..., :-1]], -1
-    )
-    ends = jnp.concatenate([new[..., 1:], jnp.ones_like(new[..., :1])], -1)
+    differs = (ordered[..., 1:] != ordered[..., :-1]) | (masked[..., 1:] != masked[..., :-1])
+    new = jnp.concatenate([jnp.ones(x.shape[:-1] + (1,), bool), differs], -1)
+    ends = jnp.concatenate([new[..., 1:], jnp.ones(x.shape[:-1] + (1,), bool)], -1)
     first = lax.cummax(jnp.where(new, position, 0), x.ndim - 1)
     last = lax.cummin(jnp.where(ends, position, n - 1), x.ndim - 1, reverse=True)
     ranks = (first + last).astype(x.dtype) / 2 + 1
@@ -805,7 +818,10 @@ def soft_quantile(
 
     below, above = at(low_index), at(high_index)
     fraction = h - low
-    out = jnp.where(fraction > 0, below + fraction * (above - below), below)
+    finite = jnp.isfinite(below) & jnp.isfinite(above)
+    below_, above_ = (jnp.where(finite, v, 0) for v in (below, above))  # no inf - inf
+    out = jnp.where(fraction > 0, below_ + fraction * (above_ - below_), below_)
+    out = jnp.where(finite, out, jnp.where(jnp.isinf(below) | (fraction == 0), below, above))
     return jnp.where(m > 0, out, 0).astype(a.dtype)
 
 

@@ -68,7 +68,7 @@ if hasattr(providers, "_get_local_constants") and hasattr(constants_ast, "consta
 
 
 # A script run by hand (it needs PyTorch), not a module to import for doctests.
-collect_ignore = ["make_pool_oracles.py"]
+collect_ignore = ["make_pool_oracles.py", "make_sort_peer.py"]
 
 
 @pytest.hookimpl(tryfirst=True)

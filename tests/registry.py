@@ -90,6 +90,8 @@ class Entry(NamedTuple):
     input: str = SLICES  # one of INPUTS
     axis: str | None = ANY_AXIS  # ANY_AXIS, ONE_AXIS or NO_AXIS
     reduces: bool = False  # one value per slice (x's shape without the axis), not x's shape
+    order: bool = False  # ranks or sorted values (every entry takes part, -inf included), not
+    #                      a distribution over the slice or a maximum
     empty: float | None = None  # a reduction's value over an empty slice (where it has one)
     temperature: str | None = "temperature"  # its temperature argument's name, if any
     where: bool = True  # takes a boolean mask ``where``
@@ -286,13 +288,13 @@ _ENTRIES = [
           **_LOGITS)),
     # orders
     *_fuzzed_by("test_fuzz_sort.py::test_orders",
-        E("rank", _x(jaxrelax.rank), HARD, temperature=None, variants=(_DESCENDING,)),
-        E("soft_rank", _x(jaxrelax.soft_rank), PIECEWISE, variants=(_DESCENDING, _KL)),
-        E("soft_sort", _x(jaxrelax.soft_sort), PIECEWISE, variants=(_DESCENDING, _KL)),
-        E("st_rank", _x(jaxrelax.st_rank), ST, variants=(_DESCENDING,)),
-        E("st_sort", _x(jaxrelax.st_sort), ST, variants=(_KL,)),
+        E("rank", _x(jaxrelax.rank), HARD, temperature=None, variants=(_DESCENDING,), order=True),
+        E("soft_rank", _x(jaxrelax.soft_rank), PIECEWISE, variants=(_DESCENDING, _KL), order=True),
+        E("soft_sort", _x(jaxrelax.soft_sort), PIECEWISE, variants=(_DESCENDING, _KL), order=True),
+        E("st_rank", _x(jaxrelax.st_rank), ST, variants=(_DESCENDING,), order=True),
+        E("st_sort", _x(jaxrelax.st_sort), ST, variants=(_KL,), order=True),
         E("soft_quantile", _soft_quantile, PIECEWISE, reduces=True, empty=0.0,
-          variants=(_KL,))),
+          variants=(_KL,), order=True)),
     # perturbed optimizers
     *_fuzzed_by("test_fuzz_perturbed.py::test_perturbed",
         E("perturbed_argmax", _estimator(jaxrelax.perturbed_argmax), ESTIMATED, **_SIGMA),

@@ -17,18 +17,21 @@ KEY = jax.random.key(0)
 DTYPES = [jnp.bfloat16, jnp.float32]  # float16 takes the bfloat16 path; test_fuzz.py has all
 
 # Every distribution-valued function of tests/registry.py (of slices, with a mask), as
-# f(x, where=...), and entmax with alpha a traced array.
+# f(x, where=...), and entmax with alpha a traced array. (The orders, in which -inf entries
+# take part, are audited in test_sort.py.)
 DISTRIBUTIONS = {
     **{
         name: registry.ENTRIES[name]
-        for name in registry.select(input=registry.SLICES, reduces=False, where=True, k=None)
+        for name in registry.select(
+            input=registry.SLICES, reduces=False, where=True, k=None, order=False
+        )
     },
     "entmax_traced_alpha": lambda x, **kw: jaxrelax.entmax(x, jnp.array(1.7), **kw),
 }
 # Every scalar-valued function of the registry with a mask, with its value on an empty slice.
 REDUCTIONS = {
     name: (registry.ENTRIES[name], registry.ENTRIES[name].empty)
-    for name in registry.select(reduces=True, where=True)
+    for name in registry.select(reduces=True, where=True, order=False)
 }
 
 

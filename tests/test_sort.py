@@ -1,6 +1,8 @@
 """The sort-and-rank family's float64 oracle (tests/reference_sort.py), checked on its own:
 the isotonic reduction against a direct solve of the projection, and its limits."""
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import jax.test_util  # noqa: F401
@@ -182,7 +184,12 @@ def test_masks_infinities_and_nan(kind):
     )
     np.testing.assert_allclose(down[2:6], ref.soft_sort(finite, t, kind, True), rtol=1e-6)
     for fn in (jaxrelax.soft_rank, jaxrelax.soft_sort, jaxrelax.st_rank, jaxrelax.st_sort):
-        g = jax.grad(lambda x, f=fn: jnp.sum(jnp.cos(f(x, temperature=t, where=where))))(x)
+
+        def loss(x, f=fn):
+            out = f(x, temperature=t, where=where)
+            return jnp.sum(jnp.cos(jnp.where(jnp.isinf(out), 0, out)))
+
+        g = jax.grad(loss)(x)
         assert np.all(np.isfinite(g)) and np.all(np.asarray(g)[[2, 4, 6, 7]] == 0)
     nothing = np.zeros(8, bool)
     np.testing.assert_array_equal(jaxrelax.soft_rank(x, where=nothing), np.zeros(8))
@@ -197,26 +204,28 @@ def test_masks_infinities_and_nan(kind):
 
 def test_temperature_scaled_by_spread_and_size_keeps_its_meaning():
     """The docstrings' recipe: tau * std / n for ranks (tau * n / std for the sort) gives the
-    same normalised result at n = 1000 and n = 5000, where one fixed temperature does not."""
+    same normalised result at n = 1000 and n = 5000, where the temperature it gives at
+    n = 1000, kept fixed, does not."""
     rng = np.random.default_rng(7)
 
     def rank_gap(n, recipe):
         x = rng.normal(size=(8, n)) * 3.0
-        t = 10.0 * x.std(-1, keepdims=True) / n if recipe else 0.05  # pools where pdf > 0.1
+        t = 10.0 * x.std(-1, keepdims=True) / n if recipe else 0.03  # pools where pdf > 0.1
         soft = np.asarray(jaxrelax.soft_rank(jnp.asarray(x, jnp.float32), temperature=t))
         return np.mean(np.abs(soft - np.asarray(jaxrelax.rank(x)))) / n
 
     def sort_gap(n, recipe):
         x = rng.normal(size=(8, n)) * 3.0
-        t = 0.2 * n / x.std(-1, keepdims=True) if recipe else 50.0  # pools where pdf < 0.2
+        t = 0.2 * n / x.std(-1, keepdims=True) if recipe else 67.0  # pools where pdf < 0.2
         soft = np.asarray(jaxrelax.soft_sort(jnp.asarray(x, jnp.float32), temperature=t))
         return np.mean(np.abs(soft - np.sort(x))) / x.std()
 
     for gap in (rank_gap, sort_gap):
         small, large = gap(1000, True), gap(5000, True)
         assert 0.8 < large / small < 1.25, (gap.__name__, small, large)
-        small, large = gap(1000, False), gap(5000, False)
-        assert not 0.5 < large / small < 2, (gap.__name__, small, large)
+        fixed_small, fixed_large = gap(1000, False), gap(5000, False)
+        drift = abs(np.log(fixed_large / fixed_small))
+        assert drift > max(np.log(1.3), 2 * abs(np.log(large / small))), (fixed_small, fixed_large)
 
 
 def test_errors_name_the_argument():
@@ -229,3 +238,25 @@ def test_errors_name_the_argument():
         jaxrelax.soft_quantile(x, jnp.ones((2, 2)) / 2)
     with pytest.raises(TypeError, match="descending"):
         jaxrelax.soft_sort(x, descending="yes")
+
+
+def test_agrees_with_softjax(x64):
+    """The peer's fast_soft_sort method (tests/make_sort_peer.py stored its float64 output):
+    values and VJPs, at the paper's temperature (its kl rank is another operator: skipped)."""
+    data = np.load(Path(__file__).parent / "data" / "softjax_sort.npz")
+    for i in range(int(data["num_cases"])):
+        case = {k.split("_", 1)[1]: data[k] for k in data.files if k.startswith(f"c{i:02d}_")}
+        kw = dict(
+            temperature=float(case["temperature"]),
+            regularization=str(case["kind"]),
+            descending=bool(case["descending"]),
+        )
+        x, g = jnp.asarray(case["x"]), jnp.asarray(case["cotangent"])
+        checks = [(jaxrelax.soft_sort, "sort")]
+        if bool(case["rank_is_paper"]):
+            checks.append((jaxrelax.soft_rank, "rank"))
+        for fn, name in checks:
+            value, vjp = jax.vjp(lambda x, fn=fn: fn(x, **kw), x)
+            np.testing.assert_allclose(value, case[name], rtol=1e-10, atol=1e-9)
+            if not bool(case["ties"]):  # tied entries' VJP follows each one's tie order
+                np.testing.assert_allclose(vjp(g)[0], case[f"{name}_vjp"], atol=1e-8)
