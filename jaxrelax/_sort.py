@@ -44,7 +44,15 @@ class _L2:
 
     @staticmethod
     def value(stats):
-        return stats[..., 0] / stats[..., 1]
+        return stats[..., 0] / jnp.maximum(stats[..., 1], 1)  # 0 for no entries (padding)
+
+
+def _logaddexp(a, b):
+    """``log(exp(a) + exp(b))`` for finite or -inf entries, never making a NaN (jnp.logaddexp
+    computes -inf - -inf on the way, which jax.debug_nans reports)."""
+    top = jnp.maximum(a, b)
+    top = jnp.where(top == -jnp.inf, 0, top)
+    return top + jnp.log(jnp.exp(a - top) + jnp.exp(b - top))
 
 
 class _KL:
@@ -58,16 +66,17 @@ class _KL:
 
     @staticmethod
     def join(a, b):
-        return jnp.logaddexp(a, b)
+        return _logaddexp(a, b)
 
     @staticmethod
     def accumulate(stats, reverse=False):
         # lax.cumlogsumexp is a quadratic reduce_window on CPU; the scan is O(n log n).
-        return lax.associative_scan(jnp.logaddexp, stats, reverse=reverse, axis=stats.ndim - 2)
+        return lax.associative_scan(_logaddexp, stats, reverse=reverse, axis=stats.ndim - 2)
 
     @staticmethod
     def value(stats):
-        return stats[..., 0] - stats[..., 1]
+        empty = stats[..., 1] == -jnp.inf  # no entries (padding): 0, and no inf - inf
+        return jnp.where(empty, 0, stats[..., 0] - jnp.where(empty, 0, stats[..., 1]))
 
 
 _KINDS = {"l2": _L2, "kl": _KL}
@@ -270,7 +279,7 @@ def _projected(s, w, real, start, kind):
     exactly: ``w``'s block mean plus ``s``'s offset from its own (l2), or ``s`` less its
     block's logsumexp plus ``w``'s (kl)."""
     if kind == "l2":
-        count = _block_sums(real.astype(s.dtype), start)
+        count = jnp.maximum(_block_sums(real.astype(s.dtype), start), 1)
         return _block_sums(w, start) / count + (s - _block_sums(s, start) / count)
     return _below_block_logsumexp(s, start) + (w - _below_block_logsumexp(w, start))
 
@@ -295,7 +304,8 @@ def _projection_bwd(kind, residuals, cotangent):
     g = jnp.where(real, cotangent, 0)
     total = _block_sums(g, start)
     if kind == "l2":
-        mean = jnp.where(real, total / _block_sums(real.astype(total.dtype), start), 0)
+        count = jnp.maximum(_block_sums(real.astype(total.dtype), start), 1)
+        mean = jnp.where(real, total / count, 0)
         return g - mean, mean, None
     s, w = (jnp.where(real, x, 0) for x in residuals[2:])
     s_weights = jnp.exp(_below_block_logsumexp(s, start))

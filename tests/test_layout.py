@@ -27,6 +27,7 @@ ORDER = [
     "_perturbed",
     "_topk",
     "_pool",
+    "_sort",
 ]
 PUBLIC_MODULES = {"diagnostics", "schedules"}
 
@@ -37,6 +38,8 @@ def _expected_module(name: str) -> str:
         return "_topk"
     if "pool" in name:
         return "_pool"
+    if any(word in name for word in ("sort", "rank", "quantile")):
+        return "_sort"
     if name == "perturbed":
         return "_perturbation"
     for prefix, module in [
