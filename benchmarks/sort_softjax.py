@@ -51,21 +51,34 @@ EPS = 1.0  # the paper's temperature
 def soft_rank(x):
     n = x.shape[-1]
     return softjax.rank(
-        x, axis=-1, softness=EPS * max(n - 1, 1), mode="c0", method="fast_soft_sort",
-        descending=False, standardize=False,
+        x,
+        axis=-1,
+        softness=EPS * max(n - 1, 1),
+        mode="c0",
+        method="fast_soft_sort",
+        descending=False,
+        standardize=False,
     )
 
 
 def soft_sort(x):
     n = x.shape[-1]
     return softjax.sort(
-        x, axis=-1, softness=EPS / max(n - 1, 1), mode="c0", method="fast_soft_sort",
-        descending=False, standardize=False,
+        x,
+        axis=-1,
+        softness=EPS / max(n - 1, 1),
+        mode="c0",
+        method="fast_soft_sort",
+        descending=False,
+        standardize=False,
     )
 
 
-OPS = {"jnp.sort": lambda x: jnp.sort(x, axis=-1), "softjax rank": soft_rank,
-       "softjax sort": soft_sort}
+OPS = {
+    "jnp.sort": lambda x: jnp.sort(x, axis=-1),
+    "softjax rank": soft_rank,
+    "softjax sort": soft_sort,
+}
 
 
 def compiled(fn, mode, x, g):
@@ -155,8 +168,9 @@ def main():
             f"{mode}: {row[mode]['note']}" for mode in ("fwd", "fwd+bwd") if row[mode]["note"]
         )
         shape = "x".join(map(str, row["shape"]))
-        lines.append(f"| {shape} | {row['input']} | {row['op']} | " + " | ".join(cells)
-                     + f" | {notes} |")
+        lines.append(
+            f"| {shape} | {row['input']} | {row['op']} | " + " | ".join(cells) + f" | {notes} |"
+        )
     total = time.perf_counter() - started
     device = jax.devices()[0]
     context = (

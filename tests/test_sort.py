@@ -256,7 +256,7 @@ def test_agrees_with_softjax(x64):
         if bool(case["rank_is_paper"]):
             checks.append((jaxrelax.soft_rank, "rank"))
         for fn, name in checks:
-            value, vjp = jax.vjp(lambda x, fn=fn: fn(x, **kw), x)
+            value, vjp = jax.vjp(lambda x, fn=fn, kw=kw: fn(x, **kw), x)
             np.testing.assert_allclose(value, case[name], rtol=1e-10, atol=1e-9)
             if not bool(case["ties"]):  # tied entries' VJP follows each one's tie order
                 np.testing.assert_allclose(vjp(g)[0], case[f"{name}_vjp"], atol=1e-8)
