@@ -25,15 +25,12 @@ from hypothesis.extra.numpy import arrays
 from scipy import stats
 
 C = fh.Config
-POOL = [
+POOL = [  # (tests/test_transformations.py covers the other dtypes and batch shapes)
     C((4, 5), -1, "float32", "full", "slice"),
     C((3, 1), -1, "float32", "full", "scalar"),
     C((2, 0), -1, "float32", None, "scalar"),
-    C((2, 3, 4), (0, 2), "float32", "slices", "slice"),
-    C((3, 4), None, "float32", "full", "scalar"),
-    C((2, 3, 4), -2, "bfloat16", "batch", "slice"),
-    C((4, 5), -1, "float64", "full", "slice"),
-    C((4, 3), -1, "int32", "full", "scalar"),
+    C((2, 3, 4), (0, 2), "bfloat16", "slices", "slice"),
+    C((3, 4), None, "float64", "full", "scalar"),
 ]
 TOL = {"float32": 2e-5, "float64": 1e-9, "bfloat16": 1.6e-2}
 VALUES = st.one_of(
@@ -155,7 +152,7 @@ def _programs(name, config):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, config", fh.params(NAMES, POOL))
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=5, deadline=None)
 @given(data=st.data())
 def test_orders(name, config, data):
     entry = registry.ENTRIES[name]
