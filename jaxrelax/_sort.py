@@ -417,7 +417,7 @@ def _place(decreasing, x, mask, m, descending):
 def _hard_sort_rows(x, mask, descending):
     finite = mask & jnp.isfinite(x)
     m = _count(finite)[..., None]
-    decreasing = jnp.take_along_axis(jnp.where(finite, x, 0), _sort_order(x, finite), -1)
+    decreasing = -jnp.sort(jnp.where(finite, -x, jnp.inf), axis=-1)  # no argsort: 1 sort
     return _place(decreasing, x, mask, m, descending)
 
 
