@@ -260,9 +260,15 @@ def _block_sums(values, start):
     return totals[flat].reshape(values.shape)
 
 
-def _below_block_logsumexp(x, start):
-    """``x`` less its block's logsumexp, as ``(x - max) - log(sum(exp(x - max)))`` so that
-    large equal entries keep their precision (finite rows)."""
+def _block_means(values, real, start):
+    count = jnp.maximum(_block_sums(real.astype(values.dtype), start), 1)
+    return jnp.where(real, _block_sums(values, start) / count, 0)
+
+
+def _below_block_logsumexp(x, start, scale=1):
+    """``scale * x`` less its block's logsumexp, as ``s - log(sum(exp(s)))`` with ``s = scale *
+    (x - max)``, so that large equal entries keep their precision and ``scale * x`` itself need
+    not be finite (finite rows, ``scale > 0``)."""
     if x.size == 0:
         return x
     n = x.shape[-1]
@@ -270,52 +276,119 @@ def _below_block_logsumexp(x, start):
     flat = flat.reshape(-1)
     top = jax.ops.segment_max(
         lax.stop_gradient(x).reshape(-1), flat, num_segments=x.size, indices_are_sorted=True
-    )[flat].reshape(x.shape)
-    return (x - top) - jnp.log(_block_sums(jnp.exp(x - top), start))
+    )
+    shifted = scale * (x - top[flat].reshape(x.shape))
+    return shifted - jnp.log(_block_sums(jnp.exp(shifted), start))
 
 
-def _projected(s, w, real, start, kind):
-    """``s - v`` from the blocks, written so that an entry alone in its block gets ``w``
-    exactly: ``w``'s block mean plus ``s``'s offset from its own (l2), or ``s`` less its
-    block's logsumexp plus ``w``'s (kl)."""
+# --- the soft orders: one rule per row ---
+#
+# Both soft operators are a projection ``s - v`` in sorted order, ``v`` the decreasing
+# isotonic fit of ``s = a / t`` against ``w = b``: for ranks ``a`` is the sorted scores and
+# ``b = rho = (m, ..., 1)``; for sorts ``a = rho`` and ``b`` the sorted scores (the paper's
+# Proposition 3). Written with ``a`` and ``t`` apart, ``a / t`` is never formed where it could
+# overflow.
+
+
+def _sorted_rows(z, finite):
+    """The finite entries of rows ``z`` sorted decreasingly (0 after them), the permutation,
+    and their count ``m``: one two-operand sort."""
+    key = jnp.where(finite, -z, jnp.inf)
+    position = lax.broadcasted_iota(jnp.int32, z.shape, z.ndim - 1)
+    key, order = lax.sort((key, position), dimension=z.ndim - 1, num_keys=1)
+    m = _count(finite)[..., None]
+    return jnp.where(position < m, -key, 0), order, m
+
+
+def _blocks(a, b, t, m, kind):
+    """The block starts of the fit of ``a / t`` against ``b``. For l2 the blocks are those of
+    ``a`` against ``t b`` (the projection is scale-equivariant): whichever of the two cannot
+    overflow."""
+    a, b, t = (lax.stop_gradient(v) for v in (a, b, t))
     if kind == "l2":
-        count = jnp.maximum(_block_sums(real.astype(s.dtype), start), 1)
-        return _block_sums(w, start) / count + (s - _block_sums(s, start) / count)
-    return _below_block_logsumexp(s, start) + (w - _below_block_logsumexp(w, start))
+        a, b = jnp.where(t >= 1, a / t, a), jnp.where(t >= 1, b, t * b)
+    else:
+        a = a / t
+    return _isotonic_fit(a, b, m[..., 0], kind)[1]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _projection_rule(s, w, m, kind):
-    """``s - v`` on the first ``m`` entries (0 after them), ``v`` the decreasing isotonic fit
-    of ``s`` against ``w``: the projection of the paper's Proposition 3, in sorted order."""
-    return _projection_fwd(s, w, m, kind)[0]
-
-
-def _projection_fwd(s, w, m, kind):
-    real = jnp.arange(s.shape[-1]) < m[..., None]
-    start = _isotonic_fit(s, w, m, kind)[1]
-    out = jnp.where(real, _projected(s, w, real, start, kind), 0)
-    return out, (start, m, s, w) if kind == "kl" else (start, m)
-
-
-def _projection_bwd(kind, residuals, cotangent):
-    start, m = residuals[:2]
-    real = jnp.arange(cotangent.shape[-1]) < m[..., None]
-    g = jnp.where(real, cotangent, 0)
-    total = _block_sums(g, start)
+def _projected(a, b, t, real, start, kind):
+    """``a / t - v`` on the blocks: ``b``'s block mean plus ``a``'s offset from its own, over
+    ``t`` (l2), or ``a / t`` less its block's logsumexp plus ``b``'s (kl). An entry alone in
+    its block gets ``b`` exactly."""
     if kind == "l2":
-        count = jnp.maximum(_block_sums(real.astype(total.dtype), start), 1)
-        mean = jnp.where(real, total / count, 0)
-        return g - mean, mean, None
-    s, w = (jnp.where(real, x, 0) for x in residuals[2:])
-    s_weights = jnp.exp(_below_block_logsumexp(s, start))
-    w_weights = jnp.exp(_below_block_logsumexp(w, start))
-    return g - jnp.where(real, s_weights * total, 0), jnp.where(real, w_weights * total, 0), None
+        out = _block_means(b, real, start) + (a - _block_means(a, real, start)) / t
+    else:
+        out = _below_block_logsumexp(a, start, 1 / t) + b - _below_block_logsumexp(b, start)
+    return jnp.where(real, out, 0)
 
 
-_projection_rule.defvjp(_projection_fwd, _projection_bwd)
+def _infinities(z, mask):
+    """The counts of ``-inf`` and of ``+inf`` entries taking part, per row."""
+    return _count(mask & (z == -jnp.inf))[..., None], _count(mask & (z == jnp.inf))[..., None]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _soft_order_rule(x, t, mask, ranks, descending, kind):
+    """Soft ranks (``ranks``) or the soft sort of rows ``x`` at per-row temperatures ``t``."""
+    return _soft_order_fwd(x, t, mask, ranks, descending, kind)[0]
+
+
+def _soft_order_fwd(x, t, mask, ranks, descending, kind):
+    z = -x if ranks and descending else x
+    finite = mask & jnp.isfinite(z)
+    data, order, m = _sorted_rows(z, finite)
+    position = jnp.arange(x.shape[-1])
+    real = position < m
+    rho = jnp.where(real, (m - position).astype(x.dtype), 0)
+    a, b = (data, rho) if ranks else (rho, data)
+    start = _blocks(a, b, t, m, kind)
+    projected = _projected(a, b, t, real, start, kind)
+    flag = _nan_flag(x, mask)
+    low, high = _infinities(z, mask)
+    if ranks:
+        out = jnp.where(finite, _unsort(projected, order) + low, 0)
+        out = jnp.where(mask & (z == -jnp.inf), (low + 1) / 2, out)
+        out = jnp.where(mask & (z == jnp.inf), _count(mask)[..., None] - (high - 1) / 2, out)
+    else:
+        out = _place(projected, x, mask, m, descending)
+    first = high if descending else low
+    kept = data if ranks or kind == "kl" else None
+    return out + flag, (order, start, m, t, flag, first, kept)
+
+
+def _soft_order_bwd(ranks, descending, kind, residuals, g):
+    order, start, m, t, flag, first, data = residuals
+    position = jnp.arange(g.shape[-1])
+    real = position < m
+    if ranks:
+        g_sorted = jnp.take_along_axis(g, order, -1)
+    else:  # where _place put each sorted entry
+        placed = first + (position if descending else m - 1 - position)
+        g_sorted = jnp.take_along_axis(g, jnp.clip(placed, 0, g.shape[-1] - 1), -1)
+    g_sorted = jnp.where(real, g_sorted, 0)
+    rho = jnp.where(real, (m - position).astype(g.dtype), 0)
+    a, b = (data, rho) if ranks else (rho, data)
+    # The Jacobian of s - v in (s, w) = (a / t, b) is the identity less the block mean, and
+    # the block mean (l2), or less the block's softmax of s, and that of w (kl).
+    if kind == "l2":
+        g_b = _block_means(g_sorted, real, start)
+        g_s = g_sorted - g_b
+    else:
+        total = _block_sums(g_sorted, start)
+        g_s = g_sorted - jnp.exp(_below_block_logsumexp(a, start, 1 / t)) * total
+        g_b = jnp.exp(_below_block_logsumexp(b, start)) * total
+    # g_s sums to 0 over each block, so a's block mean may be taken off first: no a / t.
+    centred = jnp.where(real, (a - _block_means(a, real, start)) / t, 0)
+    poison = flag * jnp.sum(g, -1, keepdims=True)  # NaN in a NaN slice, else 0
+    g_t = -jnp.sum(jnp.where(real, g_s, 0) * centred, -1, keepdims=True) / t + poison
+    g_x = _unsort(jnp.where(real, g_s / t if ranks else g_b, 0), order) + poison
+    return (-g_x if ranks and descending else g_x), g_t, None
+
+
+_soft_order_rule.defvjp(_soft_order_fwd, _soft_order_bwd)
 # Compiled once per shape, also when called eagerly (the tree's loops are many small ops).
-_projection = jax.jit(_projection_rule, static_argnums=3)
+_soft_order = jax.jit(_soft_order_rule, static_argnums=(3, 4, 5))
 
 
 # --- the rows of a prepared call ---
@@ -330,18 +403,13 @@ def _as_rows(a: _checks.Prepared, temperature=None):
         mask = _numerics.rows_last(jnp.broadcast_to(a.where, a.x.shape), a.axes)[0]
     t = None
     if temperature is not None:
-        t = _numerics.rows_last(jnp.broadcast_to(temperature, a.x.shape), a.axes)[0][..., :1]
+        per_slice = tuple(1 if i in a.axes else size for i, size in enumerate(a.x.shape))
+        t = _numerics.rows_last(jnp.broadcast_to(temperature, per_slice), a.axes)[0]
     return x, mask, t, back
 
 
 def _count(mask):
     return jnp.sum(mask, -1, dtype=jnp.int32)
-
-
-def _sort_order(x, taking_part):
-    """The permutation that sorts ``x`` decreasingly, the entries not taking part last."""
-    key = jnp.where(taking_part, -x, jnp.inf)
-    return jnp.argsort(key, axis=-1, stable=True)
 
 
 def _unsort(values, order):
@@ -356,69 +424,30 @@ def _unsort(values, order):
     return jnp.zeros_like(flat_values).at[rows, flat_order].set(flat_values).reshape(values.shape)
 
 
-def _nan_rows(x, mask):
-    """0 per row, NaN where an entry taking part is NaN, with a NaN gradient there too (as
-    ``jax.nn.softmax`` has): the flag times a term whose value is 1 and whose gradient is 1
-    for every finite entry taking part."""
-    finite = jnp.where(mask & ~jnp.isinf(x), x, 0)
-    flag = lax.stop_gradient(_numerics.nan_poison(finite, (x.ndim - 1,)))
-    total = jnp.sum(finite, -1, keepdims=True)
-    return flag * (1 + total - lax.stop_gradient(total))
-
-
-def _soft_rank_rows(x, t, mask, descending, kind):
-    z = -x if descending else x
-    finite = mask & jnp.isfinite(z)
-    m = _count(finite)
-    order = _sort_order(z, finite)
-    scaled = jnp.where(finite, z, 0) / t
-    s = jnp.take_along_axis(scaled, order, -1)
-    position = jnp.arange(x.shape[-1])
-    real = position < m[..., None]
-    s = jnp.where(real, s, 0)
-    rho = jnp.where(real, (m[..., None] - position).astype(x.dtype), 0)
-    ranks = _unsort(_projection(s, rho, m, kind), order)
-    low, high = mask & (z == -jnp.inf), mask & (z == jnp.inf)
-    n_low, n_high = _count(low)[..., None], _count(high)[..., None]
-    taking_part = _count(mask)[..., None]
-    ranks = jnp.where(finite, ranks + n_low, 0)
-    ranks = jnp.where(low, (n_low + 1) / 2, ranks)
-    ranks = jnp.where(high, taking_part - (n_high - 1) / 2, ranks)
-    return ranks + _nan_rows(x, mask)
-
-
-def _soft_sort_rows(x, t, mask, descending, kind):
-    finite = mask & jnp.isfinite(x)
-    m = _count(finite)[..., None]
-    order = _sort_order(x, finite)
-    position = jnp.arange(x.shape[-1])
-    real = position < m
-    w = jnp.where(real, jnp.take_along_axis(jnp.where(finite, x, 0), order, -1), 0)
-    s = jnp.where(real, (m - position).astype(x.dtype) / t, 0)
-    decreasing = _projection(s, w, m[..., 0], kind)
-    return _place(decreasing, x, mask, m, descending)
+def _nan_flag(x, mask):
+    """0 per row, NaN where an entry taking part is NaN."""
+    return _numerics.nan_poison(jnp.where(mask & ~jnp.isinf(x), x, 0), (x.ndim - 1,))
 
 
 def _place(decreasing, x, mask, m, descending):
     """The slice's output from the decreasing sort of its ``m`` finite entries: the infinite
     entries at the ends, the masked places (zeros) last."""
     position = jnp.arange(x.shape[-1])
-    n_high = _count(mask & (x == jnp.inf))[..., None]
-    n_low = _count(mask & (x == -jnp.inf))[..., None]
+    n_low, n_high = _infinities(x, mask)
     first, before, after = (n_high, jnp.inf, -jnp.inf) if descending else (n_low, -jnp.inf, jnp.inf)
     inner = position - first
     source = inner if descending else m - 1 - inner
     values = jnp.take_along_axis(decreasing, jnp.clip(source, 0, x.shape[-1] - 1), -1)
     out = jnp.where(inner < m, values, after)
     out = jnp.where(inner < 0, before, out)
-    return jnp.where(position < _count(mask)[..., None], out, 0) + _nan_rows(x, mask)
+    return jnp.where(position < _count(mask)[..., None], out, 0)
 
 
 def _hard_sort_rows(x, mask, descending):
     finite = mask & jnp.isfinite(x)
     m = _count(finite)[..., None]
     decreasing = -jnp.sort(jnp.where(finite, -x, jnp.inf), axis=-1)  # no argsort: 1 sort
-    return _place(decreasing, x, mask, m, descending)
+    return _place(decreasing, x, mask, m, descending) + _nan_flag(x, mask)
 
 
 def _rank_rows(x, mask, descending):
@@ -437,7 +466,7 @@ def _rank_rows(x, mask, descending):
     last = lax.cummin(jnp.where(ends, position, n - 1), x.ndim - 1, reverse=True)
     ranks = (first + last).astype(x.dtype) / 2 + 1
     ranks = jnp.where(position < _count(mask)[..., None], ranks, 0)
-    return _unsort(ranks, order) + _nan_rows(x, mask)
+    return _unsort(ranks, order) + _nan_flag(x, mask)
 
 
 # --- implementations on prepared arguments ---
@@ -445,12 +474,12 @@ def _rank_rows(x, mask, descending):
 
 def soft_rank_impl(a: _checks.Prepared, *, descending, kind):
     x, mask, t, back = _as_rows(a, a.temperature)
-    return back(_soft_rank_rows(x, t, mask, descending, kind))
+    return back(_soft_order(x, t, mask, True, descending, kind))
 
 
 def soft_sort_impl(a: _checks.Prepared, *, descending, kind):
     x, mask, t, back = _as_rows(a, a.temperature)
-    return back(_soft_sort_rows(x, t, mask, descending, kind))
+    return back(_soft_order(x, t, mask, False, descending, kind))
 
 
 def rank_impl(a: _checks.Prepared, *, descending):
@@ -553,9 +582,12 @@ def soft_rank(
       are 0 with zero gradient, an all-masked slice is zeros. ``-inf`` and ``+inf`` entries take
       the lowest and highest ranks exactly (tied infinities share their average rank, with
       zero gradient) and the finite entries are ranked among themselves as if they were
-      absent. A NaN in an entry taking part makes its slice NaN. A traced ``temperature <= 0``
-      cannot be checked and gives NaN or meaningless ranks. Forward mode (``jax.jvp``) is not
-      supported: the gradient is a ``custom_vjp``; second derivatives work.
+      absent. A NaN in an entry taking part makes its slice NaN, values and gradient. With
+      ``"l2"`` any finite ``x`` and temperature work (``x / temperature`` is never formed);
+      with ``"kl"``, ``x / temperature`` must be finite in the compute dtype. A traced
+      ``temperature <= 0`` cannot be checked and gives NaN or meaningless ranks. Forward mode
+      (``jax.jvp``) is not supported: the gradient is a ``custom_vjp``, which keeps the
+      permutation, the block starts and the sorted scores; second derivatives work.
     """
     a, options = _prepare(x, axis, temperature, where, descending, regularization)
     return soft_rank_impl(a, **options).astype(a.dtype)
@@ -621,8 +653,11 @@ def soft_sort(
       sort and the masked places after them are 0 (zero gradient); an all-masked slice is
       zeros. ``-inf`` and ``+inf`` entries take the first and last places exactly (zero
       gradient) and the finite entries are soft-sorted between them as if they were alone.
-      A NaN in an entry taking part makes its slice NaN. Forward mode is not supported (a
-      ``custom_vjp``); second derivatives work.
+      A NaN in an entry taking part makes its slice NaN. With ``"l2"`` any finite ``x`` and
+      temperature work (``n / temperature`` is never formed); with ``"kl"``,
+      ``n / temperature`` must be finite in the compute dtype. Forward mode is not supported
+      (a ``custom_vjp``, which keeps the permutation and the block starts, and for ``"kl"``
+      the sorted values); second derivatives work.
     """
     a, options = _prepare(x, axis, temperature, where, descending, regularization)
     return soft_sort_impl(a, **options).astype(a.dtype)

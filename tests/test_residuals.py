@@ -72,21 +72,19 @@ EXPECTED = {
     # (of max_pool's values: its output has x's size; see
     # test_max_unpool_keeps_only_the_flat_indices)
     "max_unpool": (0, 0),
-    # The orders: the isotonic rule keeps the block starts (and for kl the sorted scores and
-    # weights), but the sorting, masking and placing around it are differentiated by JAX,
-    # which keeps its masks and permutations: far more than the order, the starts and the
-    # sorted scores a single rule per function would need (measured; to be cut down).
+    # The orders: the permutation and the block starts (int32), and the sorted scores where
+    # the backward pass needs them (the ranks' temperature gradient, kl's block softmax)
     "rank": (0, 0),
-    "soft_rank": (17, 17),
-    "soft_rank_kl": (19, 19),
-    "soft_sort": (15, 15),
-    "soft_sort_descending": (15, 15),
-    "soft_sort_kl": (17, 17),
-    "st_rank": (18, 18),
-    "st_sort": (17, 17),
-    "st_sort_kl": (19, 19),
-    "soft_quantile": (15, 15),
-    "soft_quantile_kl": (17, 17),
+    "soft_rank": (3, 3),
+    "soft_rank_kl": (3, 3),
+    "soft_sort": (2, 2),
+    "soft_sort_descending": (2, 2),
+    "soft_sort_kl": (3, 3),
+    "st_rank": (3, 3),
+    "st_sort": (2, 2),
+    "st_sort_kl": (3, 3),
+    "soft_quantile": (2, 2),
+    "soft_quantile_kl": (3, 3),
 }
 # Entries that keep a full-size copy of a broadcast mask (and of the masked scores), which
 # their rules need not: found when the suite first covered them.

@@ -197,8 +197,33 @@ def test_masks_infinities_and_nan(kind):
     for fn in (jaxrelax.soft_rank, jaxrelax.soft_sort, jaxrelax.rank):
         out = np.asarray(fn(with_nan))
         assert np.isnan(out[0]).all() and np.isfinite(out[1]).all()
+    for fn in (jaxrelax.soft_rank, jaxrelax.soft_sort, jaxrelax.st_rank, jaxrelax.st_sort):
+        g = np.asarray(jax.grad(lambda x, f=fn: jnp.sum(jnp.sin(f(x))))(with_nan))
+        assert np.isnan(g[0]).all() and np.isfinite(g[1]).all()
     masked_nan = np.asarray(jaxrelax.soft_rank(with_nan, where=~np.isnan(with_nan)))
     np.testing.assert_allclose(masked_nan[0], [1.0, 0.0, 2.0], atol=0.3)
+
+
+def test_extreme_temperatures_overflow_nothing():
+    """l2: ``x / t`` (ranks) or ``n / t`` (the sort), and ``t * n`` or ``t * x`` (the
+    scale-equivariant forms), each overflow float32 somewhere below: the results are still
+    the hard ones at a tiny temperature and the means at a huge one, with finite gradients."""
+    x = jnp.asarray(np.random.default_rng(8).normal(size=(2, 300)), jnp.float32)
+    cases = [
+        (jaxrelax.soft_rank, x * 1e30, 1e-9, jaxrelax.rank(x)),  # x / t = 1e39
+        (jaxrelax.soft_sort, x, 1e-37, jnp.sort(x)),  # n / t = 3e39
+        (jaxrelax.soft_rank, x, 1e37, jnp.full(x.shape, 150.5)),  # t * n = 3e39
+        (
+            jaxrelax.soft_sort,
+            x * 1e10 + 5e10,
+            1e30,
+            jnp.broadcast_to(jnp.mean(x * 1e10 + 5e10, -1, keepdims=True), x.shape),
+        ),  # t * x = 5e40
+    ]
+    for fn, scores, t, want in cases:
+        np.testing.assert_allclose(fn(scores, temperature=t), want, rtol=1e-5)
+        g = jax.grad(lambda x, t, f=fn: jnp.sum(jnp.sin(f(x, temperature=t) / 1e10)), (0, 1))
+        assert all(np.isfinite(v).all() for v in g(scores, t))
 
 
 def test_temperature_scaled_by_spread_and_size_keeps_its_meaning():
