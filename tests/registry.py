@@ -286,16 +286,16 @@ _ENTRIES = [
     *_fuzzed_by("test_fuzz_topk.py::test_gumbel_topk",
         E("gumbel_topk", _key_k(jaxrelax.gumbel_topk), SMOOTH, k=K, variants=(_HARD,),
           **_LOGITS)),
-    # orders (descending ranks are the ranks of -x: tests/test_sort.py checks them; the
-    # descending sort places its values differently, so it has an entry)
+    # orders (descending ranks are the ranks of -x, and the kl forms of st_sort and
+    # soft_quantile wrap soft_sort's: tests/test_sort.py checks them; the descending sort
+    # places its values differently, so it has an entry)
     *_fuzzed_by("test_fuzz_sort.py::test_orders",
         E("rank", _x(jaxrelax.rank), HARD, temperature=None, order=True),
         E("soft_rank", _x(jaxrelax.soft_rank), PIECEWISE, variants=(_KL,), order=True),
         E("soft_sort", _x(jaxrelax.soft_sort), PIECEWISE, variants=(_DESCENDING, _KL), order=True),
         E("st_rank", _x(jaxrelax.st_rank), ST, order=True),
-        E("st_sort", _x(jaxrelax.st_sort), ST, variants=(_KL,), order=True),
-        E("soft_quantile", _soft_quantile, PIECEWISE, reduces=True, empty=0.0,
-          variants=(_KL,), order=True)),
+        E("st_sort", _x(jaxrelax.st_sort), ST, order=True),
+        E("soft_quantile", _soft_quantile, PIECEWISE, reduces=True, empty=0.0, order=True)),
     # perturbed optimizers
     *_fuzzed_by("test_fuzz_perturbed.py::test_perturbed",
         E("perturbed_argmax", _estimator(jaxrelax.perturbed_argmax), ESTIMATED, **_SIGMA),

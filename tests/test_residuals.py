@@ -82,9 +82,7 @@ EXPECTED = {
     "soft_sort_kl": (3, 3),
     "st_rank": (3, 3),
     "st_sort": (2, 2),
-    "st_sort_kl": (3, 3),
     "soft_quantile": (2, 2),
-    "soft_quantile_kl": (3, 3),
 }
 # Entries that keep a full-size copy of a broadcast mask (and of the masked scores), which
 # their rules need not: found when the suite first covered them.

@@ -63,6 +63,7 @@ def test_l2_keeps_sums_and_flattens_to_the_mean_at_a_large_temperature():
 # --- jaxrelax's orders against the oracle ---
 
 KINDS = ["l2", "kl"]
+QUANTILES = np.array([0.0, 0.3, 0.5, 0.99, 1.0])
 
 
 def _slices(fn, x, *args):
@@ -95,6 +96,10 @@ def test_agrees_with_the_oracle_in_float64(x64, kind, descending):
             got = jaxrelax.soft_sort(x, temperature=t, regularization=kind, descending=descending)
             want = _slices(ref.soft_sort, x, t, kind, descending)
             np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-9 * np.abs(x).max())
+            if not descending:  # the linear interpolation of the ascending soft sort
+                got = jaxrelax.soft_quantile(x, QUANTILES, temperature=t, regularization=kind)
+                want = np.quantile(_slices(ref.soft_sort, x, t, kind, False), QUANTILES, -1)
+                np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-9 * np.abs(x).max())
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -151,16 +156,18 @@ def test_hard_limits(x64):
     )
 
 
-def test_straight_through_forms():
+@pytest.mark.parametrize("kind", KINDS)
+def test_straight_through_forms(kind):
     x = jnp.asarray(np.random.default_rng(5).normal(size=(3, 10)), jnp.float32)
+    kw = dict(temperature=2.0, regularization=kind)
     for st, soft, hard in (
         (jaxrelax.st_sort, jaxrelax.soft_sort, jnp.sort(x)),
         (jaxrelax.st_rank, jaxrelax.soft_rank, jaxrelax.rank(x)),
     ):
-        np.testing.assert_array_equal(st(x, temperature=2.0), hard)
+        np.testing.assert_array_equal(st(x, **kw), hard)
         g = np.random.default_rng(6).normal(size=x.shape)
-        want = jax.grad(lambda x, f=soft, g=g: jnp.sum(g * f(x, temperature=2.0)))(x)
-        got = jax.grad(lambda x, f=st, g=g: jnp.sum(g * f(x, temperature=2.0)))(x)
+        want = jax.grad(lambda x, f=soft, g=g: jnp.sum(g * f(x, **kw)))(x)
+        got = jax.grad(lambda x, f=st, g=g: jnp.sum(g * f(x, **kw)))(x)
         np.testing.assert_allclose(got, want, rtol=1e-6)
     np.testing.assert_array_equal(jaxrelax.st_sort(x, descending=True), jnp.sort(x)[:, ::-1])
 
@@ -208,11 +215,11 @@ def test_extreme_temperatures_overflow_nothing():
     """l2: ``x / t`` (ranks) or ``n / t`` (the sort), and ``t * n`` or ``t * x`` (the
     scale-equivariant forms), each overflow float32 somewhere below: the results are still
     the hard ones at a tiny temperature and the means at a huge one, with finite gradients."""
-    x = jnp.asarray(np.random.default_rng(8).normal(size=(2, 300)), jnp.float32)
+    x = jnp.asarray(np.random.default_rng(8).normal(size=(2, 64)), jnp.float32)
     cases = [
         (jaxrelax.soft_rank, x * 1e30, 1e-9, jaxrelax.rank(x)),  # x / t = 1e39
-        (jaxrelax.soft_sort, x, 1e-37, jnp.sort(x)),  # n / t = 3e39
-        (jaxrelax.soft_rank, x, 1e37, jnp.full(x.shape, 150.5)),  # t * n = 3e39
+        (jaxrelax.soft_sort, x, 1e-37, jnp.sort(x)),  # n / t = 6e38
+        (jaxrelax.soft_rank, x, 1e37, jnp.full(x.shape, 32.5)),  # t * n = 6e38
         (
             jaxrelax.soft_sort,
             x * 1e10 + 5e10,
@@ -270,8 +277,8 @@ def test_agrees_with_softjax(x64):
     data = np.load(Path(__file__).parent / "data" / "softjax_sort.npz")
     for i in range(int(data["num_cases"])):
         case = {k.split("_", 1)[1]: data[k] for k in data.files if k.startswith(f"c{i:02d}_")}
-        if case["x"].shape[-1] not in (3, 17) and not bool(case["ties"]):
-            continue  # a few sizes: each is compiled anew
+        if case["x"].shape[-1] not in (3, 17) and not bool(case["ties"]) or case["descending"]:
+            continue  # a few sizes, each compiled anew (descending: against the oracle above)
         kw = dict(
             temperature=float(case["temperature"]),
             regularization=str(case["kind"]),
