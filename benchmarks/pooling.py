@@ -162,7 +162,9 @@ def soft(name: str, w: Window) -> Callable:
 
 
 def ours_unpool(spatial) -> Callable:
-    return jax.jit(lambda values, indices: jaxrelax.max_unpool(values, indices, spatial))
+    return jax.jit(
+        lambda values, indices: jaxrelax.max_unpool(values, indices, spatial_shape=spatial)
+    )
 
 
 def torch_input(x: np.ndarray, requires_grad: bool = False):
@@ -259,7 +261,7 @@ def check_outputs(w: Window, x, cotangent, unpooled_cotangent) -> dict:
         "chosen": vjp_unpool(x, jnp.ones_like(values), w),
     }
     for name, fn in [
-        ("max_unpool", lambda v: jaxrelax.max_unpool(v, indices, x.shape[1:3])),
+        ("max_unpool", lambda v: jaxrelax.max_unpool(v, indices, spatial_shape=x.shape[1:3])),
         ("vjp unpool", lambda v: vjp_unpool(x, v, w)),
     ]:
         out[name] = value_and_vjp(fn, values, unpooled_cotangent)

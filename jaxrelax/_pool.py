@@ -145,15 +145,33 @@ def max_pool(
     return values.astype(dtype), indices
 
 
-def max_unpool(values: ArrayLike, indices: ArrayLike, spatial_shape: Sequence[int]) -> jax.Array:
+def max_unpool(
+    values: ArrayLike,
+    indices: ArrayLike,
+    window_shape: Sequence[int] | None = None,
+    strides: Sequence[int] | None = None,
+    padding: str | Sequence[tuple[int, int]] = "VALID",
+    *,
+    window_dilation: Sequence[int] | None = None,
+    spatial_shape: Sequence[int] | None = None,
+) -> jax.Array:
     r"""The reverse of :func:`max_pool`: each pooled value put back where its maximum was.
 
     The result is zero everywhere except at each window's index, where it holds that
     window's value (SegNet's decoder; PyTorch's ``max_unpool1d/2d/3d``). Where several
     windows name one position (overlapping windows) it holds the largest of their values,
     whatever their order: for :func:`max_pool`'s own indices these are the same input value.
-    ``max_unpool(*max_pool(x, w, return_indices=True), spatial)`` keeps exactly the window
-    maxima of ``x`` in place and zeros the rest.
+    ``max_unpool(*max_pool(x, w, s, p, return_indices=True), w, s, p)`` keeps exactly the
+    window maxima of ``x`` in place and zeros the rest.
+
+    The output's spatial shape is found from the pooling's arguments, as PyTorch's
+    ``kernel_size``, ``stride`` and ``padding`` find it, and checked against ``values``' pooled
+    shape when the function is traced (shapes are static, so under ``jit`` too): a shape that
+    the pooling would not take to ``values``' shape raises ValueError. Where several shapes
+    would (a stride above 1 leaves up to ``stride - 1`` entries out, or ``"SAME"`` pads them),
+    it is PyTorch's default, ``(pooled - 1) * stride + (window - 1) * dilation + 1 - low -
+    high`` with explicit or ``"VALID"`` padding, and ``pooled * stride`` with ``"SAME"``;
+    ``spatial_shape`` names another one of them.
 
     The gradient with respect to ``values`` is what PyTorch's gives: each window receives the
     output's cotangent at its index (overlapping windows that share an index all receive it).
@@ -163,11 +181,16 @@ def max_unpool(values: ArrayLike, indices: ArrayLike, spatial_shape: Sequence[in
       values: pooled values of shape ``(*batch, *pooled, features)``, any real dtype:
         integers keep theirs (and carry no gradient), as in :func:`max_pool`.
       indices: integer array of ``values``' shape: for each value, the flat row-major index
-        of its position within the output's spatial plane, in ``[0, prod(spatial_shape))``.
-      spatial_shape: the output's spatial shape (1, 2 or 3 positive integers), typically
-        ``x.shape[-1 - len(window_shape):-1]`` of the input that was pooled. The indices
-        are flat plane indices whatever the pooling's geometry: those of a dilated
-        :func:`max_pool` need nothing more.
+        of its position within the output's spatial plane, in ``[0, prod(spatial_shape))``,
+        as :func:`max_pool` returns them.
+      window_shape: the pooling's window, as given to :func:`max_pool` (1, 2 or 3 sizes).
+      strides: the pooling's strides (``None``: 1 on each spatial dimension).
+      padding: the pooling's padding: ``"VALID"``, ``"SAME"`` or ``(low, high)`` pairs.
+      window_dilation: the pooling's dilation (``None``: 1 on each spatial dimension).
+      spatial_shape: the output's spatial shape, typically ``x.shape[-1 - len(window_shape):
+        -1]`` of the input that was pooled: with the pooling's arguments, one of the shapes
+        they take to ``values``' shape; without them (``window_shape=None``), any shape
+        (only the indices' range can be checked).
 
     Returns:
       An array of shape ``(*batch, *spatial_shape, features)`` in ``values``' dtype
@@ -178,7 +201,7 @@ def max_unpool(values: ArrayLike, indices: ArrayLike, spatial_shape: Sequence[in
       >>> import jaxrelax
       >>> x = jnp.array([[1.0, 5.0, 2.0, 2.0], [3.0, 4.0, 0.0, 1.0]])[..., None]
       >>> pooled = jaxrelax.max_pool(x, (2, 2), (2, 2), return_indices=True)
-      >>> print(jaxrelax.max_unpool(*pooled, (2, 4))[..., 0])
+      >>> print(jaxrelax.max_unpool(*pooled, (2, 2), (2, 2))[..., 0])
       [[0. 5. 2. 0.]
        [0. 0. 0. 0.]]
 
@@ -186,17 +209,80 @@ def max_unpool(values: ArrayLike, indices: ArrayLike, spatial_shape: Sequence[in
       NaN values are put in place as they are; a ``-inf`` value (for integers, the dtype's
       minimum) holds its position as it is. Concrete indices out of range raise ValueError;
       traced ones cannot be checked, and a value whose index is out of range is dropped
-      (its gradient is 0).
+      (its gradient is 0). Flat indices name positions of one plane: those of a
+      :func:`max_pool` of another spatial shape land in the wrong places, which only the
+      pooling's arguments (or the right ``spatial_shape``) rule out.
     """
     v, dtype = _exact_input(values, "values")
-    spatial = _check_sizes(spatial_shape, "spatial_shape")
-    if v.ndim < len(spatial) + 1:
-        raise ValueError(
-            f"values must have {len(spatial)} spatial dimension(s) and a features dimension, "
-            f"got shape {v.shape}"
-        )
+    if window_shape is None:
+        if spatial_shape is None:
+            raise TypeError(
+                "max_unpool needs the pooling's window_shape (with its strides, padding and "
+                "window_dilation), or spatial_shape"
+            )
+        spatial = _check_sizes(spatial_shape, "spatial_shape")
+        _pooled_shape(v, len(spatial))
+    else:
+        spatial = _unpooled_shape(v, window_shape, strides, padding, window_dilation, spatial_shape)
     flat = _flat_indices(indices, v.shape, spatial)
     return _unpool(v, flat, spatial).astype(dtype)
+
+
+def _pooled_shape(values: jax.Array, dims: int) -> tuple[int, ...]:
+    if values.ndim < dims + 1:
+        raise ValueError(
+            f"values must have {dims} spatial dimension(s) and a features dimension, "
+            f"got shape {values.shape}"
+        )
+    return tuple(values.shape[-1 - dims : -1])
+
+
+def _unpooled_shape(values, window_shape, strides, padding, dilation, spatial_shape):
+    """The spatial shapes that the pooling takes to ``values``' pooled shape, dimension by
+    dimension; ``spatial_shape`` (checked to be one of them) or the default one."""
+    window = _check_sizes(window_shape, "window_shape")
+    n = len(window)
+    pooled = _pooled_shape(values, n)
+    strides = (1,) * n if strides is None else _check_sizes(strides, "strides", n)
+    dilation = (1,) * n if dilation is None else _check_sizes(dilation, "window_dilation", n)
+    pads = padding if isinstance(padding, str) else _check_pads(padding, window, dilation)
+    choices = []
+    for d in range(n):
+        pad = pads if isinstance(pads, str) else (pads[d],)
+        extent = (window[d] - 1) * dilation[d] + 1
+        sizes = [
+            size
+            for size in range(1, (pooled[d] + 1) * strides[d] + extent + 1)
+            if _pooled_size(size, window[d], strides[d], pad, dilation[d]) == pooled[d]
+        ]
+        choices.append(sizes)
+    if spatial_shape is not None:
+        spatial = _check_sizes(spatial_shape, "spatial_shape", n)
+        if all(s in c for s, c in zip(spatial, choices, strict=True)):
+            return spatial
+        raise ValueError(
+            f"spatial_shape {spatial} does not pool to values' pooled shape {pooled} with "
+            f"window_shape {window}, strides {strides}, padding {padding!r} and "
+            f"window_dilation {dilation}; it could be {_ranges(choices)}"
+        )
+    if not all(choices):
+        raise ValueError(
+            f"no spatial shape pools to values' pooled shape {pooled} with window_shape "
+            f"{window}, strides {strides}, padding {padding!r} and window_dilation {dilation}"
+        )
+    return tuple(c[-1] if padding == "SAME" else c[0] for c in choices)
+
+
+def _pooled_size(size, window, stride, padding, dilation) -> int | None:
+    """The pooled length of one dimension of ``size`` entries, None where it cannot pool."""
+    try:
+        return pooling_windows((size, 1), (window,), (stride,), padding, (dilation,)).pooled[0]
+    except ValueError:
+        return None
+
+
+def _ranges(choices) -> str:
+    return " x ".join(f"{c[0]}..{c[-1]}" if len(c) > 1 else str(c[0]) for c in choices if c)
 
 
 def soft_pool(

@@ -123,9 +123,9 @@ def entmax15(
 
 def entmax(
     x: ArrayLike,
-    alpha: ArrayLike = 1.5,
     axis: int | tuple[int, ...] = -1,
     *,
+    alpha: ArrayLike = 1.5,
     temperature: ArrayLike = 1.0,
     where: ArrayLike | None = None,
 ) -> jax.Array:
@@ -232,9 +232,9 @@ def sparsemax_loss(
 def entmax_loss(
     x: ArrayLike,
     labels: ArrayLike,
-    alpha: ArrayLike = 1.5,
     axis: int | tuple[int, ...] = -1,
     *,
+    alpha: ArrayLike = 1.5,
     temperature: ArrayLike = 1.0,
     where: ArrayLike | None = None,
 ) -> jax.Array:

@@ -23,7 +23,9 @@ Examples:
   >>> exact = diagnostics.exact_gradient(f, logits)
   >>> def st_gumbel(key, logits):
   ...     return jax.grad(lambda l: f(jaxrelax.gumbel_softmax(key, l, hard=True)))(logits)
-  >>> stats = diagnostics.estimator_stats(st_gumbel, jax.random.key(0), logits, exact, 2000)
+  >>> stats = diagnostics.estimator_stats(
+  ...     st_gumbel, jax.random.key(0), logits, exact, num_samples=2000
+  ... )
   >>> stats.bias.shape, bool(stats.mse > 0)
   ((3,), True)
 """
@@ -163,6 +165,7 @@ def estimate_gradients(
     estimator: Callable,
     key: ArrayLike,
     logits: ArrayLike,
+    *,
     num_samples: int,
     batch_size: int = 1024,
 ) -> jax.Array:
@@ -180,7 +183,9 @@ def estimate_gradients(
       >>> def estimator(key, logits):  # straight-through Gumbel-softmax of z . [0, 1, 2]
       ...     loss = lambda lg: jaxrelax.gumbel_softmax(key, lg, hard=True) @ jnp.arange(3.0)
       ...     return jax.grad(loss)(logits)
-      >>> diagnostics.estimate_gradients(estimator, jax.random.key(0), jnp.zeros(3), 100).shape
+      >>> diagnostics.estimate_gradients(
+      ...     estimator, jax.random.key(0), jnp.zeros(3), num_samples=100
+      ... ).shape
       (100, 3)
     """
     _check_callable(estimator, "estimator")
@@ -236,6 +241,7 @@ def estimator_stats(
     key: ArrayLike,
     logits: ArrayLike,
     exact: ArrayLike,
+    *,
     num_samples: int,
     batch_size: int = 1024,
 ) -> GradientStats:
@@ -253,11 +259,15 @@ def estimator_stats(
       ...     return jax.grad(lambda lg: f(jaxrelax.gumbel_rao(key, lg, num_samples=8)))(logits)
       >>> logits = jnp.array([0.5, -0.2, 0.1])
       >>> exact = diagnostics.exact_gradient(f, logits)
-      >>> stats = diagnostics.estimator_stats(estimator, jax.random.key(0), logits, exact, 1000)
+      >>> stats = diagnostics.estimator_stats(
+      ...     estimator, jax.random.key(0), logits, exact, num_samples=1000
+      ... )
       >>> bool(stats.mse > 0), stats.bias.shape
       (True, (3,))
     """
     num_samples = _checks.check_integer(num_samples, "num_samples", 2)
     exact = _checks.as_real_array(exact, "exact", booleans=False)
-    samples = estimate_gradients(estimator, key, logits, num_samples, batch_size)
+    samples = estimate_gradients(
+        estimator, key, logits, num_samples=num_samples, batch_size=batch_size
+    )
     return gradient_stats(samples, exact)

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -73,7 +73,7 @@ print(
 # ## Sparse relaxations: exact zeros
 #
 # `sparsemax` (the Euclidean projection onto the simplex) and `entmax15` put exact zeros on
-# low scores, which softmax never does; `entmax(x, alpha)` spans them all (alpha = 1 is
+# low scores, which softmax never does; `entmax(x, alpha=alpha)` spans them all (alpha = 1 is
 # softmax, 2 is sparsemax) and takes a learnable `alpha`. Their Fenchel-Young losses
 # (`sparsemax_loss`, `entmax_loss`) are zero exactly when the prediction is the label.
 
@@ -149,7 +149,7 @@ def gradient_of(sampler):
 
 for name, sampler in estimators.items():
     stats = jaxrelax.diagnostics.estimator_stats(
-        gradient_of(sampler), key, logits, exact, 2000 if SMOKE else 20000
+        gradient_of(sampler), key, logits, exact, num_samples=2000 if SMOKE else 20000
     )
     bias, variance = jnp.sum(stats.bias**2), jnp.sum(stats.variance)
     print(f"{name:24} squared bias {bias:.4f}  variance {variance:.4f}")

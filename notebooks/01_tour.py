@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -217,7 +217,7 @@ print("on the grid: softmax-weighted <= max <= logsumexp <= max + t log 2")
 # %% [markdown]
 # ## 3. Sparse maps: sparsemax and entmax
 #
-# `sparsemax` is the Euclidean projection onto the simplex, and `entmax(x, alpha)` interpolates:
+# `sparsemax` is the Euclidean projection onto the simplex; `entmax(x, alpha=alpha)` interpolates:
 # softmax at `alpha = 1`, `entmax15` at 1.5, sparsemax at 2, sparser beyond. For two scores
 # `x = (d, 0)` the probability of the first is a sigmoid for softmax, but for `alpha > 1` it
 # saturates: once the gap `|d|` passes `t / (alpha - 1)` (the dots) the lower score gets

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -78,7 +78,7 @@ def stats_over_temperatures(estimators, key, logits, exact):
                 key,
                 logits,
                 exact,
-                NUM_SAMPLES,
+                num_samples=NUM_SAMPLES,
                 batch_size=NUM_SAMPLES,  # a single vmapped batch: small here, quick to compile
             )
             for name, estimator in estimators.items()
@@ -501,7 +501,7 @@ def stats_over_perturbations(f, key, logits, entries, exact):
                 key,
                 logits,
                 exact,
-                NUM_SAMPLES,
+                num_samples=NUM_SAMPLES,
                 batch_size=NUM_SAMPLES,
             )
             for name, estimator in perturbation_estimators(f, num_samples).items()

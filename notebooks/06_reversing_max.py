@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -134,7 +134,7 @@ def hard_answer(x):
     top_two = jnp.sort(windows, -1)[..., -2:]
     one_hot = jax.nn.one_hot(jnp.argmax(windows, -1), 4)  # the first maximum on ties
     return (
-        jaxrelax.max_unpool(values, indices, x.shape[1:3]),
+        jaxrelax.max_unpool(values, indices, WINDOW, STRIDES),
         values,
         windows,
         one_hot,
@@ -273,7 +273,7 @@ def st_max_pool(h):
 
 
 def max_unpool(h, indices, spatial):
-    return jaxrelax.max_unpool(h, indices, spatial)
+    return jaxrelax.max_unpool(h, indices, WINDOW, STRIDES, spatial_shape=spatial)
 
 
 def repeat(h, indices, spatial):

@@ -160,8 +160,8 @@ def labels_for(x):
     return jnp.ones(x.shape, x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else None)
 
 
-def _loss(fn, *alpha):
-    return lambda key, x, *axis, **kw: fn(x, labels_for(x), *alpha, *axis, **kw)
+def _loss(fn, **options):
+    return lambda key, x, *axis, **kw: fn(x, labels_for(x), *axis, **options, **kw)
 
 
 def _estimator(fn, *k):
@@ -199,7 +199,9 @@ def _max_unpool(key, x):
     values, indices = jaxrelax.max_pool(
         x, UNPOOL_WINDOW, UNPOOL_WINDOW, "VALID", return_indices=True
     )
-    return jaxrelax.max_unpool(values, indices, np.shape(x)[-1 - len(UNPOOL_WINDOW) : -1])
+    return jaxrelax.max_unpool(
+        values, indices, spatial_shape=np.shape(x)[-1 - len(UNPOOL_WINDOW) : -1]
+    )
 
 
 QUANTILE = 0.3  # soft_quantile's q
@@ -210,7 +212,7 @@ def _soft_quantile(key, x, *axis, **kw):
 
 
 def _entmax(key, x, *axis, **kw):
-    return jaxrelax.entmax(x, ALPHA, *axis, **kw)
+    return jaxrelax.entmax(x, *axis, alpha=ALPHA, **kw)
 
 
 def _binary_concrete(key, x, **kw):
@@ -272,7 +274,7 @@ _ENTRIES = [
     # Fenchel-Young losses
     *_fuzzed_by("test_fuzz.py::test_losses",
         E("sparsemax_loss", _loss(jaxrelax.sparsemax_loss), PIECEWISE, reduces=True, empty=0.0),
-        E("entmax_loss", _loss(jaxrelax.entmax_loss, ALPHA), PIECEWISE, reduces=True,
+        E("entmax_loss", _loss(jaxrelax.entmax_loss, alpha=ALPHA), PIECEWISE, reduces=True,
           empty=0.0)),
     # k of n
     *_fuzzed_by("test_fuzz_topk.py::test_topk",

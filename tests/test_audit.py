@@ -26,7 +26,7 @@ DISTRIBUTIONS = {
             input=registry.SLICES, reduces=False, where=True, k=None, order=False
         )
     },
-    "entmax_traced_alpha": lambda x, **kw: jaxrelax.entmax(x, jnp.array(1.7), **kw),
+    "entmax_traced_alpha": lambda x, **kw: jaxrelax.entmax(x, alpha=jnp.array(1.7), **kw),
 }
 # Every scalar-valued function of the registry with a mask, with its value on an empty slice.
 REDUCTIONS = {
@@ -99,11 +99,11 @@ def test_the_audits_reproducers():
 @pytest.mark.parametrize("alpha", [1.3, 2.5, jnp.array(1.3), jnp.array([[1.3], [1.5]])])
 def test_general_alpha_propagates_nan(alpha):
     x = jnp.array([[1.0, jnp.nan, 0.0], [1.0, 2.0, 0.0]])
-    p = np.asarray(jaxrelax.entmax(x, alpha))
+    p = np.asarray(jaxrelax.entmax(x, alpha=alpha))
     assert np.isnan(p[0]).all() and np.isfinite(p[1]).all()
-    loss = np.asarray(jaxrelax.entmax_loss(x, jnp.eye(3)[:2], alpha))
+    loss = np.asarray(jaxrelax.entmax_loss(x, jnp.eye(3)[:2], alpha=alpha))
     assert np.isnan(loss[0]) and np.isfinite(loss[1])
-    assert np.isnan(jaxrelax.entmax(jnp.array([1.0, jnp.nan, 0.0]), 1.3)).all()
+    assert np.isnan(jaxrelax.entmax(jnp.array([1.0, jnp.nan, 0.0]), alpha=1.3)).all()
 
 
 # --- 3. alpha near 1 and extreme temperatures ---
@@ -114,7 +114,9 @@ SCORES = np.array([0.3, -1.2, 2.0, 0.7, -0.1, 1.9])
 @pytest.mark.parametrize("alpha", [1.0001, 1.001, 1.02, 1.035, 1.1])
 def test_alpha_near_one_matches_the_reference(alpha):
     expected = np_entmax(SCORES, alpha)
-    np.testing.assert_allclose(jaxrelax.entmax(jnp.float32(SCORES), alpha), expected, atol=2e-6)
+    np.testing.assert_allclose(
+        jaxrelax.entmax(jnp.float32(SCORES), alpha=alpha), expected, atol=2e-6
+    )
     # and it tends to softmax
     assert np.abs(expected - np_softmax(SCORES)).max() < 3 * (alpha - 1)
 
@@ -139,8 +141,10 @@ def test_the_audits_temperature_reproducers():
     s = jnp.float32(SCORES)
     assert np.isfinite(jaxrelax.entmax15(s, temperature=1e-20)).all()
     assert np.isfinite(jaxrelax.entmax15(s, temperature=1e20)).all()
-    np.testing.assert_array_equal(jaxrelax.entmax(s, 1.1, temperature=1e-6), [0, 0, 1, 0, 0, 0])
-    assert np.isfinite(jaxrelax.entmax(s, 1.02)).all()
+    np.testing.assert_array_equal(
+        jaxrelax.entmax(s, alpha=1.1, temperature=1e-6), [0, 0, 1, 0, 0, 0]
+    )
+    assert np.isfinite(jaxrelax.entmax(s, alpha=1.02)).all()
 
 
 # --- 4. alpha = 1 as an array or traced ---
@@ -153,17 +157,17 @@ COTANGENT = jnp.array([[1.0, -2.0, 0.5, 3.0], [0.0, 1.0, 2.0, -1.0]])
 def test_alpha_one_as_an_array_is_softmax():
     expected = jaxrelax.softmax(X, temperature=0.7)
     for alpha in [jnp.array(1.0), jnp.ones((2, 1)), np.float32(1.0)]:
-        np.testing.assert_allclose(jaxrelax.entmax(X, alpha, temperature=0.7), expected, 1e-6)
+        np.testing.assert_allclose(jaxrelax.entmax(X, alpha=alpha, temperature=0.7), expected, 1e-6)
         np.testing.assert_allclose(
-            jaxrelax.entmax_loss(X, LABELS, alpha, temperature=0.7),
-            jaxrelax.entmax_loss(X, LABELS, 1.0, temperature=0.7),
+            jaxrelax.entmax_loss(X, LABELS, alpha=alpha, temperature=0.7),
+            jaxrelax.entmax_loss(X, LABELS, alpha=1.0, temperature=0.7),
             rtol=1e-6,
         )
     # the cross-entropy less the labels' entropy
     log_p = jax.nn.log_softmax(X / 0.7)
     entropy = -np.sum(np.where(LABELS > 0, LABELS * np.log(np.maximum(LABELS, 1e-30)), 0), -1)
     np.testing.assert_allclose(
-        jaxrelax.entmax_loss(X, LABELS, jnp.array(1.0), temperature=0.7),
+        jaxrelax.entmax_loss(X, LABELS, alpha=jnp.array(1.0), temperature=0.7),
         -jnp.sum(LABELS * log_p, -1) - entropy,
         rtol=1e-5,
     )
@@ -175,8 +179,8 @@ def test_alpha_gradient_at_one_is_the_one_sided_limit(what, x64):
 
     def f(alpha):
         if what == "entmax":
-            return jnp.sum(jaxrelax.entmax(x, alpha, temperature=0.7) * cotangent)
-        return jnp.sum(jaxrelax.entmax_loss(x, labels, alpha, temperature=0.7))
+            return jnp.sum(jaxrelax.entmax(x, alpha=alpha, temperature=0.7) * cotangent)
+        return jnp.sum(jaxrelax.entmax_loss(x, labels, alpha=alpha, temperature=0.7))
 
     h = 1e-6  # one-sided: the error is O(h)
     one_sided = (f(1.0 + h) - f(1.0)) / h
@@ -194,7 +198,7 @@ def test_alpha_gradient_at_one_is_the_one_sided_limit(what, x64):
 @pytest.mark.parametrize("alpha", [1.0, 1.0001, 1.01, 1.3, 1.9])
 def test_float32_alpha_and_temperature_gradients_near_one(alpha):
     def f(x, t, a):
-        return jnp.sum(jaxrelax.entmax(x, a, temperature=t) * COTANGENT)
+        return jnp.sum(jaxrelax.entmax(x, alpha=a, temperature=t) * COTANGENT)
 
     with jax.enable_x64(True):
         args64 = (X.astype(jnp.float64), jnp.float64(0.7), jnp.float64(alpha))
@@ -324,7 +328,9 @@ def test_loss_temperature_gradient_at_extreme_temperatures(temperature, x64):
 
 def test_alpha_above_two_at_the_smallest_temperature():
     tiny = float(jnp.finfo(jnp.float32).tiny)
-    np.testing.assert_allclose(jaxrelax.entmax(jnp.zeros(5), 3.0, temperature=tiny), 0.2, 1e-6)
+    np.testing.assert_allclose(
+        jaxrelax.entmax(jnp.zeros(5), alpha=3.0, temperature=tiny), 0.2, 1e-6
+    )
 
 
 def test_binary_concrete_saturates_in_float32():

@@ -60,7 +60,9 @@ def test_stats_of_a_known_estimator():
         return exact + offset + 0.3 * jax.random.normal(key, logits.shape)
 
     count = 20_000
-    stats = diagnostics.estimator_stats(estimator, jax.random.key(0), jnp.zeros(3), exact, count)
+    stats = diagnostics.estimator_stats(
+        estimator, jax.random.key(0), jnp.zeros(3), exact, num_samples=count
+    )
     stderr = 0.3 / np.sqrt(count)
     assert (np.abs(stats.bias - offset) <= Z * stderr).all()
     # the sample variance of a normal: stderr sigma^2 sqrt(2 / (n - 1))
@@ -88,9 +90,13 @@ def test_straight_through_gumbel_is_biased_and_reinforce_is_not():
         )(logits)
 
     count = 40_000
-    unbiased = diagnostics.estimator_stats(reinforce, jax.random.key(1), logits, exact, count)
+    unbiased = diagnostics.estimator_stats(
+        reinforce, jax.random.key(1), logits, exact, num_samples=count
+    )
     assert (np.abs(unbiased.bias) <= Z * np.sqrt(unbiased.variance / count)).all()
-    biased = diagnostics.estimator_stats(straight_through, jax.random.key(2), logits, exact, count)
+    biased = diagnostics.estimator_stats(
+        straight_through, jax.random.key(2), logits, exact, num_samples=count
+    )
     assert (np.abs(biased.bias) > Z * np.sqrt(biased.variance / count)).any()
 
 
@@ -242,11 +248,16 @@ def test_numpy_and_0d_array_counts_are_numbers(function, name, form):
 def test_estimate_gradients_draws_the_documented_keys():
     # Sample i is estimator(split(key, n)[i], logits), a legacy key giving legacy keys.
     for key in [jax.random.key(3), jax.random.PRNGKey(3)]:
-        got = diagnostics.estimate_gradients(_noisy_estimator, key, jnp.zeros(2), 7, batch_size=3)
+        got = diagnostics.estimate_gradients(
+            _noisy_estimator, key, jnp.zeros(2), num_samples=7, batch_size=3
+        )
         expected = [_noisy_estimator(k, jnp.zeros(2)) for k in jax.random.split(key, 7)]
         np.testing.assert_allclose(got, np.stack(expected), rtol=1e-6)
     legacy = diagnostics.estimate_gradients(
-        lambda key, logits: key.astype(jnp.float32), jax.random.PRNGKey(3), jnp.zeros(2), 4
+        lambda key, logits: key.astype(jnp.float32),
+        jax.random.PRNGKey(3),
+        jnp.zeros(2),
+        num_samples=4,
     )
     split = jax.random.split(jax.random.PRNGKey(3), 4)
     np.testing.assert_array_equal(legacy, split.astype(jnp.float32))

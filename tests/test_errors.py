@@ -130,9 +130,9 @@ def test_bad_labels(name, labels):
 def test_bad_alpha(alpha):
     error = TypeError if alpha is None or isinstance(alpha, str) else ValueError
     with pytest.raises(error, match="alpha must be"):
-        jaxrelax.entmax(X, alpha)
+        jaxrelax.entmax(X, alpha=alpha)
     with pytest.raises(error, match="alpha must be"):
-        jaxrelax.entmax_loss(X, jnp.eye(3)[:2], alpha)
+        jaxrelax.entmax_loss(X, jnp.eye(3)[:2], alpha=alpha)
 
 
 def test_spatial_names_heatmaps():
@@ -269,8 +269,12 @@ def test_bad_topk_choices():
         jaxrelax.gumbel_topk(jax.random.key(0), X, 2, where=jnp.ones((3, 2), bool))
 
 
-# the pooling functions that take a window (max_unpool takes max_pool's)
-POOLS = [n for n in _functions(input=registry.IMAGES) if "window_shape" in _parameters(n)]
+# the pooling functions that take a window (max_unpool's, checked below, is max_pool's)
+POOLS = [
+    n
+    for n in _functions(input=registry.IMAGES)
+    if "window_shape" in _parameters(n) and "indices" not in _parameters(n)
+]
 
 
 @pytest.mark.parametrize("name", POOLS)
@@ -351,20 +355,38 @@ def test_bad_max_pool_and_unpool_arguments():
         jaxrelax.max_pool("image", (2, 2))
     values, indices = jaxrelax.max_pool(IMAGE, (2, 2), (2, 2), return_indices=True)
     with pytest.raises(TypeError, match="indices must be an integer array"):
-        jaxrelax.max_unpool(values, indices.astype(jnp.float32), (5, 4))
+        jaxrelax.max_unpool(values, indices.astype(jnp.float32), spatial_shape=(5, 4))
     with pytest.raises(ValueError, match="indices of shape"):
-        jaxrelax.max_unpool(values, indices[..., :1], (5, 4))
+        jaxrelax.max_unpool(values, indices[..., :1], spatial_shape=(5, 4))
     with pytest.raises(ValueError, match=r"indices must lie in \[0, 6\)"):
-        jaxrelax.max_unpool(values, indices, (2, 3))  # 5x4 plane indices in a 2x3 plane
+        jaxrelax.max_unpool(
+            values, indices, spatial_shape=(2, 3)
+        )  # 5x4 plane indices in a 2x3 plane
     with pytest.raises(ValueError, match=r"indices must lie in \[0, 20\).*got -1"):
-        jaxrelax.max_unpool(values, indices - 1, (5, 4))
+        jaxrelax.max_unpool(values, indices - 1, spatial_shape=(5, 4))
     for spatial, error in [((5, 0), ValueError), ((), ValueError), (5, TypeError)]:
         with pytest.raises(error, match="spatial_shape"):
-            jaxrelax.max_unpool(values, indices, spatial)
+            jaxrelax.max_unpool(values, indices, spatial_shape=spatial)
     with pytest.raises(ValueError, match="values must have 3 spatial dimension"):
-        jaxrelax.max_unpool(values[0, 0], indices[0, 0], (5, 4, 1))
+        jaxrelax.max_unpool(values[0, 0], indices[0, 0], spatial_shape=(5, 4, 1))
     with pytest.raises(TypeError, match="values must be an array of real numbers"):
-        jaxrelax.max_unpool(None, indices, (5, 4))
+        jaxrelax.max_unpool(None, indices, spatial_shape=(5, 4))
+    with pytest.raises(TypeError, match="window_shape .* or spatial_shape"):
+        jaxrelax.max_unpool(values, indices)
+    # With the pooling's arguments, a shape it would not take to values' is an error at trace
+    # time, under jit too (4x4 pooled by 2 is 2x2, as 5x5 is; 6x6 is not and 2x2 is not).
+    pooled = jaxrelax.max_pool(jnp.ones((1, 4, 4, 1)), (2, 2), (2, 2), return_indices=True)
+    for spatial in [(2, 2), (6, 6), (4, 6)]:
+        with pytest.raises(ValueError, match=r"spatial_shape .* could be 4..5 x 4..5"):
+            jax.jit(
+                lambda v, i, s=spatial: jaxrelax.max_unpool(v, i, (2, 2), (2, 2), spatial_shape=s)
+            )(*pooled)
+    assert jaxrelax.max_unpool(*pooled, (2, 2), (2, 2), spatial_shape=(5, 5)).shape == (1, 5, 5, 1)
+    with pytest.raises(ValueError, match="no spatial shape pools to"):  # n + 1 windows of n
+        corner = [a[:, :1, :1] for a in pooled]
+        jaxrelax.max_unpool(*corner, (2, 2), (1, 1), ((1, 1), (1, 1)))
+    with pytest.raises(ValueError, match="strides must have 2 entries"):
+        jaxrelax.max_unpool(*pooled, (2, 2), (2,))
 
 
 @pytest.mark.parametrize("name", PERTURBED)

@@ -145,7 +145,7 @@ def _distributions(x, t, where, g, alpha, alpha_slices, *, config, is_float, err
     float_alpha = _float_alpha(config)
 
     def entmax(x, t, alpha):
-        return jaxrelax.entmax(x, alpha, axis, temperature=t, where=where)
+        return jaxrelax.entmax(x, axis, alpha=alpha, temperature=t, where=where)
 
     functions = {
         "hardmax": lambda x, t: jaxrelax.hardmax(x, axis, where=where),
@@ -420,7 +420,7 @@ def _losses(x, labels, t, where, g, alpha, alpha_slices, *, config, is_float, er
     float_alpha = _float_alpha(config)
 
     def entmax_loss(x, labels, t, alpha):
-        return jaxrelax.entmax_loss(x, labels, alpha, axis, temperature=t, where=where)
+        return jaxrelax.entmax_loss(x, labels, axis, alpha=alpha, temperature=t, where=where)
 
     def sparsemax_loss(x, labels, t):
         return jaxrelax.sparsemax_loss(x, labels, axis, temperature=t, where=where)

@@ -148,7 +148,7 @@ def _program(config):
             for name, fn in [("soft", jaxrelax.soft_pool), ("lse", jaxrelax.lse_pool)]:
                 out[f"{name}_int"] = fn(x, window, strides, padding, temperature=t, **dilated)
             # max_unpool keeps integers as max_pool does
-            out["unpooled"] = jaxrelax.max_unpool(values, indices, spatial)
+            out["unpooled"] = jaxrelax.max_unpool(values, indices, spatial_shape=spatial)
             if not jnp.issubdtype(x.dtype, jnp.floating):  # gradients of the promoted input
                 x = x.astype(out["soft_int"].dtype)
                 values = values.astype(x.dtype)
@@ -168,7 +168,9 @@ def _program(config):
                 )
                 out[name] = value
                 out[f"{name}_dx"], out[f"{name}_dt"] = vjp(g.astype(value.dtype))
-            _, vjp = jax.vjp(lambda v: jaxrelax.max_unpool(v, indices, spatial), values)
+            _, vjp = jax.vjp(
+                lambda v: jaxrelax.max_unpool(v, indices, spatial_shape=spatial), values
+            )
             out["unpool_dv"] = vjp(h.astype(values.dtype))[0]
             return out
 

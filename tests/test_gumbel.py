@@ -213,7 +213,7 @@ def test_gumbel_rao_mean_squared_error_on_the_quadratic_program(temperature):
 
     def squared_errors(sampler):
         grads = diagnostics.estimate_gradients(
-            estimator(sampler), jax.random.key(31), logits, 8_000
+            estimator(sampler), jax.random.key(31), logits, num_samples=8_000
         )
         return np.asarray(jnp.sum((grads - exact) ** 2, -1), np.float64)
 

@@ -304,7 +304,7 @@ def test_dtypes(dtype, rng):
                 np.asarray(grad, np.float32), np.asarray(want.astype(dtype), np.float32)
             )
     values, indices = jaxrelax.max_pool(x, (2, 2), (2, 2), return_indices=True)
-    unpooled = jaxrelax.max_unpool(values, indices, (6, 6))
+    unpooled = jaxrelax.max_unpool(values, indices, spatial_shape=(6, 6))
     assert values.dtype == unpooled.dtype == dtype
 
 
@@ -339,7 +339,7 @@ def test_integers_are_pooled_exactly_in_their_dtype(dtype, drawn, geometry, rng,
     np.testing.assert_array_equal(np.unique(x)[want_values.astype(int)], values)
     np.testing.assert_array_equal(jaxrelax.max_pool(x, window, strides, padding, **options), values)
     # the windows' maxima in place, the rest 0, in the dtype; integers carry no gradient
-    unpooled = jaxrelax.max_unpool(values, indices, spatial)
+    unpooled = jaxrelax.max_unpool(values, indices, spatial_shape=spatial)
     assert unpooled.dtype == dtype
     kept = ref.np_scatter_to_plane(x.shape, len(window), indices, np.ones(values.shape)) > 0
     np.testing.assert_array_equal(unpooled, np.where(kept, x, 0))
@@ -353,11 +353,11 @@ def test_max_unpool_of_integers_scatters_their_maximum(rng, x64):
     low = np.iinfo(np.int64).min
     values = np.array([[5, low, 2**62 + 1, low, 2**62, 3]], np.int64).T  # (6, 1)
     indices = np.array([[0, 1, 2, 3, 2, 0]]).T
-    unpooled = jaxrelax.max_unpool(values, indices, (5,))
+    unpooled = jaxrelax.max_unpool(values, indices, spatial_shape=(5,))
     assert unpooled.dtype == np.int64
     np.testing.assert_array_equal(unpooled[:, 0], [5, low, 2**62 + 1, low, 0])
     # and with none of them at the minimum
-    unpooled = jaxrelax.max_unpool(values[[0, 2, 4, 5]], indices[[0, 2, 4, 5]], (5,))
+    unpooled = jaxrelax.max_unpool(values[[0, 2, 4, 5]], indices[[0, 2, 4, 5]], spatial_shape=(5,))
     np.testing.assert_array_equal(unpooled[:, 0], [5, 0, 2**62 + 1, 0, 0])
 
 
@@ -365,7 +365,7 @@ def test_booleans_are_still_promoted():
     x = jnp.array([[True], [False], [False]])
     assert jaxrelax.max_pool(x, (2,)).dtype == jnp.float32
     values, indices = jaxrelax.max_pool(x, (2,), return_indices=True)
-    assert jaxrelax.max_unpool(x[:2], indices, (3,)).dtype == jnp.float32
+    assert jaxrelax.max_unpool(x[:2], indices, spatial_shape=(3,)).dtype == jnp.float32
 
 
 @pytest.mark.parametrize("dtype", ["float32", "int8"])
@@ -394,18 +394,18 @@ def test_max_unpool_against_the_scatter_reference(rng, x64):
     values[0, 0, 0, 0], values[1, 2, 3, 2], values[0, 1, 1, 1] = -np.inf, np.nan, np.inf
     indices = rng.integers(0, 5 * 4, size=values.shape)  # many positions named twice
     indices[0, 1, 0, 0] = indices[0, 0, 0, 0]  # -inf meets a finite value
-    got = jaxrelax.max_unpool(values, indices, (5, 4))
+    got = jaxrelax.max_unpool(values, indices, spatial_shape=(5, 4))
     want = ref.np_scatter_to_plane((2, 5, 4, 3), 2, indices, values, combine="max")
     np.testing.assert_array_equal(got, want)
     lone = rng.integers(0, 20, size=values.shape)
     lone[0, 0, 0, 0] = 7
     lone[0, :, :, 0] = np.where(lone[0, :, :, 0] == 7, 8, lone[0, :, :, 0])
     lone[0, 0, 0, 0] = 7  # a -inf value alone at its position holds it
-    got = jaxrelax.max_unpool(values, lone, (5, 4))
+    got = jaxrelax.max_unpool(values, lone, spatial_shape=(5, 4))
     assert got[0, 1, 3, 0] == -np.inf
     # gradient: each value receives the cotangent at its index
     cotangent = rng.normal(size=got.shape)
-    _, vjp = jax.vjp(lambda v: jaxrelax.max_unpool(v, indices, (5, 4)), values)
+    _, vjp = jax.vjp(lambda v: jaxrelax.max_unpool(v, indices, spatial_shape=(5, 4)), values)
     gathered = np.take_along_axis(cotangent.reshape(2, 20, 3), indices.reshape(2, 12, 3), 1)
     np.testing.assert_array_equal(vjp(cotangent)[0], gathered.reshape(values.shape))
 
@@ -417,17 +417,38 @@ def test_unpooling_the_max_pool_keeps_the_window_maxima_in_place(geometry, rng):
     values, indices = jaxrelax.max_pool(
         x, window, strides, padding, return_indices=True, window_dilation=dilation
     )
-    unpooled = jaxrelax.max_unpool(values, indices, x.shape[-1 - len(window) : -1])
+    pooling = (window, strides, padding)
+    unpooled = jaxrelax.max_unpool(
+        values, indices, *pooling, window_dilation=dilation, spatial_shape=spatial
+    )
     assert unpooled.shape == x.shape
     kept = ref.np_scatter_to_plane(x.shape, len(window), indices, np.ones(values.shape)) > 0
     np.testing.assert_array_equal(unpooled, np.where(kept, x, 0))
+    # Without spatial_shape: PyTorch's output size (pooled * stride for "SAME")
+    pads, steps, dilations = _pads(spatial, window, strides, padding, dilation)
+    default = tuple(
+        p * s if padding == "SAME" else (p - 1) * s + (w - 1) * d + 1 - lo - hi
+        for p, s, w, d, (lo, hi) in zip(
+            values.shape[-1 - len(window) : -1], steps, window, dilations, pads, strict=True
+        )
+    )
+    inferred = jax.eval_shape(
+        lambda: jaxrelax.max_unpool(
+            values, np.zeros_like(indices), *pooling, window_dilation=dilation
+        )
+    )
+    assert inferred.shape[-1 - len(window) : -1] == default
+    if default == spatial:
+        inferred = jaxrelax.max_unpool(values, indices, *pooling, window_dilation=dilation)
+        np.testing.assert_array_equal(inferred, unpooled)
 
 
 def test_max_unpool_traced_out_of_range_indices_are_dropped():
     values = jnp.array([[1.0, 2.0, 3.0]]).T  # (3, 1): one spatial dim of 3 windows
     indices = jnp.array([[0, 7, -1]]).T
     out, vjp = jax.vjp(
-        lambda v: jax.jit(jaxrelax.max_unpool, static_argnums=2)(v, indices, (4,)), values
+        lambda v: jax.jit(lambda v, i: jaxrelax.max_unpool(v, i, spatial_shape=(4,)))(v, indices),
+        values,
     )
     np.testing.assert_array_equal(out[:, 0], [1, 0, 0, 0])
     np.testing.assert_array_equal(vjp(jnp.ones((4, 1)))[0][:, 0], [1, 0, 0])
@@ -448,7 +469,11 @@ def test_batch_dims_and_transformations(rng):
         (
             "max_unpool",
             lambda x, t: jaxrelax.max_unpool(
-                *jaxrelax.max_pool(x, window, strides, padding, return_indices=True), (7, 6)
+                *jaxrelax.max_pool(x, window, strides, padding, return_indices=True),
+                window,
+                strides,
+                padding,
+                spatial_shape=(7, 6),
             ),
         ),
     ]:
@@ -532,4 +557,4 @@ def test_empty_batch_or_features(shape):
         assert out.shape == (shape[0], 3, 2, shape[-1])
         assert jax.grad(lambda x, fn=fn: fn(x, (3, 3), (2, 2), "SAME").sum())(x).shape == shape
     values, indices = jaxrelax.max_pool(x, (2, 2), (2, 2), return_indices=True)
-    assert jaxrelax.max_unpool(values, indices, (5, 4)).shape == shape
+    assert jaxrelax.max_unpool(values, indices, spatial_shape=(5, 4)).shape == shape

@@ -74,7 +74,9 @@ def _setting_outputs(setting: str) -> dict:
     def outputs(x, ct, values, indices, ct2):
         pooled, pool_vjp = jax.vjp(pool, x)
         (pooled_with, found), pool_with_vjp = jax.vjp(pool_with_indices, x)
-        unpooled, unpool_vjp = jax.vjp(lambda v: jaxrelax.max_unpool(v, indices, spatial), values)
+        unpooled, unpool_vjp = jax.vjp(
+            lambda v: jaxrelax.max_unpool(v, indices, spatial_shape=spatial), values
+        )
         reduced = lax.reduce_window(
             x,
             -jnp.inf,
@@ -206,7 +208,11 @@ def test_integer_max_pool_matches_torch(case, x64):
             x, window, stride, padding, return_indices=True, window_dilation=dilation
         )
         plain = jaxrelax.max_pool(x, window, stride, padding, window_dilation=dilation)
-        return values, indices, plain, jaxrelax.max_unpool(values, indices, spatial)
+        unpooled = jaxrelax.max_unpool(
+            values, indices, window, stride, padding, window_dilation=dilation,
+            spatial_shape=spatial,
+        )  # fmt: skip
+        return values, indices, plain, unpooled
 
     values, indices, plain, unpooled = jax.device_get(outputs(c["x"]))
     assert values.dtype == plain.dtype == unpooled.dtype == c["x"].dtype

@@ -192,7 +192,7 @@ def test_pooling_keeps_the_input_at_most(fn, expected):
 
 def test_max_unpool_keeps_only_the_flat_indices():
     values, indices = jaxrelax.max_pool(jnp.ones((2, 8, 8, 4)), (2, 2), (2, 2), return_indices=True)
-    _, vjp = jax.vjp(lambda v: jaxrelax.max_unpool(v, indices, (8, 8)), values)
+    _, vjp = jax.vjp(lambda v: jaxrelax.max_unpool(v, indices, spatial_shape=(8, 8)), values)
     leaves = [leaf for leaf in jax.tree_util.tree_leaves(vjp) if np.size(leaf) > 1]
     assert [np.size(leaf) for leaf in leaves] == [values.size]
     assert jnp.issubdtype(leaves[0].dtype, jnp.integer)

@@ -287,7 +287,7 @@ def test_general_alpha_sums_to_one_at_the_support_edge(alpha):
     # A score just inside the support's edge: beta = 1 / (alpha - 1) < 1 magnifies rounding.
     edge = 1 / (alpha - 1)
     x = jnp.array([[-edge * (1 - 1e-6), 0.0], [-edge * (1 + 1e-6), 0.0], [-edge / 2, 0.0]])
-    out = jaxrelax.entmax(x, alpha)
+    out = jaxrelax.entmax(x, alpha=alpha)
     np.testing.assert_allclose(out.sum(-1), 1, atol=4 * np.finfo(np.float32).eps)
     assert (out >= 0).all()
     np.testing.assert_allclose(out, np_entmax(np.asarray(x), alpha), atol=1e-3)
