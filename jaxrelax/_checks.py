@@ -191,6 +191,22 @@ def canonicalize_axes(
     return tuple(sorted(result))
 
 
+def check_channel_axis(channel_axis, ndim: int, name: str = "x") -> int | None:
+    """The channel axis of an array of ``ndim`` dimensions as a non-negative int (None: the
+    array has none), or an error naming ``channel_axis``."""
+    if channel_axis is None:
+        return None
+    if isinstance(channel_axis, (bool, np.bool_)) or not isinstance(
+        channel_axis, (int, np.integer)
+    ):
+        raise TypeError(f"channel_axis must be an int or None, got {channel_axis!r}")
+    if not -ndim <= channel_axis < ndim:
+        raise ValueError(
+            f"channel_axis {channel_axis} is out of range for {name} with {ndim} dimension(s)"
+        )
+    return int(channel_axis) % ndim
+
+
 def check_choice(value, name: str, options: tuple[str, ...]) -> str:
     """Raises a ValueError naming the argument unless ``value`` is one of ``options``."""
     if not isinstance(value, str) or value not in options:

@@ -204,5 +204,26 @@ def rows_last(x: jax.Array, axes: tuple[int, ...]):
     return rows, back
 
 
+def to_layout(x: jax.Array, channel_axis: int | None, position: int):
+    """``x`` with its channel axis (from :func:`_checks.check_channel_axis`) moved to
+    ``position`` (a negative index), or a channel axis of size 1 put there where it has none;
+    and the inverse for an array of ``x``'s rank, its channels at ``position``."""
+    if channel_axis is None:
+        return jnp.expand_dims(x, position), lambda y: jnp.squeeze(y, position)
+    return jnp.moveaxis(x, channel_axis, position), lambda y: jnp.moveaxis(
+        y, position, channel_axis
+    )
+
+
+def per_slice_to_layout(value, ndim: int, channel_axis: int | None, position: int):
+    """A per-slice parameter broadcastable to an array of ``ndim`` dimensions, laid out as
+    :func:`to_layout` lays out that array (scalars stay scalars)."""
+    rank = getattr(value, "ndim", 0)
+    if rank == 0 or rank > ndim:
+        return value  # a scalar, or an error for the checks to report
+    value = jnp.reshape(value, (1,) * (ndim - rank) + tuple(value.shape))
+    return to_layout(value, channel_axis, position)[0]
+
+
 def slice_size(shape: tuple[int, ...], axes: tuple[int, ...]) -> int:
     return int(np.prod([shape[a] for a in axes], dtype=np.int64))

@@ -72,6 +72,7 @@ def max_pool(
     *,
     return_indices: bool = False,
     window_dilation: Sequence[int] | None = None,
+    channel_axis: int | None = -1,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     r"""The max-pool, optionally with the position of each window's maximum.
 
@@ -84,8 +85,9 @@ def max_pool(
     that position, their gradients add up.
 
     Args:
-      x: channels-last input of shape ``(*batch, *spatial, features)``, with one spatial
-        dimension per window dimension and any number of batch dimensions (none included).
+      x: input of shape ``(*batch, *spatial, features)`` (channels-last, flax's layout; see
+        ``channel_axis``), with one spatial dimension per window dimension and any number of
+        batch dimensions (none included).
         Any real dtype: integers keep their dtype (the maximum is exact; as in
         ``flax.linen.max_pool`` and PyTorch) and carry no gradient, booleans are promoted to
         float32, bfloat16 and float16 are computed in float32.
@@ -103,6 +105,10 @@ def max_pool(
         dimension (``lax.reduce_window``'s ``window_dilation``, PyTorch's ``dilation``), so
         that a window of size ``w`` spans an extent of ``(w - 1) * window_dilation + 1``
         positions; ``None`` means 1 on each (contiguous windows).
+      channel_axis: the features axis: ``-1`` (channels-last, the default), ``1`` for
+        PyTorch's ``(N, C, H, W)``, or ``None`` for input without one. The spatial axes are
+        the ``len(window_shape)`` axes that come last once it is set aside; the output keeps
+        the input's layout.
 
     Returns:
       The pooled array of shape ``(*batch, *pooled, features)``, in ``x``'s dtype (float32
@@ -138,11 +144,12 @@ def max_pool(
     """
     return_indices = _checks.check_flag(return_indices, "return_indices")
     x, dtype = _exact_input(x, "x")
+    x, back = _numerics.to_layout(x, _checks.check_channel_axis(channel_axis, x.ndim), -1)
     windows = pooling_windows(x.shape, window_shape, strides, padding, window_dilation)
     if not return_indices:
-        return _max_pool(x, windows).astype(dtype)
+        return back(_max_pool(x, windows).astype(dtype))
     values, indices = _max_pool_with_indices(x, windows)
-    return values.astype(dtype), indices
+    return back(values.astype(dtype)), back(indices)
 
 
 def max_unpool(
@@ -154,6 +161,7 @@ def max_unpool(
     *,
     window_dilation: Sequence[int] | None = None,
     spatial_shape: Sequence[int] | None = None,
+    channel_axis: int | None = -1,
 ) -> jax.Array:
     r"""The reverse of :func:`max_pool`: each pooled value put back where its maximum was.
 
@@ -191,6 +199,8 @@ def max_unpool(
         -1]`` of the input that was pooled: with the pooling's arguments, one of the shapes
         they take to ``values``' shape; without them (``window_shape=None``), any shape
         (only the indices' range can be checked).
+      channel_axis: the features axis of ``values`` and ``indices``, as in
+        :func:`max_pool`; the output has the same layout.
 
     Returns:
       An array of shape ``(*batch, *spatial_shape, features)`` in ``values``' dtype
@@ -214,6 +224,11 @@ def max_unpool(
       pooling's arguments (or the right ``spatial_shape``) rule out.
     """
     v, dtype = _exact_input(values, "values")
+    layout = _checks.check_channel_axis(channel_axis, v.ndim, "values")
+    v, back = _numerics.to_layout(v, layout, -1)
+    indices = _checks.as_real_array(indices, "indices", booleans=False)
+    if indices.ndim == v.ndim - (layout is None):
+        indices = _numerics.to_layout(indices, layout, -1)[0]
     if window_shape is None:
         if spatial_shape is None:
             raise TypeError(
@@ -225,7 +240,7 @@ def max_unpool(
     else:
         spatial = _unpooled_shape(v, window_shape, strides, padding, window_dilation, spatial_shape)
     flat = _flat_indices(indices, v.shape, spatial)
-    return _unpool(v, flat, spatial).astype(dtype)
+    return back(_unpool(v, flat, spatial).astype(dtype))
 
 
 def _pooled_shape(values: jax.Array, dims: int) -> tuple[int, ...]:
@@ -293,6 +308,7 @@ def soft_pool(
     *,
     temperature: ArrayLike = 1.0,
     window_dilation: Sequence[int] | None = None,
+    channel_axis: int | None = -1,
 ) -> jax.Array:
     r"""The softmax-weighted mean of each window, a soft max-pool.
 
@@ -319,6 +335,7 @@ def soft_pool(
         the spatial dimensions (one temperature per batch element or feature, say). It may
         be traced, and receives a gradient.
       window_dilation: as in :func:`max_pool` (``None``: 1 on each spatial dimension).
+      channel_axis: as in :func:`max_pool`.
 
     Returns:
       The pooled array of shape ``(*batch, *pooled, features)``, in ``x``'s float dtype
@@ -344,7 +361,9 @@ def soft_pool(
       entries. A concrete ``temperature <= 0`` raises ValueError; a traced negative one gives
       NaN. Temperatures beyond about ``1e38`` (float32) behave as in :func:`jaxrelax.softmax`.
     """
-    return _smooth_pool("soft", x, window_shape, strides, padding, temperature, window_dilation)
+    return _smooth_pool(
+        "soft", x, window_shape, strides, padding, temperature, window_dilation, channel_axis
+    )
 
 
 def lse_pool(
@@ -355,6 +374,7 @@ def lse_pool(
     *,
     temperature: ArrayLike = 1.0,
     window_dilation: Sequence[int] | None = None,
+    channel_axis: int | None = -1,
 ) -> jax.Array:
     r"""The log-sum-exp of each window, the smooth max-pool.
 
@@ -373,6 +393,7 @@ def lse_pool(
       padding: as in :func:`max_pool`; padded positions take no part and get no gradient.
       temperature: as in :func:`soft_pool`.
       window_dilation: as in :func:`max_pool` (``None``: 1 on each spatial dimension).
+      channel_axis: as in :func:`max_pool`.
 
     Returns:
       The pooled array of shape ``(*batch, *pooled, features)``, in ``x``'s float dtype
@@ -394,7 +415,9 @@ def lse_pool(
       ``c`` entries ``+inf`` has the limit's temperature gradient, ``log c`` (the entropy of
       its softmax), as :func:`jaxrelax.smooth_max` has.
     """
-    return _smooth_pool("lse", x, window_shape, strides, padding, temperature, window_dilation)
+    return _smooth_pool(
+        "lse", x, window_shape, strides, padding, temperature, window_dilation, channel_axis
+    )
 
 
 def st_max_pool(
@@ -405,6 +428,7 @@ def st_max_pool(
     *,
     temperature: ArrayLike = 1.0,
     window_dilation: Sequence[int] | None = None,
+    channel_axis: int | None = -1,
 ) -> jax.Array:
     r"""Straight-through max-pool: the exact max-pool forward, :func:`soft_pool`'s gradient.
 
@@ -422,6 +446,7 @@ def st_max_pool(
       padding: as in :func:`max_pool`.
       temperature: as in :func:`soft_pool`.
       window_dilation: as in :func:`max_pool` (``None``: 1 on each spatial dimension).
+      channel_axis: as in :func:`max_pool`.
 
     Returns:
       The max-pooled array of shape ``(*batch, *pooled, features)``, in ``x``'s float dtype
@@ -441,15 +466,20 @@ def st_max_pool(
       The forward value is that of :func:`max_pool` (NaN and infinities included); the
       gradient is that of :func:`soft_pool`.
     """
-    return _smooth_pool("st", x, window_shape, strides, padding, temperature, window_dilation)
+    return _smooth_pool(
+        "st", x, window_shape, strides, padding, temperature, window_dilation, channel_axis
+    )
 
 
-def _smooth_pool(kind, x, window_shape, strides, padding, temperature, window_dilation):
+def _smooth_pool(kind, x, window_shape, strides, padding, temperature, dilation, channel_axis):
     a = _checks.prepare(x, None)
-    windows = pooling_windows(a.x.shape, window_shape, strides, padding, window_dilation)
+    layout = _checks.check_channel_axis(channel_axis, a.x.ndim)
+    x, back = _numerics.to_layout(a.x, layout, -1)
+    windows = pooling_windows(x.shape, window_shape, strides, padding, dilation)
     spatial_axes = tuple(range(windows.first_axis, windows.first_axis + len(windows.window)))
-    t = _checks.check_temperature(temperature, a.x, spatial_axes)
-    return _smooth(a.x, t, windows, kind).astype(a.dtype)
+    temperature = _numerics.per_slice_to_layout(temperature, a.x.ndim, layout, -1)
+    t = _checks.check_temperature(temperature, x, spatial_axes)
+    return back(_smooth(x, t, windows, kind)).astype(a.dtype)
 
 
 # The entry points are jit-compiled (static geometry), so that an eager call compiles one

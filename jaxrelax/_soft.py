@@ -178,8 +178,9 @@ def spatial_soft_argmax(
     *,
     temperature: ArrayLike = 1.0,
     normalized: bool = True,
+    channel_axis: int | None = -1,
 ) -> jax.Array:
-    r"""Expected (row, column) coordinates of the softmax over each heatmap's last two axes.
+    r"""Expected (row, column) coordinates of the softmax over each heatmap's two spatial axes.
 
     .. math::
         p = \mathrm{softmax}(h / t) \text{ over } (H, W), \qquad
@@ -190,23 +191,35 @@ def spatial_soft_argmax(
     with ``normalized=False`` it is ``i`` itself. The gradient is exact. Unlike kornia's
     ``spatial_soft_argmax2d``, which returns (x, y), the result is in (row, column) order.
 
+    Each channel of a feature map is one heatmap: a keypoint per channel, as in Levine et
+    al.'s spatial softmax, laid out as the pooling functions lay out their input.
+
     Args:
-      heatmaps: scores of shape ``(..., H, W)``, any real dtype (see :func:`softmax`).
+      heatmaps: scores of shape ``(*batch, H, W, C)`` (channels-last, flax's layout; see
+        ``channel_axis``), any real dtype (see :func:`softmax`).
       temperature: a positive scalar, or an array broadcastable to ``heatmaps`` with size 1 in
-        its last two axes (one temperature per heatmap). It receives a gradient.
+        its two spatial axes (one temperature per heatmap). It receives a gradient.
       normalized: coordinates in ``[-1, 1]`` (True) or in pixels (False).
+      channel_axis: the channel axis: ``-1`` (channels-last, the default), ``1`` for
+        PyTorch's ``(N, C, H, W)``, or ``None`` for heatmaps ``(..., H, W)`` without one.
+        The spatial axes are the two that come last once it is set aside.
 
     Returns:
-      An array of shape ``(..., 2)`` holding (row, column), in ``heatmaps``' float dtype.
+      An array of shape ``(*batch, C, 2)`` holding (row, column) per channel (``(..., 2)``
+      with ``channel_axis=None``), in ``heatmaps``' float dtype.
 
     Examples:
       >>> import jax.numpy as jnp
       >>> import jaxrelax
       >>> h = jnp.zeros((3, 5)).at[2, 1].set(20.0)
-      >>> print(jaxrelax.spatial_soft_argmax(h, normalized=False).round(3))
+      >>> print(jaxrelax.spatial_soft_argmax(h, normalized=False, channel_axis=None).round(3))
       [2. 1.]
-      >>> print(jaxrelax.spatial_soft_argmax(h).round(3))
+      >>> print(jaxrelax.spatial_soft_argmax(h, channel_axis=None).round(3))
       [ 1.  -0.5]
+      >>> features = jnp.zeros((3, 5, 2)).at[2, 1, 0].set(20.0).at[0, 4, 1].set(20.0)
+      >>> print(jaxrelax.spatial_soft_argmax(features, normalized=False).round(3))
+      [[2. 1.]
+       [0. 4.]]
 
     References:
       Levine et al., End-to-End Training of Deep Visuomotor Policies, 2016,
@@ -220,6 +233,16 @@ def spatial_soft_argmax(
       grad) work.
     """
     normalized = _checks.check_flag(normalized, "normalized")
+    heatmaps = _checks.as_real_array(heatmaps, "heatmaps")
+    layout = _checks.check_channel_axis(channel_axis, heatmaps.ndim, "heatmaps")
+    if layout is not None:
+        if heatmaps.ndim < 3:
+            raise ValueError(
+                f"heatmaps must have two spatial axes and a channel axis (channel_axis="
+                f"{channel_axis}), got shape {heatmaps.shape}; channel_axis=None takes (H, W)"
+            )
+        temperature = _numerics.per_slice_to_layout(temperature, heatmaps.ndim, layout, -3)
+        heatmaps = _numerics.to_layout(heatmaps, layout, -3)[0]
     a = _checks.prepare(heatmaps, (-2, -1), temperature, name="heatmaps", min_ndim=2)
     p = softmax_impl(a.x, a.temperature, None, axes=a.axes)
     rows, cols = (_coordinates(n, normalized, p.dtype) for n in p.shape[-2:])

@@ -63,10 +63,13 @@ for t in [4.0, 1.0, 0.25, 0.01]:
     print(f"t={t:<5} logsumexp {lse:7.3f}  softmax-weighted {weighted:6.3f}  index {index:5.3f}")
 
 heatmap = jnp.zeros((5, 7)).at[1, 5].set(8.0).at[3, 1].set(7.0)
-print("spatial soft-argmax (pixels):", jaxrelax.spatial_soft_argmax(heatmap, normalized=False))
+print(
+    "spatial soft-argmax (pixels):",
+    jaxrelax.spatial_soft_argmax(heatmap, normalized=False, channel_axis=None),
+)
 print(
     "spatial soft-argmax at t=0.1:",
-    jaxrelax.spatial_soft_argmax(heatmap, temperature=0.1, normalized=False),
+    jaxrelax.spatial_soft_argmax(heatmap, temperature=0.1, normalized=False, channel_axis=None),
 )
 
 # %% [markdown]

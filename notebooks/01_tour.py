@@ -310,7 +310,9 @@ def soft_points(ts):  # per temperature: soft and straight-through index of `lin
     return (
         jaxrelax.soft_argmax(lines, temperature=ts[:, None]),
         jaxrelax.st_argmax(lines, temperature=ts[:, None]),
-        jaxrelax.spatial_soft_argmax(maps, temperature=ts[:, None, None], normalized=False),
+        jaxrelax.spatial_soft_argmax(
+            maps, temperature=ts[:, None, None], normalized=False, channel_axis=None
+        ),
     )
 
 

@@ -220,7 +220,14 @@ def _binary_concrete(key, x, **kw):
 
 
 def _spatial_soft_argmax(key, x, **kw):
-    return jaxrelax.spatial_soft_argmax(x, **kw)
+    """The heatmaps as one channel in the default, channels-last layout (bad input as it is,
+    for its error)."""
+    if not isinstance(x, (np.ndarray, jax.Array)) or x.ndim < 2:
+        return jaxrelax.spatial_soft_argmax(x, channel_axis=None, **kw)
+    t = kw.get("temperature")
+    if isinstance(t, (np.ndarray, jax.Array)) and t.ndim == x.ndim:
+        kw["temperature"] = t[..., None]
+    return jaxrelax.spatial_soft_argmax(x[..., None], **kw)[..., 0, :]
 
 
 def _perturbed_fy_loss(key, x, *axis, **kw):

@@ -90,7 +90,9 @@ def test_the_audits_reproducers():
     np.testing.assert_array_equal(jaxrelax.softmax(x, where=where), [[1.0], [0.0], [1.0]])
     np.testing.assert_array_equal(jaxrelax.hardmax(jnp.array([-INF])), [0.0])
     assert jaxrelax.smooth_max(jnp.array([-INF])) == -INF
-    np.testing.assert_array_equal(jaxrelax.spatial_soft_argmax(jnp.full((1, 1), -INF)), [0, 0])
+    np.testing.assert_array_equal(
+        jaxrelax.spatial_soft_argmax(jnp.full((1, 1), -INF), channel_axis=None), [0, 0]
+    )
 
 
 # --- 2. NaN through general alpha ---

@@ -65,9 +65,11 @@ def test_bad_temperature(name, temperature):
 
 def test_bad_temperature_spatial():
     with pytest.raises(ValueError, match="temperature"):
-        jaxrelax.spatial_soft_argmax(X, temperature=0.0)
+        jaxrelax.spatial_soft_argmax(X, temperature=0.0, channel_axis=None)
     with pytest.raises(ValueError, match="temperature"):
-        jaxrelax.spatial_soft_argmax(jnp.ones((2, 3, 4)), temperature=jnp.ones((2, 3, 1)))
+        jaxrelax.spatial_soft_argmax(
+            jnp.ones((2, 3, 4)), temperature=jnp.ones((2, 3, 1)), channel_axis=None
+        )
 
 
 @pytest.mark.parametrize("name", PER_SLICE_TEMPERATURE)
@@ -137,11 +139,13 @@ def test_bad_alpha(alpha):
 
 def test_spatial_names_heatmaps():
     with pytest.raises(ValueError, match="heatmaps must have at least 2 dimension"):
-        jaxrelax.spatial_soft_argmax(jnp.ones(5))
+        jaxrelax.spatial_soft_argmax(jnp.ones(5), channel_axis=None)
     with pytest.raises(TypeError, match="heatmaps must be an array of real numbers"):
-        jaxrelax.spatial_soft_argmax(None)
+        jaxrelax.spatial_soft_argmax(None, channel_axis=None)
     with pytest.raises(ValueError, match="to heatmaps of shape"):
-        jaxrelax.spatial_soft_argmax(jnp.ones((2, 3, 4)), temperature=jnp.ones((3, 1, 1)))
+        jaxrelax.spatial_soft_argmax(
+            jnp.ones((2, 3, 4)), temperature=jnp.ones((3, 1, 1)), channel_axis=None
+        )
 
 
 @pytest.mark.parametrize(
@@ -149,7 +153,7 @@ def test_spatial_names_heatmaps():
     [
         (lambda v: jaxrelax.smooth_max(X, keepdims=v), "keepdims"),
         (lambda v: jaxrelax.st_max(X, keepdims=v), "keepdims"),
-        (lambda v: jaxrelax.spatial_soft_argmax(X, normalized=v), "normalized"),
+        (lambda v: jaxrelax.spatial_soft_argmax(X, normalized=v, channel_axis=None), "normalized"),
         (lambda v: jaxrelax.gumbel_softmax(jax.random.key(0), X, hard=v), "hard"),
         (lambda v: jaxrelax.binary_concrete(jax.random.key(0), X, hard=v), "hard"),
     ],

@@ -371,7 +371,9 @@ def _spatial(x, t, g, *, config, is_float, errors):
 
 
 def _spatial_call(x, t, normalized):
-    return jaxrelax.spatial_soft_argmax(x, temperature=t, normalized=normalized == "normalized")
+    return jaxrelax.spatial_soft_argmax(
+        x, temperature=t, normalized=normalized == "normalized", channel_axis=None
+    )
 
 
 SPATIAL = fuzzed_names(

@@ -223,3 +223,43 @@ def test_integer_max_pool_matches_torch(case, x64):
     rows = np.zeros((batch, int(np.prod(spatial)), features), bool)
     np.put_along_axis(rows, c["indices"].reshape(batch, -1, features), True, 1)
     np.testing.assert_array_equal(unpooled, np.where(rows.reshape(c["x"].shape), c["x"], 0))
+
+
+NCHW_CASES = [next(c for c in CASES if c.startswith(f"{d}d_")) for d in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("case", NCHW_CASES)
+def test_channels_first_input_matches_torch_as_it_is(case, x64):
+    """PyTorch's own layout, (N, C, *spatial), with channel_axis=1: max_pool, its indices,
+    max_unpool and their gradients equal PyTorch's, in that layout."""
+    c = _case(case)
+    window, stride, padding, dilation = c["window"], c["stride"], c["padding"], c["dilation"]
+
+    def first(a):
+        return np.moveaxis(a, -1, 1)
+
+    @jax.jit
+    def outputs(x, ct, values, indices, ct2):
+        def pool(x):
+            return jaxrelax.max_pool(
+                x, window, stride, padding, return_indices=True, window_dilation=dilation,
+                channel_axis=1,
+            )  # fmt: skip
+
+        (pooled, found), pool_vjp = jax.vjp(pool, x)
+
+        def unpool(v):
+            return jaxrelax.max_unpool(
+                v, indices, window, stride, padding, window_dilation=dilation,
+                spatial_shape=x.shape[2:], channel_axis=1,
+            )  # fmt: skip
+
+        unpooled, unpool_vjp = jax.vjp(unpool, values)
+        grad = pool_vjp((ct, np.zeros(found.shape, jax.dtypes.float0)))[0]
+        return pooled, found, grad, unpooled, unpool_vjp(ct2)[0]
+
+    got = outputs(*(first(c[k]) for k in ("x", "ct", "values", "indices", "ct2")))
+    for value, key in zip(
+        got, ["values", "indices", "grad", "unpooled", "unpool_grad"], strict=True
+    ):
+        np.testing.assert_allclose(value, first(c[key]), rtol=0, atol=1e-12)

@@ -70,7 +70,9 @@ def test_soft_argmax_and_spatial_match_references(rng):
     )
     h = rng.normal(size=(2, 3, 6, 5)).astype(np.float32)
     for normalized in [True, False]:
-        out = jaxrelax.spatial_soft_argmax(h, temperature=0.3, normalized=normalized)
+        out = jaxrelax.spatial_soft_argmax(
+            h, temperature=0.3, normalized=normalized, channel_axis=None
+        )
         assert out.shape == (2, 3, 2)
         np.testing.assert_allclose(
             out, np_spatial_soft_argmax(h, 0.3, normalized), rtol=2e-5, atol=2e-6
@@ -142,14 +144,22 @@ def test_softmax_near_the_largest_temperatures(t):
 
 def test_spatial_soft_argmax_conventions():
     h = jnp.zeros((4, 7)).at[3, 2].set(50.0)
-    np.testing.assert_allclose(jaxrelax.spatial_soft_argmax(h, normalized=False), [3, 2], atol=1e-5)
-    np.testing.assert_allclose(jaxrelax.spatial_soft_argmax(h), [1, -1 + 2 * 2 / 6], atol=1e-5)
-    np.testing.assert_allclose(jaxrelax.spatial_soft_argmax(jnp.zeros((5, 9))), [0, 0], atol=1e-6)
     np.testing.assert_allclose(
-        jaxrelax.spatial_soft_argmax(jnp.zeros((5, 9)), normalized=False), [2, 4], atol=1e-5
+        jaxrelax.spatial_soft_argmax(h, normalized=False, channel_axis=None), [3, 2], atol=1e-5
+    )
+    np.testing.assert_allclose(
+        jaxrelax.spatial_soft_argmax(h, channel_axis=None), [1, -1 + 2 * 2 / 6], atol=1e-5
+    )
+    np.testing.assert_allclose(
+        jaxrelax.spatial_soft_argmax(jnp.zeros((5, 9)), channel_axis=None), [0, 0], atol=1e-6
+    )
+    np.testing.assert_allclose(
+        jaxrelax.spatial_soft_argmax(jnp.zeros((5, 9)), normalized=False, channel_axis=None),
+        [2, 4],
+        atol=1e-5,
     )
     np.testing.assert_array_equal(
-        jaxrelax.spatial_soft_argmax(jnp.zeros((1, 1))), [-1, -1]
+        jaxrelax.spatial_soft_argmax(jnp.zeros((1, 1)), channel_axis=None), [-1, -1]
     )  # linspace(-1, 1, 1)
 
 
@@ -181,7 +191,9 @@ SOFT_FUNCTIONS = {
     ),
     "soft_argmax": (lambda x, t: jaxrelax.soft_argmax(x, temperature=t), jax_soft_argmax),
     "spatial_soft_argmax": (
-        lambda x, t: jaxrelax.spatial_soft_argmax(x.reshape(x.shape[:-1] + (2, -1)), temperature=t),
+        lambda x, t: jaxrelax.spatial_soft_argmax(
+            x.reshape(x.shape[:-1] + (2, -1)), temperature=t, channel_axis=None
+        ),
         lambda x, t: jax_spatial_soft_argmax(x.reshape(x.shape[:-1] + (2, -1)), t),
     ),
 }
@@ -285,7 +297,7 @@ def test_nan_propagates_on_long_slices():
 
 def test_spatial_edges():
     h = jnp.full((2, 3, 4), -INF).at[1, 2, 3].set(0.0).at[1, 0, 0].set(NAN)
-    out = jaxrelax.spatial_soft_argmax(h, normalized=False)
+    out = jaxrelax.spatial_soft_argmax(h, normalized=False, channel_axis=None)
     np.testing.assert_array_equal(out[0], [0, 0])
     assert jnp.isnan(out[1]).all()
 
@@ -346,3 +358,20 @@ def test_exact_ties_are_symmetric():
     np.testing.assert_allclose(
         jaxrelax.soft_argmax(jnp.array([1.0, 4.0, 0.0, 4.0]), temperature=1e-3), 2.0
     )
+
+
+def test_spatial_soft_argmax_layouts(rng):
+    """Channels-last (the default) and channels-first give each channel's keypoint, the
+    channel-less heatmaps' coordinates of the same maps; per-channel temperatures follow."""
+    maps = rng.normal(size=(2, 3, 5, 4)) * 3  # (batch, channels, H, W)
+    t = np.array([0.5, 1.0, 2.0])
+    want = np_spatial_soft_argmax(maps, t[:, None, None])  # (2, 3, 2)
+    last = np.moveaxis(maps, 1, -1)  # (batch, H, W, channels)
+    got = jaxrelax.spatial_soft_argmax(jnp.float32(last), temperature=jnp.float32(t))
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+    first = jaxrelax.spatial_soft_argmax(
+        jnp.float32(maps), temperature=jnp.float32(t[:, None, None]), channel_axis=1
+    )
+    np.testing.assert_allclose(first, want, rtol=2e-5, atol=2e-6)
+    with pytest.raises(ValueError, match="channel_axis=None takes"):
+        jaxrelax.spatial_soft_argmax(jnp.zeros((5, 4)))
