@@ -23,6 +23,7 @@ import optax
 import jaxrelax
 
 LATENTS, CLASSES, PIXELS = 2, 10, 64
+NOISE = 0.05  # the share of pixels flipped at random
 
 
 class Bottleneck(eqx.Module):
@@ -45,7 +46,7 @@ def make_data(key, count: int):
     k_proto, k_pick, k_flip = jax.random.split(key, 3)
     prototypes = jax.random.bernoulli(k_proto, 0.5, (CLASSES, PIXELS))
     images = prototypes[jax.random.randint(k_pick, (count,), 0, CLASSES)]
-    flips = jax.random.bernoulli(k_flip, 0.05, images.shape)
+    flips = jax.random.bernoulli(k_flip, NOISE, images.shape)
     return jnp.logical_xor(images, flips).astype(jnp.float32)
 
 
@@ -89,9 +90,14 @@ def main(steps: int = 600, seed: int = 0, verbose: bool = True) -> dict:
     logits = jax.vmap(model.encoder)(images).reshape(-1, LATENTS, CLASSES)
     code = jax.nn.one_hot(jnp.argmax(logits, -1), CLASSES).reshape(len(images), -1)
     wrong = jnp.mean((jax.vmap(model.decoder)(code) > 0) != (images > 0.5)) * PIXELS
+    floor = NOISE * PIXELS  # a decoder that returns the noiseless prototype still gets these
     if verbose:
-        print(f"pixels wrong per image, decoded from the most likely code: {wrong:.2f}")
-    return {"history": history, "pixels_wrong": float(wrong)}
+        print(
+            f"pixels wrong per image, decoded from the most likely code: {wrong:.2f} "
+            f"(the noise floor, {NOISE:.0%} of {PIXELS} pixels flipped: {floor:.1f}; "
+            f"a random guess: {PIXELS / 2:.0f})"
+        )
+    return {"history": history, "pixels_wrong": float(wrong), "noise_floor": floor}
 
 
 if __name__ == "__main__":
