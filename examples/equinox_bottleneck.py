@@ -60,7 +60,7 @@ def loss_fn(model, images, key, temperature):
     return jnp.mean(reconstruction + kl)
 
 
-SCHEDULE = jaxrelax.schedules.exponential_anneal(initial=1.0, rate=3e-3, minimum=0.3)
+SCHEDULE = jaxrelax.schedules.exponential_anneal(1.0, rate=3e-3, end_value=0.3)
 
 
 @eqx.filter_jit

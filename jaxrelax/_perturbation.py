@@ -127,6 +127,10 @@ def perturbed(
       Perturbation Techniques in Online Learning and Optimization, 2016
 
     Note:
+      Optax: ``optax.perturbations.make_perturbed_fun(fn, num_samples=1000, sigma=0.1,
+      use_baseline=True)``; the defaults here differ (``num_samples=100``, ``sigma=1.0``,
+      ``control_variate=False``: pass Optax's for its estimator), ``use_baseline`` is
+      ``control_variate``, the noise is named, and ``batch_size`` bounds memory.
       Only ``x`` receives a gradient; ``args`` and any value ``fn`` closes over get zero.
       The gradient at infinite entries of ``x`` is 0 (moving them changes nothing); NaN
       propagates to the value and the gradient as ``fn`` propagates it. Second derivatives

@@ -69,6 +69,9 @@ def perturbed_argmax(
       Optimizers, 2020, https://arxiv.org/abs/2002.08676
 
     Note:
+      Optax: ``optax.perturbations.make_perturbed_fun`` of a one-hot argmax, with
+      :func:`perturbed`'s defaults (``num_samples=100``, ``sigma=1.0``, no baseline; Optax's
+      are 1000, 0.1 and a baseline), an ``axis`` and masks.
       Masked entries and ``-inf`` scores never win and get zero gradient; a slice with no
       entry left is all zeros. ``+inf`` scores win, the noise deciding among several (the
       limit of equal, ever larger scores), and get zero gradient, as do the others in their
@@ -131,6 +134,9 @@ def perturbed_max(
       Optimizers, 2020, https://arxiv.org/abs/2002.08676
 
     Note:
+      Optax: ``optax.perturbations.make_perturbed_fun`` of a max, with :func:`perturbed`'s
+      defaults (``num_samples=100``, ``sigma=1.0``, no baseline; Optax's are 1000, 0.1 and a
+      baseline), an ``axis`` and masks.
       Masked entries and ``-inf`` scores take no part and get zero gradient; a slice with no
       entry left gives ``-inf``, with zero gradient. A slice holding ``+inf`` gives ``+inf``;
       its ``+inf`` entries share the gradient as the noise shares the wins. A NaN score makes

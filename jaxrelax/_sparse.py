@@ -67,6 +67,8 @@ def sparsemax(
       Martins & Astudillo, From Softmax to Sparsemax, 2016, https://arxiv.org/abs/1602.02068
 
     Note:
+      Optax: ``optax.projections.projection_simplex(x / temperature)`` along ``axis``
+      (Optax's ``scale`` is the sum of the simplex, not a temperature), with masks.
       Masked and ``-inf`` entries are 0 with zero gradient; a slice with no unmasked finite
       entry is all zeros; ``+inf`` entries share the mass equally; NaN poisons its slice,
       value and gradient (masked entries included, as in ``jax.nn.softmax``).
@@ -217,6 +219,9 @@ def sparsemax_loss(
       Losses, 2020, https://arxiv.org/abs/1901.02324
 
     Note:
+      Optax: ``optax.losses.multiclass_sparsemax_loss(x, labels)`` takes integer labels;
+      here ``labels`` are distributions (its labels' one-hot gives its loss), with a
+      temperature, an axis and masks.
       Masked classes and ``-inf`` scores take no part (label mass on them is ignored, and
       their gradient is 0); a slice with no class left gives 0. ``+inf`` scores are the
       limit of equal, ever larger scores: the loss is finite (``Omega(labels) - Omega(p)``)

@@ -405,6 +405,9 @@ def perturbed_topk(
       Stochastic Beams and Where to Find Them, 2019, https://arxiv.org/abs/1903.06059
 
     Note:
+      Optax: ``optax.perturbations.make_perturbed_fun`` of a k-hot top-k mask, with
+      :func:`perturbed`'s defaults (``num_samples=100``, ``sigma=1.0``, no baseline; Optax's
+      are 1000, 0.1 and a baseline), an ``axis`` and masks.
       Masked entries and ``-inf`` scores are never chosen and get zero gradient; with fewer
       than ``k`` others, all of those are chosen. ``+inf`` scores are chosen first (the noise
       deciding among more than ``k`` of them) and get zero gradient. A NaN score makes its

@@ -2,16 +2,18 @@
 
 Each function returns a plain ``step -> temperature`` callable built from Optax's own schedules,
 usable inside ``jit`` (the step may be traced, an int or a float). At the edges the value is
-exact, eagerly and under ``jit``: exactly ``initial`` (its float32 rounding) at step 0, exactly
-``minimum`` from the end of the annealing on, and never outside ``[minimum, initial]`` in
-between, so a temperature never goes below its positive ``minimum`` (float32 rounding, or XLA
-rewriting a division as a multiplication by a reciprocal, would otherwise step just outside).
-A negative step reads as step 0; a NaN step gives NaN.
+exact, eagerly and under ``jit``: exactly ``init_value`` (its float32 rounding) at step 0,
+exactly ``end_value`` from the end of the annealing on, and never outside ``[end_value,
+init_value]`` in between, so a temperature never goes below its positive ``end_value`` (float32
+rounding, or XLA rewriting a division as a multiplication by a reciprocal, would otherwise
+step just outside). A negative step reads as step 0; a NaN step gives NaN. The arguments take
+Optax's names where they mean what Optax's do (``init_value``, ``end_value``,
+``transition_steps``, ``decay_steps``, ``boundaries_and_scales``).
 
 Examples:
   >>> import jax.numpy as jnp
   >>> from jaxrelax import schedules
-  >>> anneal = schedules.exponential_anneal(initial=1.0, rate=1e-2, minimum=0.5, interval=10)
+  >>> anneal = schedules.exponential_anneal(1.0, rate=1e-2, end_value=0.5, interval=10)
   >>> [round(float(anneal(step)), 4) for step in (0, 9, 10, 100, 1000)]
   [1.0, 1.0, 0.9048, 0.5, 0.5]
 """
@@ -37,7 +39,7 @@ _HUGE = float(np.finfo(np.float32).max)
 
 
 def exponential_anneal(
-    initial: float = 1.0, rate: float = 1e-4, minimum: float = 0.5, interval: int = 1
+    init_value: float = 1.0, *, rate: float = 1e-4, end_value: float = 0.5, interval: int = 1
 ) -> optax.Schedule:
     r"""The exponential annealing of Jang et al. 2017, updated every ``interval`` steps.
 
@@ -45,16 +47,16 @@ def exponential_anneal(
         \tau(t) = \max\big(m, \tau_0 \exp(-r \cdot I \lfloor t / I \rfloor)\big)
 
     Args:
-      initial: the temperature at step 0, ``tau_0 > 0``.
+      init_value: the temperature at step 0, ``tau_0 > 0``.
       rate: the decay rate per step, finite and ``r >= 0`` (``0`` gives a constant).
-      minimum: the floor ``m``, with ``0 < m <= tau_0``.
+      end_value: the floor ``m``, with ``0 < m <= tau_0``.
       interval: the number of steps ``I >= 1`` between updates.
 
     Returns:
       An Optax schedule: ``optax.exponential_decay`` (decaying by ``e`` every ``1 / rate``
-      steps, floored at ``minimum``) read at the last multiple of ``interval``. It is exactly
-      ``initial`` at steps ``t <= 0`` (a negative step reads as step 0), exactly ``minimum``
-      once the decay reaches it, and in ``[minimum, initial]`` always.
+      steps, floored at ``end_value``) read at the last multiple of ``interval``. It is
+      exactly ``init_value`` at steps ``t <= 0`` (a negative step reads as step 0), exactly
+      ``end_value`` once the decay reaches it, and in ``[end_value, init_value]`` always.
 
     Examples:
       >>> import jaxrelax
@@ -65,8 +67,14 @@ def exponential_anneal(
     References:
       Jang et al., Categorical Reparameterization with Gumbel-Softmax, 2017,
       https://arxiv.org/abs/1611.01144
+
+    Note:
+      Optax: ``optax.exponential_decay(init_value, transition_steps=interval,
+      decay_rate=exp(-rate * interval), staircase=True, end_value=end_value)``, but with the
+      rate per step (Jang et al.'s form, keyword-only, since Optax's second and third
+      arguments mean other things), exact at both ends and never outside its range.
     """
-    initial, minimum = _check_range(initial, minimum)
+    initial, minimum = _check_range(init_value, end_value)
     rate = _real(rate, "rate")
     if not (math.isfinite(rate) and rate >= 0):
         raise ValueError(f"rate must be finite and >= 0, got {rate}")
@@ -87,54 +95,69 @@ def exponential_anneal(
     return _anneal(lambda step: decay(interval * jnp.floor(step / interval)), initial, minimum)
 
 
-def linear_anneal(initial: float, minimum: float, steps: int) -> optax.Schedule:
-    """Linear from ``initial`` at step 0 to ``minimum`` at ``steps``, constant after.
+def linear_anneal(init_value: float, end_value: float, transition_steps: int) -> optax.Schedule:
+    """Linear from ``init_value`` at step 0 to ``end_value`` at ``transition_steps``, constant
+    after.
 
-    Returns ``optax.linear_schedule(initial, minimum, steps)``, exactly ``initial`` at steps
-    ``t <= 0`` (a negative step reads as step 0), exactly ``minimum`` at ``t >= steps`` and
-    clipped to ``[minimum, initial]`` in between. ``0 < minimum <= initial`` and
-    ``1 <= steps < 2**31``.
+    Returns ``optax.linear_schedule(init_value, end_value, transition_steps)``, exactly
+    ``init_value`` at steps ``t <= 0`` (a negative step reads as step 0), exactly
+    ``end_value`` at ``t >= transition_steps`` and clipped to ``[end_value, init_value]`` in
+    between. ``0 < end_value <= init_value`` and ``1 <= transition_steps < 2**31``.
 
     Examples:
       >>> import jaxrelax
-      >>> schedule = jaxrelax.schedules.linear_anneal(2.0, 0.5, steps=100)
+      >>> schedule = jaxrelax.schedules.linear_anneal(2.0, 0.5, transition_steps=100)
       >>> print([float(schedule(step)) for step in (-1, 0, 50, 100, 200)])
       [2.0, 2.0, 1.25, 0.5, 0.5]
+
+    Note:
+      Optax: ``optax.linear_schedule(init_value, end_value, transition_steps)``, the same
+      arguments in the same order, but decreasing only (a temperature), exact at both ends
+      and never outside its range, without ``transition_begin``.
     """
-    initial, minimum = _check_range(initial, minimum)
-    steps = _checks.check_integer(steps, "steps", 1)
+    initial, minimum = _check_range(init_value, end_value)
+    steps = _checks.check_integer(transition_steps, "transition_steps", 1)
     schedule = optax.linear_schedule(init_value=initial, end_value=minimum, transition_steps=steps)
     return _anneal(schedule, initial, minimum, steps)
 
 
-def cosine_anneal(initial: float, minimum: float, steps: int) -> optax.Schedule:
-    """Half a cosine from ``initial`` at step 0 to ``minimum`` at ``steps``, constant after.
+def cosine_anneal(init_value: float, *, end_value: float, decay_steps: int) -> optax.Schedule:
+    """Half a cosine from ``init_value`` at step 0 to ``end_value`` at ``decay_steps``,
+    constant after.
 
-    Returns ``optax.cosine_decay_schedule(initial, steps, alpha=minimum / initial)``, exactly
-    ``initial`` at steps ``t <= 0`` (a negative step reads as step 0), exactly ``minimum`` at
-    ``t >= steps`` and clipped to ``[minimum, initial]`` in between. ``0 < minimum <= initial``
-    and ``1 <= steps < 2**31``.
+    Returns ``optax.cosine_decay_schedule(init_value, decay_steps, alpha=end_value /
+    init_value)``, exactly ``init_value`` at steps ``t <= 0`` (a negative step reads as step
+    0), exactly ``end_value`` at ``t >= decay_steps`` and clipped to ``[end_value,
+    init_value]`` in between. ``0 < end_value <= init_value`` and ``1 <= decay_steps <
+    2**31``.
 
     Examples:
       >>> import jaxrelax
-      >>> schedule = jaxrelax.schedules.cosine_anneal(2.0, 0.5, steps=100)
+      >>> schedule = jaxrelax.schedules.cosine_anneal(2.0, end_value=0.5, decay_steps=100)
       >>> print([round(float(schedule(step)), 4) for step in (0, 50, 100, 200)])
       [2.0, 1.25, 0.5, 0.5]
+
+    Note:
+      Optax: ``optax.cosine_decay_schedule(init_value, decay_steps, alpha=end_value /
+      init_value)``: the end is a value, not a fraction (keyword-only, since Optax's second
+      argument is the number of steps), exact at both ends, without ``exponent``.
     """
-    initial, minimum = _check_range(initial, minimum)
-    steps = _checks.check_integer(steps, "steps", 1)
+    initial, minimum = _check_range(init_value, end_value)
+    steps = _checks.check_integer(decay_steps, "decay_steps", 1)
     schedule = optax.cosine_decay_schedule(
         init_value=initial, decay_steps=steps, alpha=minimum / initial
     )
     return _anneal(schedule, initial, minimum, steps)
 
 
-def piecewise_anneal(initial: float, boundaries_and_scales: Mapping[int, float]) -> optax.Schedule:
+def piecewise_anneal(
+    init_value: float, boundaries_and_scales: Mapping[int, float]
+) -> optax.Schedule:
     """Piecewise constant: the temperature is multiplied by ``scale`` from step ``boundary`` on.
 
-    Returns ``optax.piecewise_constant_schedule(initial, boundaries_and_scales)``, read at
+    Returns ``optax.piecewise_constant_schedule(init_value, boundaries_and_scales)``, read at
     ``max(step, 0)`` (a boundary at 0 scales step 0 and the negative steps too) and clipped to
-    the range of the values it takes, ``initial`` times the products of the first ``k``
+    the range of the values it takes, ``init_value`` times the products of the first ``k``
     scales. ``boundaries_and_scales`` is a dict ``{step: scale}`` of integer steps in
     ``[0, 2**31)`` and finite positive scales (above 1 raises the temperature); every value
     must lie in float32's normal range, so that the temperature stays positive and finite.
@@ -144,9 +167,13 @@ def piecewise_anneal(initial: float, boundaries_and_scales: Mapping[int, float])
       >>> schedule = jaxrelax.schedules.piecewise_anneal(1.0, {100: 0.5, 200: 0.5})
       >>> print([float(schedule(step)) for step in (0, 100, 199, 200)])
       [1.0, 0.5, 0.5, 0.25]
+
+    Note:
+      Optax: ``optax.piecewise_constant_schedule(init_value, boundaries_and_scales)``, the
+      same arguments, with every value checked to stay a positive float32 temperature.
     """
     name = "boundaries_and_scales"
-    initial = _temperature(initial, "initial")
+    initial = _temperature(init_value, "init_value")
     if not isinstance(boundaries_and_scales, Mapping):
         raise TypeError(
             f"{name} must be a dict {{step: scale}}, got {type(boundaries_and_scales).__name__}"
@@ -182,10 +209,10 @@ def _anneal(schedule, initial, minimum, steps=None):
     return anneal
 
 
-def _check_range(initial, minimum):
-    initial, minimum = _temperature(initial, "initial"), _temperature(minimum, "minimum")
+def _check_range(init_value, end_value):
+    initial, minimum = _temperature(init_value, "init_value"), _temperature(end_value, "end_value")
     if minimum > initial:
-        raise ValueError(f"minimum must be at most initial ({initial}), got {minimum}")
+        raise ValueError(f"end_value must be at most init_value ({initial}), got {minimum}")
     return initial, minimum
 
 

@@ -179,7 +179,7 @@ train, test = slice(0, num_problems), slice(num_problems, None)
 
 # Jang et al.'s exponential anneal, tau(t) = max(0.02, 2 exp(-r t)), from 2 to 0.02.
 temperature_schedule = jaxrelax.schedules.exponential_anneal(
-    initial=2.0, rate=math.log(100) / num_steps, minimum=0.02
+    2.0, rate=math.log(100) / num_steps, end_value=0.02
 )
 optimizer = optax.adam(learning_rate=0.05)
 

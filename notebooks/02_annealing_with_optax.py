@@ -173,7 +173,7 @@ ESTIMATORS = {
 
 # %%
 temperature_at = jaxrelax.schedules.exponential_anneal(
-    initial=1.0, rate=math.log(2) / (0.6 * STEPS), minimum=0.5, interval=max(STEPS // 30, 1)
+    1.0, rate=math.log(2) / (0.6 * STEPS), end_value=0.5, interval=max(STEPS // 30, 1)
 )
 optimizer = optax.adam(LEARNING_RATE)
 

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -193,9 +193,9 @@ REFERENCES = {"random patches": random_patches, "all patches": all_patches}
 # %%
 T_START, T_END = 1.0, 0.1
 temperature_at = jaxrelax.schedules.exponential_anneal(
-    initial=T_START,
+    T_START,
     rate=math.log(T_START / T_END) / (0.75 * STEPS),
-    minimum=T_END,
+    end_value=T_END,
     interval=max(STEPS // 50, 1),
 )
 optimizer = optax.adam(1e-3)

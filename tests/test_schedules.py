@@ -16,7 +16,9 @@ NAN, INF = float("nan"), float("inf")
 
 def test_exponential_anneal_is_jangs_formula():
     initial, rate, minimum, interval = 2.0, 3e-3, 0.4, 25
-    schedule = schedules.exponential_anneal(initial, rate, minimum, interval)
+    schedule = schedules.exponential_anneal(
+        initial, rate=rate, end_value=minimum, interval=interval
+    )
     steps = np.arange(0, 2000, 7)
     expected = np.maximum(minimum, initial * np.exp(-rate * interval * np.floor(steps / interval)))
     got = jax.vmap(schedule)(jnp.asarray(steps))
@@ -37,7 +39,7 @@ def test_other_schedules():
     np.testing.assert_allclose(
         [linear(0), linear(50), linear(100), linear(500)], [1, 0.55, 0.1, 0.1], rtol=1e-6
     )
-    cosine = schedules.cosine_anneal(1.0, 0.1, 100)
+    cosine = schedules.cosine_anneal(1.0, end_value=0.1, decay_steps=100)
     expected = 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * np.array([0, 25, 50, 100]) / 100))
     np.testing.assert_allclose([cosine(s) for s in [0, 25, 50, 100]], expected, rtol=1e-5)
     assert float(cosine(1000)) == pytest.approx(0.1)
@@ -48,7 +50,7 @@ def test_other_schedules():
 
 
 def test_annealed_temperature_in_a_jitted_optax_step():
-    schedule = schedules.exponential_anneal(1.0, 0.05, 0.1, 1)
+    schedule = schedules.exponential_anneal(1.0, rate=0.05, end_value=0.1, interval=1)
     optimizer = optax.sgd(0.1)
     key = jax.random.key(0)
     cost = jnp.array([0.3, 0.0, 0.9, 0.5])
@@ -78,7 +80,7 @@ def test_annealed_temperature_in_a_jitted_optax_step():
 
 def test_exponential_anneal_stays_accurate_over_long_runs():
     # A decay rate rounded to float32 would compound its error with the step count.
-    schedule = schedules.exponential_anneal(1.0, 1e-4, 1e-6, 1)
+    schedule = schedules.exponential_anneal(1.0, rate=1e-4, end_value=1e-6, interval=1)
     steps = np.array([1_000, 30_000, 100_000])
     np.testing.assert_allclose(
         jax.vmap(schedule)(jnp.asarray(steps)), np.exp(-1e-4 * steps), rtol=2e-6
@@ -155,7 +157,7 @@ def test_cosine_anneal_edges(initial, minimum, steps):
         half_turns = np.minimum(t, steps) / steps
         return minimum + (initial - minimum) * (1 + np.cos(np.pi * half_turns)) / 2
 
-    schedule = schedules.cosine_anneal(initial, minimum, steps)
+    schedule = schedules.cosine_anneal(initial, end_value=minimum, decay_steps=steps)
     _check_edges(schedule, oracle, _steps(steps), initial, minimum, steps, 1e-6, 1e-6 * initial)
 
 
@@ -184,7 +186,9 @@ def test_exponential_anneal_edges(initial, rate, minimum, interval):
     end = interval * (math.ceil(crossing) + 1) if crossing < 1e6 else math.inf
     steps = _steps(end if crossing < 1e6 else 1000)
     rtol = 1e-6 + 2e-7 * math.log(initial / minimum)  # the float32 error grows with the exponent
-    schedule = schedules.exponential_anneal(initial, rate, minimum, interval)
+    schedule = schedules.exponential_anneal(
+        initial, rate=rate, end_value=minimum, interval=interval
+    )
     oracle = lambda t: np.maximum(minimum, unclamped(t))  # noqa: E731
     _check_edges(schedule, oracle, steps, initial, minimum, end, rtol, atol=0)
 
@@ -220,12 +224,16 @@ def test_piecewise_anneal_edges(initial, boundaries_and_scales):
         assert (got >= np.float32(values.min())).all() and (got <= np.float32(values.max())).all()
 
 
+def _cosine(init_value, end_value, steps):
+    return schedules.cosine_anneal(init_value, end_value=end_value, decay_steps=steps)
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     st.floats(-28, 30),
     st.floats(0, 1),
     st.integers(1, 2**31 - 1),
-    st.sampled_from([schedules.linear_anneal, schedules.cosine_anneal]),
+    st.sampled_from([schedules.linear_anneal, _cosine]),
 )
 def test_any_range_ends_exactly(log_initial, fraction, steps, build):
     initial = 10.0**log_initial
@@ -239,7 +247,7 @@ def test_any_range_ends_exactly(log_initial, fraction, steps, build):
 
 
 def test_exact_ends_in_float64(x64):
-    for build in (schedules.linear_anneal, schedules.cosine_anneal):
+    for build in (schedules.linear_anneal, _cosine):
         schedule = build(1.9, 1e-8, 10)
         for read in (schedule, jax.jit(schedule)):
             assert read(0) == 1.9 and read(0.0) == 1.9 and read(-3) == 1.9
@@ -250,17 +258,18 @@ def test_exact_ends_in_float64(x64):
 # Arguments: wrong types raise TypeError, bad values ValueError, each naming the argument.
 
 BUILDERS = {
-    "exponential_anneal": dict(initial=1.0, rate=1 / 64, minimum=0.5, interval=2),
-    "linear_anneal": dict(initial=1.0, minimum=0.5, steps=10),
-    "cosine_anneal": dict(initial=1.0, minimum=0.5, steps=10),
-    "piecewise_anneal": dict(initial=1.0, boundaries_and_scales={10: 0.5, 20: 4.0}),
+    "exponential_anneal": dict(init_value=1.0, rate=1 / 64, end_value=0.5, interval=2),
+    "linear_anneal": dict(init_value=1.0, end_value=0.5, transition_steps=10),
+    "cosine_anneal": dict(init_value=1.0, end_value=0.5, decay_steps=10),
+    "piecewise_anneal": dict(init_value=1.0, boundaries_and_scales={10: 0.5, 20: 4.0}),
 }
 KINDS = {
-    "initial": "temperature",
-    "minimum": "temperature",
+    "init_value": "temperature",
+    "end_value": "temperature",
     "rate": "rate",
     "interval": "count",
-    "steps": "count",
+    "transition_steps": "count",
+    "decay_steps": "count",
     "boundaries_and_scales": "mapping",
 }
 _NOT_NUMBERS = [None, "1.0", True, np.bool_(False), 1 + 0j, jnp.ones(2), np.ones(1), [1.0]]
@@ -303,9 +312,9 @@ BAD_CASES = [
     for name in defaults
     for value, error in BAD[KINDS[name]]
 ] + [
-    pytest.param("linear_anneal", "minimum", 1.5, ValueError, id="minimum above initial"),
-    pytest.param("cosine_anneal", "minimum", 1.0 + 1e-7, ValueError, id="minimum just above"),
-    pytest.param("exponential_anneal", "minimum", 2.0, ValueError, id="exponential minimum"),
+    pytest.param("linear_anneal", "end_value", 1.5, ValueError, id="end above init"),
+    pytest.param("cosine_anneal", "end_value", 1.0 + 1e-7, ValueError, id="end just above"),
+    pytest.param("exponential_anneal", "end_value", 2.0, ValueError, id="exponential end"),
 ]
 
 
