@@ -20,6 +20,7 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # MathJax served from the site itself: math renders offline
 ]
 source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb", ".rst": "restructuredtext"}
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
@@ -41,7 +42,8 @@ suppress_warnings = ["mystnb.unknown_mime_type"]
 
 html_theme = "furo"
 html_title = f"jaxrelax {release}"
-html_static_path = []
+html_static_path = ["_static"]
+html_css_files = ["tables.css"]  # wide tables scroll instead of being cut
 
 # The notebooks live in notebooks/ (their Jupytext .py sources beside them); the pages are
 # built from copies of the executed .ipynb files, with the figures they link to.
