@@ -203,14 +203,13 @@ def make_train_step(estimator):
 # (2016, [arXiv:1509.00519](https://arxiv.org/abs/1509.00519)),
 # `-log p(x) <= -E log (1/K) sum_k p(x | z_k) p(z_k) / q(z_k | x)`.
 #
-#
 # Decoding `K = 100` samples of all 10,000 held-out images at once would hold gigabytes, so
-# the images are evaluated `EVAL_CHUNK` at a time; each image draws its samples from its own
-# key, so the result does not depend on the chunking (checked below).
+# the images are evaluated `EVAL_CHUNK` (250) at a time; each image draws its samples from
+# its own key, so the result does not depend on the chunking (checked below).
 
 # %%
 EVAL_SAMPLES = 10 if SMOKE else 100
-EVAL_CHUNK = 500
+EVAL_CHUNK = 250
 
 
 @jax.jit
