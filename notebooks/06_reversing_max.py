@@ -149,7 +149,8 @@ assert jnp.array_equal(exact, from_windows(one_hot * pooled)), "max_unpool != th
 # and saturated pixels tie).
 unique = gap > 0
 print(f"{float(unique.mean()):.0%} of the 2x2 windows of these images have a unique maximum")
-print(f"max_unpool's MSE to the images themselves: {float(jnp.mean((exact - shown) ** 2)):.4f}")
+exact_mse = float(jnp.mean((exact - shown) ** 2))
+print(f"max_unpool's MSE to the images themselves: {exact_mse:.4f}")
 
 
 @jax.jit
@@ -173,10 +174,11 @@ TEMPERATURES = [1.0, 0.1, 0.03, 0.01, 0.001, 0.0001]
 columns = ["|soft_pool - max_pool|", "|soft_pool - mean|", "|p - one-hot|_1"]
 columns += ["MSE to max_unpool", "MSE to the image"]
 print(f"{'t':>6}" + "".join(f"{column:>24}" for column in columns))
-soft = {}
+soft, soft_numbers = {}, {}
 for t in TEMPERATURES:
     soft[t], numbers, lse_gap = soft_answer(shown, t)
     assert lse_gap < 1e-6, (t, float(lse_gap))
+    soft_numbers[t] = dict(zip(columns, map(float, numbers), strict=True))
     print(f"{t:>6}" + "".join(f"{float(value):>24.4f}" for value in numbers))
 print("(means over windows; |p - one-hot|_1 over the windows with a unique maximum)")
 
@@ -459,6 +461,7 @@ for i, s in enumerate(SCALES):
         jax.random.key(10 + i), s, SAMPLES
     )
     sampled[s] = dict(sample=sample, frequency=frequency, p=p)
+    sampled[s].update(zip(columns, map(float, numbers), strict=True))
     assert one_hot_draws, "gumbel_softmax(hard=True) draws that are not one-hot"
     print(f"{s:>8}" + "".join(f"{float(value):>24.4f}" for value in numbers))
     # With fixed keys this is deterministic; by chance, a z-score above 6 has a Gaussian tail
@@ -500,39 +503,39 @@ print(f"total run time {time.perf_counter() - START:.0f} s")
 # %% [markdown]
 # ## Conclusion
 #
-# On Fashion-MNIST (12,000 training images, 1,500 steps of 64, one seed, all 10,000 test
-# images), the three answers behave as the library documents:
-#
-# - **Soft.** As `t` falls from 1 to 1e-4, `soft_pool` moves from near the window's mean
-#   (0.020 from it on average) to its maximum (0.0000), and the window softmax from nearly
-#   uniform (L1 distance 1.41 from the one-hot, where uniform is 1.5) to the one-hot of the
-#   winner (0.0067 at `t = 0.001`, 0.0000 at 1e-4; pixels come in steps of 1/255, so it takes
-#   `t` well below 0.004). The soft unpooling approaches `max_unpool`'s (MSE 0.047 to 0.0047)
-#   but not all the way: 48% of the windows of these images have a tied maximum, and where
-#   the tie is not blank background (saturated pixels) the soft answer splits the value
-#   between the tied positions. `lse_pool`'s gradient equals the window softmax, as
-#   documented. The soft unpooling is also *closer to the image* than the exact one at every
-#   temperature shown (MSE 0.084 at `t = 0.1` against 0.113): spreading the value over the
-#   window errs less, in squared error, than betting it all on one position.
-# - **Argmax plus reconstruction.** The SegNet-style decoder that unpools at the recorded
-#   positions reconstructs held-out images with about half the error of the same decoder
-#   upsampling by repetition: test MSE 0.0045 against 0.0088, with predicting the mean image
-#   at 0.087. Its reconstructions keep edges and texture (the lettering on the sweater, the
-#   checks of the shirt) that repetition blurs. The comparison is not of equal information:
-#   the indices give the decoder 3,528 two-bit positions per image besides its 392-number code.
-#   Its training loss starts higher (a sparse, mostly zero input to the first decoder
-#   convolution) and overtakes repetition after 150 to 200 steps. Giving the encoder
-#   `st_max_pool`'s soft gradient (temperature 0.1) changes nothing measurable when the
-#   decoder repeats: 0.0087 against 0.0088, within what one seed can tell apart.
-# - **Stochastic.** Hard Gumbel-softmax samples of the winner's position hit it as often as
-#   the softmax predicts (0.386 against 0.385 at scale 0.3, 0.9967 against 0.9966 at
-#   0.001, over the windows with a unique maximum; the largest deviation of any position's
-#   frequency is 4.2 standard errors among thousands of positions): each window of a sampled
-#   unpooling is exact with that probability, and the whole equals `max_unpool`'s as the
-#   scale falls.
-#   The mean of the samples is the soft answer's weights: the stochastic answer is the soft
-#   one, drawn.
-#
-# The whole run takes three to four minutes on two CPU cores shared with other work (160 to
-# 220 s in our runs), most of it training the three autoencoders (half a minute to a minute
-# and a half each, compilation included).
+# The cell below states the conclusion from this run's results (the data set found, the
+# size, the one seed), so that it can never disagree with the tables above.
+
+# %%
+hot, cold = TEMPERATURES[0], TEMPERATURES[-1]
+warm = 0.1
+first, last = soft_numbers[hot], soft_numbers[cold]
+mse = {name: results[name]["mse"] for name in VARIANTS}
+coarse, fine = SCALES[0], SCALES[-1]
+lines = [
+    f"On {DATASET} ({len(train_x)} training images, {STEPS} steps of {BATCH}, one seed):",
+    f"Soft: as t falls from {hot} to {cold}, soft_pool moves from "
+    f"{first['|soft_pool - mean|']:.3f} from the window's mean to "
+    f"{last['|soft_pool - max_pool|']:.4f} from its maximum, the window softmax from "
+    f"{first['|p - one-hot|_1']:.2f} to {last['|p - one-hot|_1']:.4f} from the one-hot "
+    f"(L1; uniform is 1.5), and the soft unpooling from {first['MSE to max_unpool']:.4f} to "
+    f"{last['MSE to max_unpool']:.4f} from max_unpool's (MSE): "
+    f"{float(unique.mean()):.0%} of the windows shown have a unique maximum, and the soft "
+    f"answer splits a tied one. At t = {warm} the soft unpooling is "
+    f"{'closer to' if soft_numbers[warm]['MSE to the image'] < exact_mse else 'farther from'}"
+    f" the image than the exact one (MSE {soft_numbers[warm]['MSE to the image']:.3f} "
+    f"against {exact_mse:.3f}).",
+    f"Argmax plus reconstruction: held-out MSE {', '.join(f'{n} {mse[n]:.4f}' for n in VARIANTS)}"
+    f" (the mean training image: {mean_image_mse:.4f}); best: {best}, "
+    f"max_unpool's error {mse['max_unpool'] / mse['repeat']:.2f} times repeating's, with "
+    f"{indices} indices per image beside its {code_size}-number code.",
+    f"Stochastic: hard Gumbel-softmax samples hit the winner as often as the softmax says "
+    f"({sampled[coarse]['P(hit) sampled']:.3f} against {sampled[coarse]['P(hit) softmax']:.3f} "
+    f"at scale {coarse}, {sampled[fine]['P(hit) sampled']:.4f} against "
+    f"{sampled[fine]['P(hit) softmax']:.4f} at {fine}; the largest deviation of a position's "
+    f"frequency, {max(sampled[s]['max |mean - p| / s.e.'] for s in SCALES):.1f} standard "
+    "errors): the stochastic answer is the soft one, drawn.",
+]
+print("conclusion:")
+for line in lines:
+    print(" ", line)

@@ -9,6 +9,8 @@ from pathlib import Path
 import jupytext
 import pytest
 
+import jaxrelax
+
 ROOT = Path(__file__).resolve().parents[1]
 # The numbered notebooks; notebooks/real_data.py is their data loader (tests/test_real_data.py).
 NOTEBOOKS = sorted(path.name for path in (ROOT / "notebooks").glob("[0-9]*.py"))
@@ -112,6 +114,21 @@ def test_notebook_runs_at_smoke_size_and_writes_its_figures(script, tmp_path):
         assert "evaluation in chunks of 25 vs at once: largest difference" in out, out
     figures = list(tmp_path.glob("*.png"))
     assert figures and all(f.stat().st_size > 1000 for f in figures), figures
+
+
+@pytest.mark.parametrize("script", NOTEBOOKS)
+def test_executed_notebook_is_of_this_version(script):
+    """The release step (notebooks/execute.py) executed the published notebook with this
+    package: the version it printed is the package's."""
+    notebook = jupytext.read(ROOT / "notebooks" / script.replace(".py", ".ipynb"))
+    printed = [
+        output.get("text", "")
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
+    ]
+    found = re.findall(r"^jaxrelax (\S+) on jax", "".join(printed), re.M)
+    assert found == [jaxrelax.__version__], (found, "run: python notebooks/execute.py " + script)
 
 
 @pytest.mark.parametrize("script", NOTEBOOKS)
