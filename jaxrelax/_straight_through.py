@@ -84,16 +84,13 @@ def straight_through_rule(hard_fn, soft_fn, *args):
 
 
 def _straight_through_fwd(hard_fn, soft_fn, *args):
-    return hard_fn(*args), args
+    _, soft_vjp = jax.vjp(soft_fn, *args)
+    return hard_fn(*args), soft_vjp
 
 
-def _straight_through_bwd(hard_fn, soft_fn, args, cotangent):
-    # The soft function runs here, not in the forward pass: keeping its VJP (a closure over
-    # its own custom_vjp's residuals) as a residual gives wrong gradients under nested vmap
-    # (a batched temperature outside, batched inputs inside; tests/test_transformations.py).
-    # The work is the same: the forward pass no longer computes the soft value.
-    del hard_fn
-    return jax.vjp(soft_fn, *args)[1](cotangent)
+def _straight_through_bwd(hard_fn, soft_fn, soft_vjp, cotangent):
+    del hard_fn, soft_fn
+    return soft_vjp(cotangent)
 
 
 straight_through_rule.defvjp(_straight_through_fwd, _straight_through_bwd)
