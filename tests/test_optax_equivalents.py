@@ -28,7 +28,9 @@ MIRRORS = {
 }
 
 
-@pytest.mark.parametrize("fn, optax_name", MIRRORS.items(), ids=lambda v: getattr(v, "__name__", v))
+@pytest.mark.parametrize(
+    "fn, optax_name", [pytest.param(f, o, id=f.__name__) for f, o in MIRRORS.items()]
+)
 def test_the_note_starts_with_the_optax_equivalent(fn, optax_name):
     doc = inspect.getdoc(fn)
     note = doc[doc.index("Note:") :].split("\n")[1].strip()

@@ -29,7 +29,9 @@ def _public_functions():
                 yield f"diagnostics.{name}", obj
 
 
-@pytest.mark.parametrize("name, fn", list(_public_functions()), ids=lambda v: str(v))
+@pytest.mark.parametrize(
+    "name, fn", [pytest.param(name, fn, id=name) for name, fn in _public_functions()]
+)
 def test_only_inputs_key_k_and_axis_are_positional(name, fn):
     kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     positional = [p.name for p in inspect.signature(fn).parameters.values() if p.kind in kinds]
