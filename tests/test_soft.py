@@ -135,7 +135,7 @@ def test_softmax_near_the_largest_temperatures(t):
         jaxrelax.softmax(x.astype(np.float32), temperature=t), expected, 1e-5
     )
     np.testing.assert_allclose(
-        jaxrelax.entmax(x.astype(np.float32), 1.0, temperature=t), expected, 1e-5
+        jaxrelax.entmax(x.astype(np.float32), alpha=1.0, temperature=t), expected, 1e-5
     )
     with_inf = jnp.asarray([3.5, np.inf, -big, np.inf], jnp.float32)
     for fn in (jaxrelax.softmax, jaxrelax.sparsemax, jaxrelax.entmax15):
