@@ -265,9 +265,14 @@ def _unpooled_shape(values, window_shape, strides, padding, dilation, spatial_sh
     for d in range(n):
         pad = pads if isinstance(pads, str) else (pads[d],)
         extent = (window[d] - 1) * dilation[d] + 1
+        # The stride's worth of sizes that pool to pooled[d] positions: ceil(size / stride)
+        # of them for "SAME", floor((size + low + high - extent) / stride) + 1 otherwise;
+        # pooling_windows then rules out those that leave a window without a real entry.
+        low, high = (0, 0) if isinstance(pads, str) else pads[d]
+        first = (pooled[d] - 1) * strides[d] + (1 if pads == "SAME" else extent - low - high)
         sizes = [
             size
-            for size in range(1, (pooled[d] + 1) * strides[d] + extent + 1)
+            for size in range(max(first, 1), first + strides[d])
             if _pooled_size(size, window[d], strides[d], pad, dilation[d]) == pooled[d]
         ]
         choices.append(sizes)
