@@ -351,8 +351,8 @@ def _soft_order_fwd(x, t, mask, ranks, descending, kind):
         out = jnp.where(mask & (z == -jnp.inf), (low + 1) / 2, out)
         out = jnp.where(mask & (z == jnp.inf), _count(mask)[..., None] - (high - 1) / 2, out)
     else:
-        out = _place(projected, x, mask, m, descending)
-    first = high if descending else low
+        out = _place(projected, mask, m, (low, high), descending)
+    first = None if ranks else (high if descending else low)  # where _place puts entry 0
     kept = data if ranks or kind == "kl" else None
     return out + flag, (order, start, m, t, flag, first, kept)
 
@@ -429,15 +429,16 @@ def _nan_flag(x, mask):
     return _numerics.nan_poison(jnp.where(mask & ~jnp.isinf(x), x, 0), (x.ndim - 1,))
 
 
-def _place(decreasing, x, mask, m, descending):
-    """The slice's output from the decreasing sort of its ``m`` finite entries: the infinite
-    entries at the ends, the masked places (zeros) last."""
-    position = jnp.arange(x.shape[-1])
-    n_low, n_high = _infinities(x, mask)
+def _place(decreasing, mask, m, infinities, descending):
+    """The slice's output from the decreasing sort of its ``m`` finite entries: the
+    ``infinities`` (the counts of ``-inf`` and ``+inf`` entries) at the ends, the masked places
+    (zeros) last."""
+    position = jnp.arange(mask.shape[-1])
+    n_low, n_high = infinities
     first, before, after = (n_high, jnp.inf, -jnp.inf) if descending else (n_low, -jnp.inf, jnp.inf)
     inner = position - first
     source = inner if descending else m - 1 - inner
-    values = jnp.take_along_axis(decreasing, jnp.clip(source, 0, x.shape[-1] - 1), -1)
+    values = jnp.take_along_axis(decreasing, jnp.clip(source, 0, mask.shape[-1] - 1), -1)
     out = jnp.where(inner < m, values, after)
     out = jnp.where(inner < 0, before, out)
     return jnp.where(position < _count(mask)[..., None], out, 0)
@@ -447,7 +448,7 @@ def _hard_sort_rows(x, mask, descending):
     finite = mask & jnp.isfinite(x)
     m = _count(finite)[..., None]
     decreasing = -jnp.sort(jnp.where(finite, -x, jnp.inf), axis=-1)  # no argsort: 1 sort
-    return _place(decreasing, x, mask, m, descending) + _nan_flag(x, mask)
+    return _place(decreasing, mask, m, _infinities(x, mask), descending) + _nan_flag(x, mask)
 
 
 def _rank_rows(x, mask, descending):
