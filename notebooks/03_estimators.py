@@ -70,8 +70,8 @@ def stats_over_temperatures(estimators, key, logits, exact):
     """``estimator_stats`` of each ``estimator(key, logits, t)`` at each of ``TEMPERATURES``,
     all with the same key. One program, compiled once with the temperature traced (on a CPU
     compiling costs far more than sampling these toys) and called at each temperature:
-    vmapped over the temperatures too, it gives wrong gradients at the full size, a defect
-    not yet explained (tests/test_straight_through.py, the nested-vmap test)."""
+    vmapped over the temperatures too, XLA:CPU miscompiles it at the full size (docs,
+    guarantees, Known issues)."""
 
     def at(temperature):
         return {
