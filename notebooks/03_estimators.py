@@ -195,6 +195,8 @@ print(
     f"relaxed and straight-through means: {min(bias):+.0f} to {max(bias):+.0f} times the "
     f"gradient at t = {min(TEMPERATURES)} to {max(TEMPERATURES)}"
 )
+worse = [name for name, stats in bernoulli_stats.items() if np.all(stats.mse > exact_probe**2)]
+print(f"worse than always answering 0 at every temperature: {', '.join(worse) or 'none'}")
 
 # %% [markdown]
 # Left: the mean of each estimator, with standard-error bars, against the exact gradient
@@ -204,8 +206,9 @@ print(
 # 1/2, whichever way the discrete loss points. Cooling shrinks the bias but inflates the
 # variance: on the right, their mean squared error grows as the temperature falls.
 # REINFORCE's mean sits on the exact gradient, at every temperature since it has none. The
-# dotted line is the error of always answering 0, the gradient squared: every estimator here
-# is worse than that, which is what a gradient this small relative to the noise means.
+# dotted line is the error of always answering 0, the gradient squared: an estimator above
+# it does worse than no gradient at all, which is what a gradient this small relative to
+# the noise threatens (printed above: the estimators worse than it at every temperature).
 
 # %%
 figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
@@ -285,8 +288,8 @@ for name, probs in trajectories.items():
 # $\sigma(a)$ over the steps: thin lines are single runs, thick lines their mean. The exact
 # gradient drives $\sigma(a)$ to 0. The relaxed and straight-through estimators hold it
 # near 1/2, where their pull toward $y = 0.499$ outweighs the true gradient. REINFORCE is
-# unbiased but no better here: a single sample's standard deviation is a few hundred times
-# the gradient (printed above), so with 16 samples a step its runs wander both ways. Such
+# unbiased, but a single sample's standard deviation is many times the gradient (the ratio
+# is printed above), so with 16 samples a step its runs wander both ways. Such
 # noise is what the control variates of REBAR are designed to remove.
 
 # %%
@@ -375,16 +378,24 @@ def table(title, column):
 table("mean squared error ± s.e.", lambda s, i: f"{s.mse[i]:.3e}±{s.mse_stderr[i]:.0e}")
 table("squared bias", lambda s, i: f"{np.sum(s.bias[i] ** 2):.3e}")
 table("variance (summed over logits)", lambda s, i: f"{np.sum(s.variance[i]):.3e}")
+sampled = [name for name in qp_stats if name != "st_hardmax"]
+print("\nGumbel-Rao K=32's error over straight-through Gumbel's, and the sampled estimator of")
+print("lowest error, at each temperature:")
+for i, t in enumerate(TEMPERATURES):
+    ratio = qp_stats["Gumbel-Rao K=32"].mse[i] / qp_stats["ST Gumbel"].mse[i]
+    lowest = min(sampled, key=lambda name: qp_stats[name].mse[i])
+    print(f"t = {t:6.3f}: {ratio:5.2f}   {lowest}")
 
 # %% [markdown]
 # Left: the mean squared error, with standard-error bars. Every surrogate gradient shrinks
 # as the temperature grows, so at high temperature the error falls toward $\|\nabla\|^2$,
 # the error of always answering 0 (dotted): a small error there is not a useful gradient. At
-# low temperature the variance explodes, and Gumbel-Rao tames it: 32 conditional samples cut
-# the error of straight-through Gumbel more than tenfold at t = 1/32, by 40% at t = 1/2, and
-# hardly at all above t = 1. The relaxed Gumbel-softmax has the lowest error of the sampled
-# estimators at every temperature, but it evaluates $f$ between the vertices, which a model
-# that needs a discrete choice forward cannot do. Middle: the squared bias, the same for
+# low temperature the variance explodes, and Gumbel-Rao tames it: the ratios printed above
+# show how much of straight-through Gumbel's error 32 conditional samples leave at each
+# temperature (asserted below: less at t = 1/2, by many standard errors). The sampled
+# estimator of lowest error, printed beside them, may be the relaxed Gumbel-softmax, but it
+# evaluates $f$ between the vertices, which a model that needs a discrete choice forward
+# cannot do. Middle: the squared bias, the same for
 # straight-through Gumbel and every Gumbel-Rao (they share an expectation); below the grey
 # line ($\sum \mathrm{Var} / N$ of straight-through Gumbel) a sampler's squared bias is
 # within Monte-Carlo noise. `st_hardmax` has no variance (it is deterministic, so it is left
@@ -595,7 +606,15 @@ for toy, estimators in perturbation_stats.items():
     print(
         f"variance over that of the mean of M {name} samples (t = 1/2):"
         f" {np.mean(ratio * np.sum(plain.variance, -1)):.2f} without the control variate,"
-        f" {np.mean(ratio * np.sum(cv.variance, -1)):.1e} with it\n"
+        f" {np.mean(ratio * np.sum(cv.variance, -1)):.1e} with it"
+    )
+    zero_error = np.sum(exact**2)  # the error of always answering 0
+    below = np.asarray(PERTURBATIONS)[cv.mse + Z * cv.mse_stderr < zero_error]
+    print(f"with the control variate, the error is below that of always 0 at M = {below}")
+    squared_bias = np.sum(plug_in.bias[-1] ** 2)
+    print(
+        f"the plug-in's squared bias at M = {PERTURBATIONS[-1]}:"
+        f" {squared_bias / zero_error:.3g} times the squared gradient\n"
     )
 
 # %% [markdown]
@@ -605,18 +624,17 @@ for toy, estimators in perturbation_stats.items():
 # gradient. In the figure, left: the mean squared error, the Gumbel estimators dashed;
 # middle: the squared bias, with a thick line at each estimator's noise level
 # $\sum \mathrm{Var} / N$ (below it, a squared bias is within Monte-Carlo noise), and the
-# plug-in against its limit dotted; right: the variance. The claims below without numbers
-# are asserted in the last cell (in smoke mode, for the quadratic program at $M = 16$ only);
-# the numbers are read from the tables.
+# plug-in against its limit dotted; right: the variance. The claims below are asserted in
+# the last cell (in smoke mode, for the quadratic program at $M = 16$ only), or their
+# numbers printed under each table.
 #
 # * **The perturbed estimator is unbiased at every $M$**, with or without the control
 #   variate: its bias stays within a few standard errors of zero, and its variance falls as
 #   $1/M$, so its error falls to zero with $M$, where each Gumbel estimator's levels off at
 #   its squared bias (the dashed lines). Without the control variate it pays for that with
-#   a large variance: one perturbed gradient has about the variance of one straight-through
-#   sample at $t = 1/2$ on the Bernoulli toy and about twice it on the quadratic program
-#   (printed under each table), since every sample weighs the whole of $f(D)$, about 0.25
-#   and 0.6 there, by noise of unit variance.
+#   a large variance, of the order of one straight-through sample's at $t = 1/2$ (their
+#   ratio is printed under each table), since every sample weighs the whole of $f(D)$,
+#   about 0.25 and 0.6 there, by noise of unit variance.
 # * **The control variate** subtracts $f(\mathrm{hardmax}(\theta))$ from every $f(D_m)$, at
 #   the cost of one more evaluation of $f$. It divides the variance by the same factor at
 #   every $M$ (printed under each table): more than $10^4$ on the Bernoulli toy, where
@@ -624,9 +642,8 @@ for toy, estimators in perturbation_stats.items():
 #   than 100 on the quadratic program, where it is 0 or $-0.08$ against $f \approx 0.6$. It
 #   is the baseline of REINFORCE, which the REINFORCE of the first section lacks. With it,
 #   at the largest $M$ the perturbed estimator beats every Gumbel estimator averaged over as
-#   many samples, and its error falls well below that of always answering 0 (dotted), which
-#   no other estimator in this notebook does: from $M = 4$ on the Bernoulli toy and
-#   $M = 16$ on the quadratic program.
+#   many samples, and its error falls below that of always answering 0 (dotted) at the $M$
+#   printed under each table.
 # * **The plug-in is biased for $\nabla \mathbb E f(D)$, and stays so as $M$ grows**: it
 #   tends to $\nabla f(\mathrm{softmax}(\theta))$, its squared distance to that limit
 #   falling as $1/M^2$. Both toys are quadratic in $D$, and then its expectation is exactly
@@ -635,7 +652,7 @@ for toy, estimators in perturbation_stats.items():
 #   the quadratic program $g_1$ happens to equal $\nabla \mathbb E f(D)$ ($Q$ has a constant
 #   diagonal, so $\langle \nabla f(D), D \rangle$ is $f(D)$ plus a constant on the
 #   vertices): the plug-in is unbiased at $M = 1$ by luck, and at large $M$ its squared bias
-#   is about thirty times the squared gradient. On the Bernoulli toy
+#   is many times the squared gradient (printed under the table). On the Bernoulli toy
 #   $\langle \nabla f(D), D \rangle = 2 (D_1 - 0.499) D_1 = 1.002 D_1$, so $g_1$ is
 #   $1.002\, \sigma'(a)$, 501 times the gradient $0.002\, \sigma'(a)$; from $M = 4$ on the
 #   plug-in points the wrong way, toward $\nabla (\sigma(a) - 0.499)^2$: the mistake of the
