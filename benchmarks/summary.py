@@ -1,13 +1,13 @@
 """One table from all the others: for each family of docs/benchmarks.md (whose tables the
 scripts of benchmarks/ print with --markdown), how many measured rows have a target, how many
-meet it, and the range of the measured ratios. README.md holds this script's output, and
-tests/test_scripts.py checks that it still matches the tables.
+meet it, and the range of the measured ratios. README.md holds this script's output (written
+by benchmarks/publish.py), and tests/test_readme.py checks that it still matches the tables.
 
     python benchmarks/summary.py [docs/benchmarks.md]
 
-A ratio is a speedup (``>= t``: higher is better) or a cost (``<= t``: lower is better);
-a cell holding a range ("1.91-3.25x") counts at its worse end, one holding "before / after"
-at "after".
+A ratio is a speedup (``>= t`` or ``> t``: higher is better) or a cost (``<= t`` or ``< t``:
+lower is better); a cell holding a range ("1.91-3.25x") counts at its worse end, one holding
+"before / after" at "after".
 """
 
 from __future__ import annotations
@@ -47,10 +47,10 @@ def _rows(markdown: str):
             if not row.startswith("|"):
                 break
             cells = dict(zip(header, _cells(row), strict=False))
-            bound = re.search(r"(>=|<=)\s*" + NUMBER, cells["target"])
+            bound = re.search(r"(>=|<=|>|<)\s*" + NUMBER, cells["target"])
             if not bound:
                 continue
-            higher = bound.group(1) == ">="
+            higher, strict = bound.group(1).startswith(">"), "=" not in bound.group(1)
             target = float(Fraction(bound.group(2)))
             if "met" in cells:  # the script says
                 values = _ratios(cells.get("cost", cells.get("max", "")) + "x")
@@ -62,7 +62,12 @@ def _rows(markdown: str):
                 if not values:
                     continue
                 worst = min(values) if higher else max(values)
-                yield family, worst, target, higher, worst >= target if higher else worst <= target
+                met = (
+                    (worst > target if strict else worst >= target)
+                    if higher
+                    else (worst < target if strict else worst <= target)
+                )
+                yield family, worst, target, higher, met
 
 
 def summary(markdown: str) -> str:
