@@ -11,7 +11,7 @@ A generated block reads
     <!-- end of generated block -->
 
 With several runs (3 by default) each ratio cell becomes the range of the runs' ratios
-("0.91-1.02x", which summary.py counts at its worse end), each other number the runs'
+("0.91–1.02x", which summary.py counts at its worse end), each other number the runs'
 median, and a "met" cell "yes" only if every run met its target. Run it on a quiet machine:
 nothing else should run beside it.
 """
@@ -46,7 +46,7 @@ NUMBER = re.compile(r"^-?\d+(?:\.(\d+))?$")
 
 
 def printed_tables(stdout: str) -> list[str]:
-    """A script's output less its progress lines (indented) and blank lines at either end."""
+    """A script's output less its progress lines (the indented ones)."""
     return [line for line in stdout.splitlines() if not line.startswith("  ")]
 
 
