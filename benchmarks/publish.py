@@ -28,7 +28,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from summary import summary
+from summary import summary, table_cells
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -48,10 +48,6 @@ NUMBER = re.compile(r"^-?\d+(?:\.(\d+))?$")
 def printed_tables(stdout: str) -> list[str]:
     """A script's output less its progress lines (the indented ones)."""
     return [line for line in stdout.splitlines() if not line.startswith("  ")]
-
-
-def _cells(line: str) -> list[str]:
-    return [cell.strip() for cell in line.strip().strip("|").split("|")]
 
 
 def _merge_cell(values: tuple[str, ...]) -> str:
@@ -77,8 +73,8 @@ def merge(outputs: list[str]) -> list[str]:
     merged = []
     for lines in zip(*runs, strict=True):
         is_row = lines[0].startswith("|") and not set(lines[0]) <= set("|-: ")
-        if is_row and len({len(_cells(line)) for line in lines}) == 1:
-            cells = zip(*(_cells(line) for line in lines), strict=True)
+        if is_row and len({len(table_cells(line)) for line in lines}) == 1:
+            cells = zip(*(table_cells(line) for line in lines), strict=True)
             merged.append("| " + " | ".join(_merge_cell(c) for c in cells) + " |")
         else:
             merged.append(lines[-1])

@@ -21,7 +21,8 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 NUMBER = r"(\d+(?:\.\d+)?(?:/\d+)?)"
 
 
-def _cells(line: str) -> list[str]:
+def table_cells(line: str) -> list[str]:
+    """The stripped cells of one Markdown table row."""
     return [cell.strip() for cell in line.strip().strip("|").split("|")]
 
 
@@ -40,13 +41,13 @@ def _rows(markdown: str):
             continue
         if i > 0 and lines[i - 1].startswith("|"):
             continue
-        header = [h.lower() for h in _cells(line)]
+        header = [h.lower() for h in table_cells(line)]
         if "target" not in header or family is None:
             continue
         for row in lines[i + 2 :]:
             if not row.startswith("|"):
                 break
-            cells = dict(zip(header, _cells(row), strict=False))
+            cells = dict(zip(header, table_cells(row), strict=False))
             bound = re.search(r"(>=|<=|>|<)\s*" + NUMBER, cells["target"])
             if not bound:
                 continue
